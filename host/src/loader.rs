@@ -1,0 +1,378 @@
+//! Opening one version of a plugin: shadow copy, ELF check, `dlopen`,
+//! abi_stable's version and layout checks, task-table checks, `init`.
+//!
+//! The watched file is read once and never mapped: the loader maps a private
+//! copy with a name used once (`<stem>.<generation>.so`), so overwriting the
+//! watched file cannot truncate pages under a running plugin, and the
+//! dynamic loader's cache of already-open paths never returns an old copy.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
+use abi_stable::std_types::{RResult, RSlice, RStr};
+use taskit_plugin_api::abi::{CallRequest, HostServices, PluginModRef};
+use taskit_plugin_api::{CodecKind, TaskError};
+
+use crate::elf;
+use crate::services::{services_for, HostState};
+
+/// Why a plugin file was refused. The previous version, if any, keeps serving.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read or its shadow copy written.
+    #[error("cannot read or copy the file: {0}")]
+    Io(String),
+    /// The file is not a complete shared library for this machine.
+    #[error("not a loadable library: {0}")]
+    NotALibrary(String),
+    /// The dynamic loader refused it.
+    #[error("the dynamic loader refused it: {0}")]
+    Open(String),
+    /// A library, but not a TaskIt plugin (no root module symbol).
+    #[error("not a TaskIt plugin (no root module; was it built with `export_plugin!`?): {0}")]
+    NotAPlugin(String),
+    /// Built against an incompatible `plugin-api` or `abi_stable`.
+    #[error("incompatible with this host: {0}")]
+    Incompatible(String),
+    /// Its task table is unusable (empty name, duplicate or reserved ids).
+    #[error("invalid task table: {0}")]
+    InvalidTasks(String),
+    /// Its root module constructor or `init` failed or panicked.
+    #[error("plugin initialisation failed: {0}")]
+    Init(String),
+}
+
+/// Identity of a file's contents as far as the file system tells: a change
+/// in any part means "a new version may be there".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    /// The fingerprint of the file at `path` (following symlinks).
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+/// One loaded, checked and initialised version of a plugin.
+///
+/// Shared through an `Arc`: the registry holds one reference, every call in
+/// flight another, so a call that began on this version finishes on it
+/// however many reloads happen meanwhile.
+pub struct PluginVersion {
+    name: String,
+    version: String,
+    source: PathBuf,
+    shadow: PathBuf,
+    generation: u64,
+    fingerprint: Fingerprint,
+    tasks: Vec<String>,
+    module: PluginModRef,
+    services: HostServices,
+    state: Arc<HostState>,
+    // Never closed: see `Drop`.
+    _library: ManuallyDrop<RawLibrary>,
+}
+
+impl fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginVersion")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginVersion {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's version string.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The watched file this version was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Load counter of this host, unique per loaded version.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The file's fingerprint when this version was read.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The task ids it exports, in its own order.
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
+    /// Runs task number `index` of this version. Counts as a running task
+    /// for the whole call.
+    pub fn call(
+        &self,
+        index: usize,
+        codec: CodecKind,
+        args: &[u8],
+        kwargs: &[u8],
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<u8>, TaskError> {
+        let _running = self.state.enter();
+        let request = CallRequest {
+            task: index,
+            codec: RStr::from_str(codec.name()),
+            args: RSlice::from_slice(args),
+            kwargs: RSlice::from_slice(kwargs),
+            cancelled,
+            host: self.services,
+        };
+        match (self.module.call())(&request) {
+            RResult::ROk(bytes) => Ok(bytes.into_vec()),
+            RResult::RErr(err) => Err(TaskError::from_ffi(&err)),
+        }
+    }
+}
+
+impl Drop for PluginVersion {
+    /// Releases what can be released safely: the shadow file. The mapping
+    /// itself stays, because unloading a Rust library is not sound (its
+    /// thread-local destructors, threads it spawned, or statics it handed out
+    /// may still point into it) and glibc would often not unmap it anyway.
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_file(&self.shadow) {
+            tracing::debug!(shadow = %self.shadow.display(), %err, "could not remove shadow copy");
+        }
+        tracing::debug!(
+            plugin = %self.name,
+            version = %self.version,
+            generation = self.generation,
+            "released old version (last call ended); its code stays mapped"
+        );
+    }
+}
+
+/// Opens plugin versions into a private shadow directory.
+pub struct Loader {
+    shadow_dir: PathBuf,
+    remove_dir_on_drop: bool,
+    generation: u64,
+    state: Arc<HostState>,
+}
+
+impl Loader {
+    /// A loader whose shadow copies go to `shadow_dir` (created if needed).
+    /// With `None`, a fresh private directory under the system temporary
+    /// directory is used and removed when the loader is dropped.
+    pub fn new(shadow_dir: Option<PathBuf>, state: Arc<HostState>) -> std::io::Result<Self> {
+        let (shadow_dir, remove_dir_on_drop) = match shadow_dir {
+            Some(dir) => (dir, false),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let dir = std::env::temp_dir()
+                    .join(format!("taskit-host-{}-{nanos:08x}", std::process::id()));
+                (dir, true)
+            }
+        };
+        fs::create_dir_all(&shadow_dir)?;
+        Ok(Self {
+            shadow_dir,
+            remove_dir_on_drop,
+            generation: 0,
+            state,
+        })
+    }
+
+    /// Where shadow copies are written.
+    pub fn shadow_dir(&self) -> &Path {
+        &self.shadow_dir
+    }
+
+    /// Loads the plugin file `source`: nothing of it is used unless every
+    /// check passes.
+    pub fn load(&mut self, source: &Path) -> Result<PluginVersion, LoadError> {
+        self.generation += 1;
+        let generation = self.generation;
+        let fingerprint = Fingerprint::of(source).map_err(|e| LoadError::Io(e.to_string()))?;
+        let bytes = fs::read(source).map_err(|e| LoadError::Io(e.to_string()))?;
+        elf::check(&bytes).map_err(|p| LoadError::NotALibrary(p.to_string()))?;
+
+        let stem = source
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
+        let shadow = self.shadow_dir.join(format!("{stem}.{generation}.so"));
+        write_private(&shadow, &bytes)
+            .map_err(|e| LoadError::Io(format!("{}: {e}", shadow.display())))?;
+        drop(bytes);
+
+        match open(&shadow) {
+            Ok((library, module)) => {
+                self.finish(source, shadow, generation, fingerprint, library, module)
+            }
+            Err(err) => {
+                // Nothing of this copy is in use (a library that failed to
+                // open or initialise is never called), so the file can go.
+                let _ = fs::remove_file(&shadow);
+                Err(err)
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        source: &Path,
+        shadow: PathBuf,
+        generation: u64,
+        fingerprint: Fingerprint,
+        library: RawLibrary,
+        module: PluginModRef,
+    ) -> Result<PluginVersion, LoadError> {
+        let name = module.name().to_string();
+        let version = module.version().to_string();
+        let tasks: Vec<String> = module.tasks().iter().map(|t| t.to_string()).collect();
+        // From here on the library has run code; whatever happens it stays
+        // mapped, so the shadow file is removed only with the version.
+        let library = ManuallyDrop::new(library);
+        let refuse = |err: LoadError| {
+            let _ = fs::remove_file(&shadow);
+            Err(err)
+        };
+        if let Err(msg) = validate_tasks(&name, &tasks) {
+            return refuse(LoadError::InvalidTasks(msg));
+        }
+        let services = services_for(&self.state, &name, &version);
+        if let RResult::RErr(msg) = (module.init())(services) {
+            return refuse(LoadError::Init(msg.into_string()));
+        }
+        Ok(PluginVersion {
+            name,
+            version,
+            source: source.to_owned(),
+            shadow,
+            generation,
+            fingerprint,
+            tasks,
+            module,
+            services,
+            state: Arc::clone(&self.state),
+            _library: library,
+        })
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if self.remove_dir_on_drop {
+            let _ = fs::remove_dir_all(&self.shadow_dir);
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// `dlopen`, then the root module through this library's own header (never
+/// `RootModule::load_from*`, which caches one module per type for the life
+/// of the process), with abi_stable's version and layout checks.
+fn open(shadow: &Path) -> Result<(RawLibrary, PluginModRef), LoadError> {
+    let library =
+        RawLibrary::load_at(shadow).map_err(|e| LoadError::Open(library_error_text(&e)))?;
+    // SAFETY: the header is only used while `library` is alive, and the
+    // library is never closed once a module has been taken from it.
+    let header = match unsafe { lib_header_from_raw_library(&library) } {
+        Ok(header) => header,
+        Err(err @ LibraryError::GetSymbolError { .. }) => {
+            // Never ran plugin code beyond its static constructors: dropping
+            // (dlclose) is as safe as the dlopen was.
+            return Err(LoadError::NotAPlugin(library_error_text(&err)));
+        }
+        Err(err) => {
+            std::mem::forget(library);
+            return Err(LoadError::Incompatible(library_error_text(&err)));
+        }
+    };
+    match header.init_root_module::<PluginModRef>() {
+        Ok(module) => Ok((library, module)),
+        Err(err) => {
+            // The layout checks may have run code of the library; keep it mapped.
+            std::mem::forget(library);
+            Err(match err {
+                LibraryError::RootModule { .. } => LoadError::Init(library_error_text(&err)),
+                other => LoadError::Incompatible(library_error_text(&other)),
+            })
+        }
+    }
+}
+
+fn library_error_text(err: &LibraryError) -> String {
+    err.to_string()
+        .trim()
+        .replace('\n', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Task ids are the keys of the host's routing table: non-empty, unique
+/// within the plugin, and not starting with `<` (reserved for admin signals
+/// such as `<stop>`).
+fn validate_tasks(name: &str, tasks: &[String]) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the plugin name is empty".into());
+    }
+    let mut seen = HashSet::new();
+    for id in tasks {
+        if id.is_empty() {
+            return Err("a task id is empty".into());
+        }
+        if id.starts_with('<') {
+            return Err(format!(
+                "task id `{id}` is reserved (ids starting with `<` are admin signals)"
+            ));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(format!("task id `{id}` is exported twice"));
+        }
+    }
+    Ok(())
+}

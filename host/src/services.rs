@@ -1,0 +1,140 @@
+//! The host's side of [`HostServices`]: the running-task count, subtask
+//! accounting and the log bridge that plugins reach through the ABI.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use abi_stable::prefix_type::WithMetadata;
+use abi_stable::std_types::RStr;
+use taskit_plugin_api::abi::{HostServices, HostVTable, HostVTableRef, LogLevel};
+use tracing::Level;
+
+/// Counters shared by everything one host runs.
+#[derive(Debug, Default)]
+pub struct HostState {
+    running: AtomicU64,
+}
+
+impl HostState {
+    /// Tasks running now: calls in progress plus subtasks they started.
+    pub fn running_tasks(&self) -> u64 {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Counts one task as running until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> RunningGuard {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        RunningGuard(Arc::clone(self))
+    }
+}
+
+/// One running task, counted until dropped.
+#[derive(Debug)]
+pub struct RunningGuard(Arc<HostState>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a plugin's [`HostServices::data`] points to: the shared counters and
+/// the plugin's identity, used to tag its log records.
+struct PluginData {
+    state: Arc<HostState>,
+    plugin: String,
+    version: String,
+}
+
+/// Services for one loaded plugin version.
+///
+/// The data behind them is leaked on purpose: a plugin may keep the handle in
+/// a static or in a thread it spawned, and plugin code stays mapped for the
+/// life of the process (see `docs/plugins.md`), so the data must too. It is a
+/// few dozen bytes per loaded version.
+pub(crate) fn services_for(state: &Arc<HostState>, plugin: &str, version: &str) -> HostServices {
+    let data: &'static PluginData = Box::leak(Box::new(PluginData {
+        state: Arc::clone(state),
+        plugin: plugin.to_owned(),
+        version: version.to_owned(),
+    }));
+    HostServices {
+        data: data as *const PluginData as *const c_void,
+        vtable: vtable(),
+    }
+}
+
+const VTABLE: &WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
+    running_tasks,
+    subtask_enter,
+    subtask_exit,
+    log_enabled,
+    log,
+});
+
+fn vtable() -> HostVTableRef {
+    HostVTableRef(VTABLE.static_as_prefix())
+}
+
+fn data<'a>(data: *const c_void) -> &'a PluginData {
+    // SAFETY: only `services_for` creates `HostServices`, with a pointer to
+    // a leaked, never freed `PluginData`.
+    unsafe { &*(data as *const PluginData) }
+}
+
+extern "C" fn running_tasks(d: *const c_void) -> u64 {
+    data(d).state.running_tasks()
+}
+
+extern "C" fn subtask_enter(d: *const c_void) {
+    data(d).state.running.fetch_add(1, Ordering::AcqRel);
+}
+
+extern "C" fn subtask_exit(d: *const c_void) {
+    // Saturating: a plugin that exits more subtasks than it entered must not
+    // wrap the count around.
+    let _ = data(d)
+        .state
+        .running
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+}
+
+/// The target every plugin record is emitted under: filter plugin logs with
+/// `RUST_LOG=taskit::plugin=debug`, or one plugin with
+/// `RUST_LOG='taskit::plugin[{plugin=demo}]=debug'`.
+pub const PLUGIN_LOG_TARGET: &str = "taskit::plugin";
+
+extern "C" fn log_enabled(_: *const c_void, level: u8) -> bool {
+    match LogLevel::from_u8(level) {
+        LogLevel::Trace => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::TRACE),
+        LogLevel::Debug => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::DEBUG),
+        LogLevel::Info => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::INFO),
+        LogLevel::Warn => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::WARN),
+        LogLevel::Error => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::ERROR),
+    }
+}
+
+extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let d = data(d);
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                target: PLUGIN_LOG_TARGET,
+                $level,
+                plugin = %d.plugin,
+                version = %d.version,
+                module = %target,
+                "{}",
+                message
+            )
+        };
+    }
+    match LogLevel::from_u8(level) {
+        LogLevel::Trace => emit!(Level::TRACE),
+        LogLevel::Debug => emit!(Level::DEBUG),
+        LogLevel::Info => emit!(Level::INFO),
+        LogLevel::Warn => emit!(Level::WARN),
+        LogLevel::Error => emit!(Level::ERROR),
+    }
+}

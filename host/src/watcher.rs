@@ -1,0 +1,434 @@
+//! The plugins directory, watched: one thread owns every load and unload,
+//! fed by `notify` events and by forced reloads, so changes are applied one
+//! at a time and in order.
+//!
+//! A file is loaded once it has stopped changing. Each event about a file
+//! (re)arms a timer for it: short after events that mark the end of a write
+//! (close after writing, rename into place, removal), longer after anything
+//! else (a write in progress). When the timer fires the file's metadata is
+//! compared with what it was at the last event; if it moved, the file is
+//! still being written and the timer is armed again.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use crate::loader::{Fingerprint, LoadError, Loader};
+use crate::registry::{Conflict, Registry};
+use crate::services::HostState;
+
+/// How the plugin host is set up.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The directory watched for plugin files (`*.so`, not hidden).
+    pub plugins_dir: PathBuf,
+    /// Where private shadow copies go; `None` for a fresh temporary directory.
+    pub shadow_dir: Option<PathBuf>,
+    /// Wait after an event that ends a write (close, rename, removal).
+    pub settle: Duration,
+    /// Wait after any other change, for writers that are still writing.
+    pub quiet: Duration,
+}
+
+impl HostConfig {
+    /// Defaults for watching `plugins_dir`.
+    pub fn new(plugins_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            plugins_dir: plugins_dir.into(),
+            shadow_dir: None,
+            settle: Duration::from_millis(25),
+            quiet: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Something that happened to a plugin file.
+#[derive(Debug, Clone)]
+pub enum PluginEvent {
+    /// A version was loaded and now serves its tasks.
+    Loaded {
+        file: PathBuf,
+        name: String,
+        version: String,
+        generation: u64,
+        /// The version it replaced, if the file was loaded before.
+        replaced: Option<String>,
+        /// Ids of this plugin served by another one, or the reverse.
+        conflicts: Vec<Conflict>,
+    },
+    /// A file was refused; the version loaded before (if any) keeps serving.
+    Refused { file: PathBuf, error: LoadError },
+    /// A file went away and its tasks were unregistered.
+    Removed {
+        file: PathBuf,
+        name: String,
+        version: String,
+    },
+}
+
+/// What a forced reload did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSummary {
+    pub loaded: Vec<PathBuf>,
+    pub refused: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub unchanged: usize,
+}
+
+/// Why the plugin host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("plugins directory {0} does not exist or is not a directory")]
+    NoPluginsDir(PathBuf),
+    #[error("cannot create the shadow directory: {0}")]
+    ShadowDir(io::Error),
+    #[error("cannot watch {dir}: {source}")]
+    Watch { dir: PathBuf, source: notify::Error },
+}
+
+enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Reload(Sender<ReloadSummary>),
+    Shutdown,
+}
+
+type Subscribers = Arc<Mutex<Vec<Sender<PluginEvent>>>>;
+
+/// A registry kept in step with a plugins directory.
+pub struct PluginHost {
+    registry: Arc<Registry>,
+    control: Sender<Msg>,
+    subscribers: Subscribers,
+    thread: Option<JoinHandle<()>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl PluginHost {
+    /// Loads every plugin in the directory, then watches it.
+    pub fn start(config: HostConfig) -> Result<Self, StartError> {
+        if !config.plugins_dir.is_dir() {
+            return Err(StartError::NoPluginsDir(config.plugins_dir));
+        }
+        let state = Arc::new(HostState::default());
+        let registry = Arc::new(Registry::new(Arc::clone(&state)));
+        let loader =
+            Loader::new(config.shadow_dir.clone(), state).map_err(StartError::ShadowDir)?;
+        let (tx, rx) = mpsc::channel();
+
+        // Watch before the first scan, so nothing written in between is missed.
+        let fs_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = fs_tx.send(Msg::Fs(event));
+        })
+        .map_err(|source| StartError::Watch {
+            dir: config.plugins_dir.clone(),
+            source,
+        })?;
+        watcher
+            .watch(&config.plugins_dir, RecursiveMode::NonRecursive)
+            .map_err(|source| StartError::Watch {
+                dir: config.plugins_dir.clone(),
+                source,
+            })?;
+
+        let subscribers = Subscribers::default();
+        let mut worker = Worker {
+            config,
+            loader,
+            registry: Arc::clone(&registry),
+            subscribers: Arc::clone(&subscribers),
+            pending: HashMap::new(),
+            failed: HashMap::new(),
+            rx,
+        };
+        worker.rescan();
+        let thread = std::thread::Builder::new()
+            .name("taskit-plugins".into())
+            .spawn(move || worker.run())
+            .map_err(StartError::ShadowDir)?;
+        Ok(Self {
+            registry,
+            control: tx,
+            subscribers,
+            thread: Some(thread),
+            _watcher: watcher,
+        })
+    }
+
+    /// The registry the directory feeds.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Rescans the directory now (SIGHUP, `<reload>`): loads new and changed
+    /// files, retries refused ones, unregisters removed ones. Returns when done.
+    pub fn reload(&self) -> ReloadSummary {
+        let (tx, rx) = mpsc::channel();
+        if self.control.send(Msg::Reload(tx)).is_err() {
+            return ReloadSummary::default();
+        }
+        rx.recv().unwrap_or_default()
+    }
+
+    /// A stream of what happens to plugin files from now on.
+    pub fn subscribe(&self) -> Receiver<PluginEvent> {
+        let (tx, rx) = mpsc::channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        let _ = self.control.send(Msg::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A file waiting to settle.
+struct Pending {
+    due: Instant,
+    /// Its metadata at the last event; `None` if it did not exist then.
+    seen: Option<Fingerprint>,
+}
+
+struct Worker {
+    config: HostConfig,
+    loader: Loader,
+    registry: Arc<Registry>,
+    subscribers: Subscribers,
+    pending: HashMap<PathBuf, Pending>,
+    /// Files refused, with the metadata they had: not retried until they change.
+    failed: HashMap<PathBuf, Fingerprint>,
+    rx: Receiver<Msg>,
+}
+
+/// Plugin files are `*.so` files whose name does not start with a dot (so a
+/// writer can prepare `.demo.so.tmp` and rename it into place).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".so")
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let next_due = self.pending.values().map(|p| p.due).min();
+            let msg = match next_due {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(due) => self
+                    .rx
+                    .recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
+            match msg {
+                Ok(Msg::Fs(Ok(event))) => self.on_event(event),
+                Ok(Msg::Fs(Err(err))) => {
+                    tracing::warn!(%err, "file watcher error; a forced reload (SIGHUP) rescans the directory")
+                }
+                Ok(Msg::Reload(reply)) => {
+                    let summary = self.rescan();
+                    let _ = reply.send(summary);
+                }
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.process_due();
+        }
+    }
+
+    fn on_event(&mut self, event: notify::Event) {
+        let delay = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => self.config.settle,
+            // Reads (ours included) change nothing.
+            EventKind::Access(_) => return,
+            _ => self.config.quiet,
+        };
+        let due = Instant::now() + delay;
+        for path in event.paths {
+            if !is_plugin_file(&path) || path.parent() != Some(self.config.plugins_dir.as_path()) {
+                continue;
+            }
+            let seen = Fingerprint::of(&path).ok();
+            self.pending.insert(path, Pending { due, seen });
+        }
+    }
+
+    fn process_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in due {
+            let now_seen = Fingerprint::of(&path).ok();
+            let Some(pending) = self.pending.get_mut(&path) else {
+                continue;
+            };
+            if now_seen != pending.seen {
+                // Changed since the last event without telling us: still
+                // being written. Look again a little later.
+                pending.seen = now_seen;
+                pending.due = now + self.config.settle;
+                continue;
+            }
+            self.pending.remove(&path);
+            match now_seen {
+                Some(fingerprint) => {
+                    self.load_if_changed(&path, fingerprint, false);
+                }
+                None => {
+                    self.unload(&path);
+                }
+            }
+        }
+    }
+
+    /// Loads `path` unless this exact file is already loaded, or was already
+    /// refused (unless `retry_refused`). Returns `Some(loaded?)` if it tried.
+    fn load_if_changed(
+        &mut self,
+        path: &Path,
+        fingerprint: Fingerprint,
+        retry_refused: bool,
+    ) -> Option<bool> {
+        let current = self.registry.loaded_from(path);
+        if current
+            .as_ref()
+            .is_some_and(|v| v.fingerprint() == fingerprint)
+        {
+            return None;
+        }
+        if !retry_refused && self.failed.get(path) == Some(&fingerprint) {
+            return None;
+        }
+        match self.loader.load(path) {
+            Ok(version) => {
+                self.failed.remove(path);
+                let (name, ver, generation) = (
+                    version.name().to_owned(),
+                    version.version().to_owned(),
+                    version.generation(),
+                );
+                let tasks = version.tasks().len();
+                let (old, conflicts) = self.registry.install(version);
+                let replaced = old.as_ref().map(|o| o.version().to_owned());
+                match &replaced {
+                    Some(old_version) => tracing::info!(
+                        plugin = %name, from = %old_version, to = %ver, file = %path.display(), tasks,
+                        "reloaded plugin"
+                    ),
+                    None => {
+                        tracing::info!(plugin = %name, version = %ver, file = %path.display(), tasks, "loaded plugin")
+                    }
+                }
+                for c in &conflicts {
+                    tracing::warn!(
+                        task = %c.task,
+                        served_by = %format!("{} ({})", c.winner.0, c.winner.1.display()),
+                        ignored_from = %format!("{} ({})", c.loser.0, c.loser.1.display()),
+                        "task id conflict: the plugin loaded first keeps it"
+                    );
+                }
+                drop(old);
+                self.publish(PluginEvent::Loaded {
+                    file: path.to_owned(),
+                    name,
+                    version: ver,
+                    generation,
+                    replaced,
+                    conflicts,
+                });
+                Some(true)
+            }
+            Err(error) => {
+                self.failed.insert(path.to_owned(), fingerprint);
+                match &current {
+                    Some(v) => tracing::error!(
+                        file = %path.display(), %error, keeps_serving = %format!("{} {}", v.name(), v.version()),
+                        "refused plugin file; the loaded version keeps serving"
+                    ),
+                    None => tracing::error!(file = %path.display(), %error, "refused plugin file"),
+                }
+                self.publish(PluginEvent::Refused {
+                    file: path.to_owned(),
+                    error,
+                });
+                Some(false)
+            }
+        }
+    }
+
+    fn unload(&mut self, path: &Path) -> bool {
+        self.failed.remove(path);
+        let Some(old) = self.registry.remove(path) else {
+            return false;
+        };
+        tracing::info!(plugin = %old.name(), version = %old.version(), file = %path.display(), "removed plugin; its tasks are unregistered");
+        self.publish(PluginEvent::Removed {
+            file: path.to_owned(),
+            name: old.name().to_owned(),
+            version: old.version().to_owned(),
+        });
+        true
+    }
+
+    /// Brings the registry in line with the directory, in file-name order
+    /// (which makes conflicts between plugins found together deterministic).
+    fn rescan(&mut self) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.config.plugins_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_plugin_file(p) && p.is_file())
+                .collect(),
+            Err(err) => {
+                tracing::error!(dir = %self.config.plugins_dir.display(), %err, "cannot list the plugins directory");
+                return summary;
+            }
+        };
+        files.sort();
+        for loaded in self.registry.plugins() {
+            if !files.contains(&loaded.file) && self.unload(&loaded.file) {
+                summary.removed.push(loaded.file);
+            }
+        }
+        for file in files {
+            self.pending.remove(&file);
+            let outcome = Fingerprint::of(&file)
+                .ok()
+                .and_then(|fp| self.load_if_changed(&file, fp, true));
+            match outcome {
+                Some(true) => summary.loaded.push(file),
+                Some(false) => summary.refused.push(file),
+                None => summary.unchanged += 1,
+            }
+        }
+        summary
+    }
+
+    fn publish(&self, event: PluginEvent) {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|tx| tx.send(event.clone()).is_ok());
+    }
+}

@@ -1,0 +1,104 @@
+//! Plugin logs to the host: a `tracing` subscriber, installed as the global
+//! default of each loaded plugin copy, that hands every event across the
+//! ABI. The host re-emits it in its own subscriber tagged with the plugin's
+//! name and version; nothing of the plugin's `tracing` (callsites, spans)
+//! is shared with the host, so a reload cannot leave the host holding
+//! pointers into an old copy.
+
+use std::fmt::{self, Write as _};
+
+use abi_stable::std_types::RStr;
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Dispatch, Event, Level, Metadata, Subscriber};
+
+use crate::abi::{HostServices, LogLevel};
+
+struct HostLog {
+    host: HostServices,
+}
+
+fn level_of(level: &Level) -> LogLevel {
+    match *level {
+        Level::TRACE => LogLevel::Trace,
+        Level::DEBUG => LogLevel::Debug,
+        Level::INFO => LogLevel::Info,
+        Level::WARN => LogLevel::Warn,
+        _ => LogLevel::Error,
+    }
+}
+
+/// Formats an event's fields as `message key=value …`.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = if self.0.is_empty() {
+                write!(self.0, "{value:?}")
+            } else {
+                let rest = std::mem::take(&mut self.0);
+                write!(self.0, "{value:?} {rest}")
+            };
+        } else {
+            let sep = if self.0.is_empty() { "" } else { " " };
+            let _ = write!(self.0, "{sep}{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl Subscriber for HostLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        (self.host.vtable.log_enabled())(self.host.data, level_of(metadata.level()) as u8)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let meta = event.metadata();
+        (self.host.vtable.log())(
+            self.host.data,
+            level_of(meta.level()) as u8,
+            RStr::from_str(meta.target()),
+            RStr::from_str(&message.0),
+        );
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// Makes the host the destination of this plugin copy's `tracing` events.
+pub(crate) fn install(host: HostServices) {
+    let _ = tracing_core::dispatcher::set_global_default(Dispatch::new(HostLog { host }));
+}
+
+/// Sends one record to the host directly (used where `tracing` may not be
+/// safe to enter, such as the panic hook).
+pub(crate) fn send(level: LogLevel, target: &str, message: &str) {
+    if let Some(host) = crate::export::host() {
+        (host.vtable.log())(
+            host.data,
+            level as u8,
+            RStr::from_str(target),
+            RStr::from_str(message),
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Codecs: how arguments and results are written as bytes.
+//!
+//! A codec is a type implementing [`Codec`]; two come built in, JSON (what
+//! TaskIt 4.0 speaks) and bincode 2 (compact, for Rust-to-Rust calls). The
+//! trait is static (generic methods), so a task's decoding is monomorphised
+//! per codec and costs no dynamic dispatch.
+
+use serde::de::DeserializeSeed;
+use serde::Serialize;
+
+/// How a decoding failure should be reported: bytes that are not valid in
+/// the codec at all (`Syntax`), or valid bytes of the wrong shape (`Data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecErrorKind {
+    Syntax,
+    Data,
+}
+
+/// A failure to encode or decode a value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    pub kind: CodecErrorKind,
+    pub message: String,
+}
+
+impl CodecError {
+    fn data(message: impl ToString) -> Self {
+        Self {
+            kind: CodecErrorKind::Data,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A wire format for task arguments and results.
+pub trait Codec: Send + Sync + 'static {
+    /// The name that selects this codec on the wire and across the plugin ABI.
+    const NAME: &'static str;
+
+    /// Writes `value`.
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError>;
+
+    /// Reads one value with `seed`, refusing trailing bytes.
+    fn decode_seed<'de, S: DeserializeSeed<'de>>(
+        bytes: &'de [u8],
+        seed: S,
+    ) -> Result<S::Value, CodecError>;
+
+    /// Reads one value of type `T`, refusing trailing bytes.
+    fn decode<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
+        Self::decode_seed(bytes, std::marker::PhantomData::<T>)
+    }
+}
+
+/// JSON (`serde_json`), the TaskIt 4.0 codec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+impl Codec for Json {
+    const NAME: &'static str = "json";
+
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(value).map_err(CodecError::data)
+    }
+
+    fn decode_seed<'de, S: DeserializeSeed<'de>>(
+        bytes: &'de [u8],
+        seed: S,
+    ) -> Result<S::Value, CodecError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = seed.deserialize(&mut de).map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(value)
+    }
+}
+
+fn json_error(err: serde_json::Error) -> CodecError {
+    let kind = match err.classify() {
+        serde_json::error::Category::Data => CodecErrorKind::Data,
+        _ => CodecErrorKind::Syntax,
+    };
+    CodecError {
+        kind,
+        message: err.to_string(),
+    }
+}
+
+/// bincode 2 with its standard configuration (little endian, varint
+/// integers), through serde. It is not self-describing: both sides must
+/// agree on types, which is what makes it compact and fast.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bincode;
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Codec for Bincode {
+    const NAME: &'static str = "bincode";
+
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+        bincode::serde::encode_to_vec(value, bincode_config()).map_err(CodecError::data)
+    }
+
+    fn decode_seed<'de, S: DeserializeSeed<'de>>(
+        bytes: &'de [u8],
+        seed: S,
+    ) -> Result<S::Value, CodecError> {
+        let (value, used) = bincode::serde::seed_decode_from_slice(seed, bytes, bincode_config())
+            .map_err(|e| {
+            let kind = match e {
+                bincode::error::DecodeError::UnexpectedEnd { .. } => CodecErrorKind::Syntax,
+                _ => CodecErrorKind::Data,
+            };
+            CodecError {
+                kind,
+                message: e.to_string(),
+            }
+        })?;
+        if used != bytes.len() {
+            return Err(CodecError::data(format!(
+                "{} trailing bytes after the value",
+                bytes.len() - used
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// The built-in codecs, for code that picks one at run time by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodecKind {
+    Json,
+    Bincode,
+}
+
+impl CodecKind {
+    /// The codec called `name`, if it is built in.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            Json::NAME => Some(Self::Json),
+            Bincode::NAME => Some(Self::Bincode),
+            _ => None,
+        }
+    }
+
+    /// The codec's wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => Json::NAME,
+            Self::Bincode => Bincode::NAME,
+        }
+    }
+
+    /// Encodes `value` with this codec.
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Self::Json => Json::encode(value),
+            Self::Bincode => Bincode::encode(value),
+        }
+    }
+
+    /// Decodes a `T` with this codec.
+    pub fn decode<T: serde::de::DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
+        match self {
+            Self::Json => Json::decode(bytes),
+            Self::Bincode => Bincode::decode(bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_codecs_round_trip_and_refuse_trailing_bytes() {
+        for codec in [CodecKind::Json, CodecKind::Bincode] {
+            let bytes = codec.encode(&("hi", 7u32)).unwrap();
+            assert_eq!(
+                codec.decode::<(String, u32)>(&bytes).unwrap(),
+                ("hi".into(), 7)
+            );
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(b"00");
+            assert!(codec.decode::<(String, u32)>(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn json_errors_are_classified() {
+        assert_eq!(
+            Json::decode::<Vec<u32>>(b"[1,").unwrap_err().kind,
+            CodecErrorKind::Syntax
+        );
+        assert_eq!(
+            Json::decode::<u32>(b"\"x\"").unwrap_err().kind,
+            CodecErrorKind::Data
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! What a task can ask of the host it runs in: TaskIt's "pass the backend",
+//! made safe to cross a plugin boundary.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::abi::HostServices;
+
+/// Handed to a task that takes `&TaskContext` as its first parameter.
+pub struct TaskContext<'a> {
+    host: HostServices,
+    cancelled: &'a AtomicBool,
+}
+
+impl<'a> TaskContext<'a> {
+    /// Builds a context; the host does this for every call.
+    pub fn new(host: HostServices, cancelled: &'a AtomicBool) -> Self {
+        Self { host, cancelled }
+    }
+
+    /// Tasks running in the host right now, this one and subtasks included.
+    pub fn running_tasks(&self) -> u64 {
+        (self.host.vtable.running_tasks())(self.host.data)
+    }
+
+    /// True once the host wants this call to end early (it is draining, or
+    /// the caller gave up). A long task should check it between steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Counts background work as a running task until the returned guard is
+    /// dropped, so the host's task count includes it and a draining host
+    /// waits for it. Move the guard into the thread doing the work.
+    pub fn subtask(&self) -> Subtask {
+        (self.host.vtable.subtask_enter())(self.host.data);
+        Subtask { host: self.host }
+    }
+}
+
+/// A running piece of background work, counted by the host until dropped.
+#[must_use = "the subtask ends when this guard is dropped"]
+pub struct Subtask {
+    host: HostServices,
+}
+
+impl Drop for Subtask {
+    fn drop(&mut self) {
+        (self.host.vtable.subtask_exit())(self.host.data);
+    }
+}

@@ -1,0 +1,153 @@
+//! TaskIt's error model: a remote error is a type name and a list of
+//! arguments, exactly what a Python peer's `BackendProcessingError` carries.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::abi::RTaskError;
+
+/// The documented error types the runtime itself produces. Tasks may use any
+/// other name for their own errors.
+pub mod kind {
+    /// The task panicked; args: `[message]`.
+    pub const PANIC: &str = "Panic";
+    /// Wrong number or types of arguments, or an unexpected keyword
+    /// argument; args: `[message]` (Python raises `TypeError` here too).
+    pub const TYPE_ERROR: &str = "TypeError";
+    /// No task with that id is served; args: `[task_id]` (TaskIt 4.0 answers
+    /// an unknown task with a `KeyError` carrying its name).
+    pub const UNKNOWN_TASK: &str = "KeyError";
+    /// The arguments are not valid in the connection's codec; args: `[message]`.
+    pub const DECODE_ERROR: &str = "DecodeError";
+    /// The task's result cannot be written in the connection's codec;
+    /// args: `[message]`.
+    pub const ENCODE_ERROR: &str = "EncodeError";
+    /// The request named a codec the plugin does not know; args: `[codec]`.
+    pub const UNSUPPORTED_CODEC: &str = "UnsupportedCodec";
+}
+
+/// An error reply: `type` and `args`, as in TaskIt.
+///
+/// A task returns one through `Result<T, E>`: `E` may be a `TaskError`
+/// (full control over type and args) or any `std::error::Error`, whose type
+/// name becomes `type` and whose message becomes the single argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    kind: String,
+    args: Vec<Value>,
+}
+
+impl TaskError {
+    /// An error of type `kind` with arguments `args`.
+    pub fn new(kind: impl Into<String>, args: Vec<Value>) -> Self {
+        Self {
+            kind: kind.into(),
+            args,
+        }
+    }
+
+    /// An error of type `kind` with one string argument, the common case.
+    pub fn msg(kind: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::new(kind, vec![Value::String(message.to_string())])
+    }
+
+    /// The error's type, e.g. `TypeError`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The error's arguments.
+    pub fn args(&self) -> &[Value] {
+        &self.args
+    }
+
+    /// Splits the error into its type and arguments.
+    pub fn into_parts(self) -> (String, Vec<Value>) {
+        (self.kind, self.args)
+    }
+
+    /// Converts to the FFI form.
+    pub fn into_ffi(self) -> RTaskError {
+        let args_json = serde_json::to_string(&self.args).unwrap_or_else(|_| "[]".to_owned());
+        RTaskError {
+            kind: self.kind.into(),
+            args_json: args_json.into(),
+        }
+    }
+
+    /// Reads the FFI form. Arguments that are not a JSON array (a misbehaving
+    /// plugin) are kept as one string argument rather than lost.
+    pub fn from_ffi(err: &RTaskError) -> Self {
+        let args = match serde_json::from_str::<Vec<Value>>(err.args_json.as_str()) {
+            Ok(args) => args,
+            Err(_) => vec![Value::String(err.args_json.to_string())],
+        };
+        Self::new(err.kind.as_str(), args)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        for (i, arg) in self.args.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { ", " };
+            match arg {
+                Value::String(s) => write!(f, "{sep}{s}")?,
+                other => write!(f, "{sep}{other}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a task's error value into a [`TaskError`].
+pub trait IntoTaskError {
+    fn into_task_error(self) -> TaskError;
+}
+
+impl IntoTaskError for TaskError {
+    fn into_task_error(self) -> TaskError {
+        self
+    }
+}
+
+impl<E: std::error::Error> IntoTaskError for E {
+    fn into_task_error(self) -> TaskError {
+        TaskError::msg(short_type_name::<E>(), self)
+    }
+}
+
+/// `std::num::ParseIntError` → `ParseIntError`, `Box<dyn Error>` → `Box`:
+/// the last path segment before any generic arguments, like a Python class name.
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn std_errors_keep_their_type_name() {
+        let err = "x".parse::<i32>().unwrap_err().into_task_error();
+        assert_eq!(err.kind(), "ParseIntError");
+        assert_eq!(
+            err.args(),
+            &[Value::String("invalid digit found in string".into())]
+        );
+    }
+
+    #[test]
+    fn ffi_round_trip_and_bad_args_text() {
+        let err = TaskError::new("AssertionError", vec![Value::from(1), Value::from("two")]);
+        assert_eq!(TaskError::from_ffi(&err.clone().into_ffi()), err);
+        let odd = RTaskError {
+            kind: "X".into(),
+            args_json: "not json".into(),
+        };
+        assert_eq!(TaskError::from_ffi(&odd).args(), &[Value::from("not json")]);
+    }
+}

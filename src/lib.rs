@@ -1,0 +1,1 @@
+//! TaskIt for Rust
