@@ -1,0 +1,154 @@
+//! Loading plugins from a directory and calling their tasks through the
+//! registry: real `.so` files built by cargo, loaded by the host library.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+use taskit_plugin_api::{Bincode, Json};
+
+#[test]
+fn every_demo_task_answers_in_json_and_bincode() {
+    let dir = TempDir::new("demo-tasks");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let reg = host.registry();
+
+    assert_eq!(call::<i64>(reg, "add", &(4, 4)).unwrap(), 8);
+    assert_eq!(
+        call_with::<Bincode, i64>(reg, "add", &(4i64, 4i64), b"").unwrap(),
+        8
+    );
+    assert_eq!(call::<String>(reg, "echo", &("héllo",)).unwrap(), "héllo");
+    assert_eq!(
+        call_with::<Bincode, String>(reg, "echo", &("héllo",), b"").unwrap(),
+        "héllo"
+    );
+    assert_eq!(call::<u64>(reg, "wait-double", &(21,)).unwrap(), 42);
+    assert_eq!(
+        call_with::<Bincode, u64>(reg, "wait-double", &(21u64,), b"").unwrap(),
+        42
+    );
+    assert_eq!(call::<String>(reg, "version", &()).unwrap(), "0.1.0");
+    assert_eq!(
+        call_with::<Bincode, String>(reg, "version", &(), b"").unwrap(),
+        "0.1.0"
+    );
+    assert_eq!(call::<Value>(reg, "log", &("hi",)).unwrap(), Value::Null);
+}
+
+#[test]
+fn keyword_arguments_reach_the_task() {
+    let dir = TempDir::new("demo-kw");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let reg = host.registry();
+
+    assert_eq!(
+        call::<String>(reg, "greet", &("Ada",)).unwrap(),
+        "Hello, Ada."
+    );
+    let kw = br#"{"greeting": "Hi", "excited": true}"#;
+    assert_eq!(
+        call_with::<Json, String>(reg, "greet", &("Ada",), kw).unwrap(),
+        "Hi, Ada!"
+    );
+    assert_eq!(
+        call_with::<Bincode, String>(reg, "greet", &("Ada",), kw).unwrap(),
+        "Hi, Ada!"
+    );
+
+    let err = call_with::<Json, String>(reg, "greet", &("Ada",), br#"{"colour": 1}"#).unwrap_err();
+    assert_eq!(err.kind(), "TypeError", "{err}");
+    assert!(err.to_string().contains("colour"), "{err}");
+    let err = call_with::<Json, i64>(reg, "add", &(1, 2), br#"{"z": 3}"#).unwrap_err();
+    assert_eq!(err.kind(), "TypeError");
+    assert!(
+        err.to_string().contains("unexpected keyword argument 'z'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_arrive_as_type_and_args() {
+    let dir = TempDir::new("demo-errors");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let reg = host.registry();
+
+    let err = call::<Value>(reg, "get-error", &()).unwrap_err();
+    assert_eq!(err.kind(), "AssertionError");
+    assert_eq!(err.args(), &[json!("this task always fails")]);
+
+    let err = call::<Value>(reg, "no-such-task", &()).unwrap_err();
+    assert_eq!(
+        (err.kind(), err.args()),
+        ("KeyError", &[json!("no-such-task")][..])
+    );
+
+    let err = call::<i64>(reg, "add", &(1, 2, 3)).unwrap_err();
+    assert_eq!(err.kind(), "TypeError");
+    assert!(
+        err.to_string()
+            .contains("add() takes 2 positional arguments but 3 were given"),
+        "{err}"
+    );
+    let err = call_with::<Bincode, i64>(reg, "add", &(1i64,), b"").unwrap_err();
+    assert!(err.to_string().contains("but 1 was given"), "{err}");
+    let err = call::<i64>(reg, "add", &("four", 4)).unwrap_err();
+    assert_eq!(err.kind(), "TypeError", "{err}");
+
+    // Bytes that are not valid JSON at all.
+    let not_cancelled = std::sync::atomic::AtomicBool::new(false);
+    let err = reg
+        .call(
+            "add",
+            taskit_plugin_api::CodecKind::Json,
+            b"[4, ",
+            b"",
+            &not_cancelled,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), "DecodeError", "{err}");
+}
+
+#[test]
+fn a_panicking_task_gives_a_panic_error_and_the_next_call_works() {
+    let dir = TempDir::new("faulty");
+    install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
+    let host = start_host(dir.path());
+    let reg = host.registry();
+
+    for _ in 0..3 {
+        let err = call::<Value>(reg, "panic", &("boom",)).unwrap_err();
+        assert_eq!((err.kind(), err.args()), ("Panic", &[json!("boom")][..]));
+        assert_eq!(call::<String>(reg, "fine", &()).unwrap(), "still here");
+    }
+    let err = call::<Value>(reg, "panic-payload", &()).unwrap_err();
+    assert_eq!(err.kind(), "Panic");
+    assert_eq!(
+        call::<Value>(reg, "panic", &("again",)).unwrap_err().kind(),
+        "Panic"
+    );
+}
+
+#[test]
+fn the_context_reports_running_tasks_and_counts_subtasks() {
+    let dir = TempDir::new("context");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let reg = host.registry();
+    let state = reg.state();
+
+    // A call counts itself, as TaskIt's status does.
+    assert_eq!(call::<u64>(reg, "running", &()).unwrap(), 1);
+    assert_eq!(state.running_tasks(), 0);
+    assert!(call::<bool>(reg, "background", &(300,)).unwrap());
+    assert_eq!(
+        state.running_tasks(),
+        1,
+        "the background subtask is counted"
+    );
+    assert_eq!(call::<u64>(reg, "running", &()).unwrap(), 2);
+    wait_until("the subtask to end", || state.running_tasks() == 0);
+}

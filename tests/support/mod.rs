@@ -1,0 +1,158 @@
+//! Shared by the end-to-end tests: real plugin `.so` files built by cargo
+//! (once per test process), private temporary directories, and a polling
+//! wait for things that happen on another thread.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use taskit_host::{HostConfig, PluginHost, Registry};
+use taskit_plugin_api::{encode_args, Codec, CodecKind, EncodeArgs, Json, TaskError};
+
+/// The crates whose libraries the tests load.
+const PLUGIN_PACKAGES: &[&str] = &[
+    "taskit-demo",
+    "taskit-demo-next",
+    "taskit-fixture-faulty",
+    "taskit-fixture-init-panic",
+    "taskit-fixture-conflict",
+    "taskit-fixture-no-root",
+    "taskit-fixture-bad-version",
+    "taskit-fixture-bad-layout",
+];
+
+/// The target profile directory this test binary was built into
+/// (`target/debug`), where the plugin libraries land too.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("profile dir")
+        .to_owned()
+}
+
+/// Builds every plugin crate the tests use (a no-op when they are fresh),
+/// once per test process, and returns the directory holding them.
+pub fn built_plugins() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
+        for p in PLUGIN_PACKAGES {
+            cmd.args(["-p", p]);
+        }
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the plugin crates");
+        assert!(status.success(), "building the plugin crates failed");
+        profile
+    })
+}
+
+/// The built library of a plugin crate, e.g. `plugin("taskit_demo")`.
+pub fn plugin(lib_name: &str) -> PathBuf {
+    let path = built_plugins().join(format!("lib{lib_name}.so"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "taskit-test-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `src` into `dir` as `name` the way an operator would replace a
+/// plugin atomically: write a hidden temporary file, then rename it.
+pub fn install_by_rename(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(src, &tmp).expect("copy plugin");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename plugin into place");
+}
+
+/// Overwrites `dir/name` in place, as `cp new.so dir/name` does.
+pub fn install_by_overwrite(src: &Path, dir: &Path, name: &str) {
+    std::fs::copy(src, dir.join(name)).expect("copy over plugin");
+}
+
+/// A plugin host on `dir` with a private shadow directory.
+pub fn start_host(dir: &Path) -> PluginHost {
+    PluginHost::start(HostConfig::new(dir)).expect("start plugin host")
+}
+
+/// Polls `cond` until it holds. The deadline only keeps a broken build from
+/// hanging forever; it is not a speed assertion.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Calls `task` with JSON-encoded positional arguments and decodes the result.
+pub fn call<T: DeserializeOwned>(
+    registry: &Registry,
+    task: &str,
+    args: &impl EncodeArgs,
+) -> Result<T, TaskError> {
+    call_with::<Json, T>(registry, task, args, b"")
+}
+
+/// Calls `task` with codec `C` and keyword arguments given as JSON text.
+pub fn call_with<C: Codec, T: DeserializeOwned>(
+    registry: &Registry,
+    task: &str,
+    args: &impl EncodeArgs,
+    kwargs: &[u8],
+) -> Result<T, TaskError> {
+    let codec = CodecKind::from_name(C::NAME).expect("built-in codec");
+    let bytes = encode_args::<C, _>(args).expect("encode args");
+    let not_cancelled = AtomicBool::new(false);
+    let reply = registry.call(task, codec, &bytes, kwargs, &not_cancelled)?;
+    Ok(C::decode(&reply).expect("decode reply"))
+}
+
+/// The resident set size of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
