@@ -147,12 +147,17 @@ pub fn call_with<C: Codec, T: DeserializeOwned>(
     Ok(C::decode(&reply).expect("decode reply"))
 }
 
-/// The resident set size of this process, in KiB.
-pub fn rss_kib() -> u64 {
+/// A line of `/proc/self/status` in KiB, e.g. `status_kib("VmRSS")`.
+pub fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The resident set size of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS")
 }
