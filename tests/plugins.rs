@@ -152,3 +152,63 @@ fn the_context_reports_running_tasks_and_counts_subtasks() {
     assert_eq!(call::<u64>(reg, "running", &()).unwrap(), 2);
     wait_until("the subtask to end", || state.running_tasks() == 0);
 }
+
+/// Collects what a `fmt` subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_plugin_log_record_reaches_the_host_subscriber_with_its_name_and_version() {
+    let dir = TempDir::new("plugin-log");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("taskit::plugin=info")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The plugin logs on the calling thread, so a thread-local default
+    // subscriber sees exactly this test's records.
+    tracing::subscriber::with_default(subscriber, || {
+        call::<Value>(host.registry(), "log", &("hello from the plugin",)).unwrap();
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("hello from the plugin"))
+        .unwrap_or_else(|| panic!("no plugin record in {text:?}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("taskit::plugin"), "{line}");
+    assert!(line.contains("plugin=demo"), "{line}");
+    assert!(line.contains("version=0.1.0"), "{line}");
+}
+
+#[test]
+fn plugin_records_below_the_host_filter_are_dropped() {
+    let dir = TempDir::new("plugin-log-filter");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("taskit::plugin=warn")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        call::<Value>(host.registry(), "log", &("quiet please",)).unwrap();
+    });
+    assert!(captured.0.lock().unwrap().is_empty());
+}

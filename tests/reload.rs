@@ -20,7 +20,9 @@ fn next_event_for(events: &Receiver<PluginEvent>, file: &Path) -> PluginEvent {
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("no event for {}", file.display()));
         let about = match &event {
-            PluginEvent::Loaded { file, .. } | PluginEvent::Refused { file, .. } | PluginEvent::Removed { file, .. } => file,
+            PluginEvent::Loaded { file, .. }
+            | PluginEvent::Refused { file, .. }
+            | PluginEvent::Removed { file, .. } => file,
         };
         if about == file {
             return event;
@@ -76,17 +78,35 @@ fn a_call_running_during_a_swap_finishes_on_the_old_version() {
         let host = Arc::clone(&host);
         std::thread::spawn(move || call::<String>(host.registry(), "wait-version", &(800,)))
     };
-    wait_until("the slow call to start", || host.registry().state().running_tasks() == 1);
+    wait_until("the slow call to start", || {
+        host.registry().state().running_tasks() == 1
+    });
     install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
     assert_eq!(expect_loaded(&events, &dir.join("demo.so")), "0.2.0");
-    assert_eq!(version_served(&host), "0.2.0", "new calls run the new version");
-    assert_eq!(host.registry().state().running_tasks(), 1, "the old call is still running");
-    assert_eq!(slow.join().unwrap().unwrap(), "0.1.0", "the old call ends on the old version");
+    assert_eq!(
+        version_served(&host),
+        "0.2.0",
+        "new calls run the new version"
+    );
+    assert_eq!(
+        host.registry().state().running_tasks(),
+        1,
+        "the old call is still running"
+    );
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        "0.1.0",
+        "the old call ends on the old version"
+    );
 }
 
 /// Replaces `demo.so` by `bad` and checks that it is refused with an error
 /// matching `check` while version 0.1.0 keeps serving.
-fn refused_while_old_serves(label: &str, write_bad: impl FnOnce(&Path), check: impl FnOnce(&LoadError) -> bool) {
+fn refused_while_old_serves(
+    label: &str,
+    write_bad: impl FnOnce(&Path),
+    check: impl FnOnce(&LoadError) -> bool,
+) {
     let dir = TempDir::new(label);
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
     let host = start_host(dir.path());
@@ -99,7 +119,11 @@ fn refused_while_old_serves(label: &str, write_bad: impl FnOnce(&Path), check: i
     let error = expect_refused(&events, &file);
     assert!(check(&error), "{label}: unexpected refusal: {error}");
     assert!(!error.to_string().is_empty());
-    assert_eq!(version_served(&host), "0.1.0", "{label}: the old version keeps serving");
+    assert_eq!(
+        version_served(&host),
+        "0.1.0",
+        "{label}: the old version keeps serving"
+    );
     assert_eq!(call::<i64>(host.registry(), "add", &(4, 4)).unwrap(), 8);
 
     // A good file afterwards is loaded again.
@@ -183,7 +207,11 @@ fn duplicate_task_ids_stay_with_the_plugin_loaded_first() {
     let reg = host.registry();
 
     let file = dir.join("zz-conflict.so");
-    install_by_rename(&plugin("taskit_fixture_conflict"), dir.path(), "zz-conflict.so");
+    install_by_rename(
+        &plugin("taskit_fixture_conflict"),
+        dir.path(),
+        "zz-conflict.so",
+    );
     match next_event_for(&events, &file) {
         PluginEvent::Loaded { conflicts, .. } => {
             assert_eq!(conflicts.len(), 1, "{conflicts:?}");
@@ -193,8 +221,15 @@ fn duplicate_task_ids_stay_with_the_plugin_loaded_first() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(call::<i64>(reg, "add", &(4, 4)).unwrap(), 8, "demo keeps `add`");
-    assert_eq!(call::<String>(reg, "conflict-only", &()).unwrap(), "served by conflict");
+    assert_eq!(
+        call::<i64>(reg, "add", &(4, 4)).unwrap(),
+        8,
+        "demo keeps `add`"
+    );
+    assert_eq!(
+        call::<String>(reg, "conflict-only", &()).unwrap(),
+        "served by conflict"
+    );
 
     // Reloading the winner does not hand the id over.
     install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
@@ -203,7 +238,10 @@ fn duplicate_task_ids_stay_with_the_plugin_loaded_first() {
 
     // Removing the winner does.
     std::fs::remove_file(dir.join("demo.so")).unwrap();
-    assert!(matches!(next_event_for(&events, &dir.join("demo.so")), PluginEvent::Removed { .. }));
+    assert!(matches!(
+        next_event_for(&events, &dir.join("demo.so")),
+        PluginEvent::Removed { .. }
+    ));
     assert_eq!(call::<i64>(reg, "add", &(4, 4)).unwrap(), -1);
 }
 
@@ -212,9 +250,17 @@ fn conflicts_at_start_follow_file_name_order() {
     for (conflict_name, expected) in [("aa-conflict.so", -1), ("zz-conflict.so", 8)] {
         let dir = TempDir::new("conflict-order");
         install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-        install_by_rename(&plugin("taskit_fixture_conflict"), dir.path(), conflict_name);
+        install_by_rename(
+            &plugin("taskit_fixture_conflict"),
+            dir.path(),
+            conflict_name,
+        );
         let host = start_host(dir.path());
-        assert_eq!(call::<i64>(host.registry(), "add", &(4, 4)).unwrap(), expected, "{conflict_name}");
+        assert_eq!(
+            call::<i64>(host.registry(), "add", &(4, 4)).unwrap(),
+            expected,
+            "{conflict_name}"
+        );
         let infos = host.registry().plugins();
         assert_eq!(infos.len(), 2);
     }
@@ -231,12 +277,21 @@ fn removing_the_file_unregisters_its_tasks_after_running_calls_end() {
         let host = Arc::clone(&host);
         std::thread::spawn(move || call::<u64>(host.registry(), "wait-double", &(500,)))
     };
-    wait_until("the slow call to start", || host.registry().state().running_tasks() == 1);
+    wait_until("the slow call to start", || {
+        host.registry().state().running_tasks() == 1
+    });
     std::fs::remove_file(dir.join("demo.so")).unwrap();
-    assert!(matches!(next_event_for(&events, &dir.join("demo.so")), PluginEvent::Removed { .. }));
+    assert!(matches!(
+        next_event_for(&events, &dir.join("demo.so")),
+        PluginEvent::Removed { .. }
+    ));
     let err = call::<i64>(host.registry(), "add", &(1, 1)).unwrap_err();
     assert_eq!(err.kind(), "KeyError");
-    assert_eq!(slow.join().unwrap().unwrap(), 1000, "the running call finished");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        1000,
+        "the running call finished"
+    );
     assert!(host.registry().plugins().is_empty());
 }
 
@@ -285,15 +340,25 @@ fn a_forced_reload_rescans_the_directory() {
     install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
     std::fs::write(dir.join("broken.so"), "nope").unwrap();
     let summary = host.reload();
-    assert_eq!(summary.loaded, vec![dir.join("demo.so"), dir.join("faulty.so")]);
+    assert_eq!(
+        summary.loaded,
+        vec![dir.join("demo.so"), dir.join("faulty.so")]
+    );
     assert_eq!(summary.refused, vec![dir.join("broken.so")]);
     assert_eq!(version_served(&host), "0.2.0");
 
     std::fs::remove_file(dir.join("faulty.so")).unwrap();
     let summary = host.reload();
     assert_eq!(summary.removed, vec![dir.join("faulty.so")]);
-    assert_eq!(summary.unchanged, 1, "demo.so is unchanged and not reloaded");
-    assert_eq!(summary.refused.len(), 1, "refused files are retried by a forced reload");
+    assert_eq!(
+        summary.unchanged, 1,
+        "demo.so is unchanged and not reloaded"
+    );
+    assert_eq!(
+        summary.refused.len(),
+        1,
+        "refused files are retried by a forced reload"
+    );
 }
 
 /// 50 swaps while another thread calls without pause: no call fails, and
@@ -332,7 +397,9 @@ fn a_reload_storm_loses_no_call() {
     }
     let rss_before = rss_kib();
     let (anon_before, file_before) = (status_kib("RssAnon"), status_kib("RssFile"));
+    let mut latencies = Vec::with_capacity(SWAPS);
     for i in 0..SWAPS {
+        let started = std::time::Instant::now();
         let src = &versions[i % 2];
         if i % 2 == 0 {
             install_by_rename(src, dir.path(), "demo.so");
@@ -341,14 +408,25 @@ fn a_reload_storm_loses_no_call() {
         }
         let expected = if i % 2 == 0 { "0.2.0" } else { "0.1.0" };
         assert_eq!(expect_loaded(&events, &file), expected);
+        assert_eq!(version_served(&host), expected);
+        latencies.push(started.elapsed());
     }
+    latencies.sort();
     let rss_after = rss_kib();
     let (anon_after, file_after) = (status_kib("RssAnon"), status_kib("RssFile"));
     stop.store(true, Ordering::Relaxed);
     let failures = caller.join().unwrap();
     let total = calls.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} of {total} calls failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(total > SWAPS as u64, "the caller kept calling ({total} calls)");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        total > SWAPS as u64,
+        "the caller kept calling ({total} calls)"
+    );
     let per_reload = |before: u64, after: u64| (after as f64 - before as f64) / SWAPS as f64;
     println!(
         "reload storm: {SWAPS} reloads, {total} calls, 0 failed; RSS {rss_before} KiB -> {rss_after} KiB, \
@@ -356,5 +434,10 @@ fn a_reload_storm_loses_no_call() {
         per_reload(rss_before, rss_after),
         per_reload(anon_before, anon_after),
         per_reload(file_before, file_after),
+    );
+    println!(
+        "reload latency (file replaced -> first call answered by the new version): median {:?}, max {:?}",
+        latencies[SWAPS / 2],
+        latencies[SWAPS - 1]
     );
 }

@@ -1,6 +1,7 @@
 //! `taskit-host`: loads the plugins in a directory, keeps them in step with
 //! it, and (from the network server on) serves their tasks.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let mut config = HostConfig::new(&args.plugins);

@@ -14,8 +14,10 @@ use serde::de::DeserializeOwned;
 use taskit_host::{HostConfig, PluginHost, Registry};
 use taskit_plugin_api::{encode_args, Codec, CodecKind, EncodeArgs, Json, TaskError};
 
-/// The crates whose libraries the tests load.
-const PLUGIN_PACKAGES: &[&str] = &[
+/// The crates the tests run: the host binary and the plugins it loads.
+const BUILT_PACKAGES: &[&str] = &[
+    "taskit",
+    "taskit-host",
     "taskit-demo",
     "taskit-demo-next",
     "taskit-fixture-faulty",
@@ -37,7 +39,7 @@ pub fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Builds every plugin crate the tests use (a no-op when they are fresh),
+/// Builds the host binary and every plugin crate the tests use (a no-op when they are fresh),
 /// once per test process, and returns the directory holding them.
 pub fn built_plugins() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -45,8 +47,8 @@ pub fn built_plugins() -> &'static Path {
         let profile = profile_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
-        for p in PLUGIN_PACKAGES {
+        cmd.args(["build", "--example", "load_and_call"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        for p in BUILT_PACKAGES {
             cmd.args(["-p", p]);
         }
         if profile.file_name().is_some_and(|n| n == "release") {
@@ -56,6 +58,11 @@ pub fn built_plugins() -> &'static Path {
         assert!(status.success(), "building the plugin crates failed");
         profile
     })
+}
+
+/// The built `taskit-host` binary.
+pub fn host_binary() -> PathBuf {
+    built_plugins().join("taskit-host")
 }
 
 /// The built library of a plugin crate, e.g. `plugin("taskit_demo")`.

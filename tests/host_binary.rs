@@ -1,0 +1,136 @@
+//! The `taskit-host` binary itself: what it says about loading, refusing,
+//! reloading and removing plugins, and how it refuses to start.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+use support::*;
+
+/// A running `taskit-host`, killed on drop, whose stderr lines arrive on a
+/// channel.
+struct Host {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Host {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(host_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start taskit-host");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing every one of `parts`, and returns it.
+    fn expect_line(&mut self, parts: &[&str]) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("no line with {parts:?}; saw:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_host_logs_what_it_loads_refuses_reloads_and_removes() {
+    let dir = TempDir::new("binary");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    std::fs::write(dir.join("broken.so"), "not a library").unwrap();
+    let mut host = Host::start(&["--plugins", dir.path().to_str().unwrap()]);
+
+    host.expect_line(&["refused plugin file", "broken.so", "not an ELF file"]);
+    host.expect_line(&["loaded plugin", "plugin=demo", "version=0.1.0", "tasks=10"]);
+    host.expect_line(&["taskit-host ready", "plugins=1", "tasks=10"]);
+
+    install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
+    host.expect_line(&["reloaded plugin", "plugin=demo", "from=0.1.0", "to=0.2.0"]);
+
+    std::fs::copy(plugin("taskit_fixture_bad_version"), dir.join("demo.so")).unwrap();
+    host.expect_line(&[
+        "refused plugin file",
+        "demo.so",
+        "99.0.0",
+        "keeps_serving=demo 0.2.0",
+    ]);
+
+    std::fs::remove_file(dir.join("demo.so")).unwrap();
+    host.expect_line(&["removed plugin", "plugin=demo"]);
+    assert!(
+        host.child.try_wait().unwrap().is_none(),
+        "the host is still running"
+    );
+}
+
+#[test]
+fn the_host_refuses_to_start_without_its_plugins_directory() {
+    let dir = TempDir::new("missing");
+    let missing = dir.join("nope");
+    let out = Command::new(host_binary())
+        .args(["--plugins", missing.to_str().unwrap()])
+        .output()
+        .expect("run taskit-host");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist or is not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_load_and_call_example_runs() {
+    let dir = TempDir::new("example");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let example = built_plugins().join("examples").join("load_and_call");
+    let out = Command::new(&example)
+        .args([dir.path().to_str().unwrap(), "add", "4", "4"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("demo 0.1.0 serves add, echo"), "{stdout}");
+    assert!(stdout.contains("add -> 8"), "{stdout}");
+
+    let out = Command::new(&example)
+        .args([dir.path().to_str().unwrap(), "get-error"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("get-error failed: AssertionError: this task always fails"));
+}
