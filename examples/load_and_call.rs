@@ -23,11 +23,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let host = PluginHost::start(HostConfig::new(dir))?;
     for plugin in host.registry().plugins() {
-        println!("{} {} serves {}", plugin.name, plugin.version, plugin.tasks.join(", "));
+        println!(
+            "{} {} serves {}",
+            plugin.name,
+            plugin.version,
+            plugin.tasks.join(", ")
+        );
     }
     let encoded = taskit_plugin_api::encode_args::<Json, _>(&values)?;
     let not_cancelled = AtomicBool::new(false);
-    match host.registry().call(&task, CodecKind::Json, &encoded, b"", &not_cancelled) {
+    match host
+        .registry()
+        .call(&task, CodecKind::Json, &encoded, b"", &not_cancelled)
+    {
         Ok(reply) => println!("{task} -> {}", String::from_utf8_lossy(&reply)),
         Err(err) => {
             println!("{task} failed: {err}");

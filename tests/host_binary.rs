@@ -123,7 +123,11 @@ fn the_load_and_call_example_runs() {
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("demo 0.1.0 serves add, echo"), "{stdout}");
     assert!(stdout.contains("add -> 8"), "{stdout}");
 
@@ -132,5 +136,6 @@ fn the_load_and_call_example_runs() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("get-error failed: AssertionError: this task always fails"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("get-error failed: AssertionError: this task always fails"));
 }

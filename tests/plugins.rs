@@ -212,3 +212,28 @@ fn plugin_records_below_the_host_filter_are_dropped() {
     });
     assert!(captured.0.lock().unwrap().is_empty());
 }
+
+#[test]
+fn a_panic_in_a_plugin_is_logged_through_the_host_with_its_location() {
+    let dir = TempDir::new("panic-log");
+    install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
+    let host = start_host(dir.path());
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("taskit::plugin=error")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        call::<Value>(host.registry(), "panic", &("kaboom",)).unwrap_err();
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(text.contains("plugin=faulty"), "{text}");
+    assert!(
+        text.contains("panicked at") && text.contains("src/lib.rs"),
+        "{text}"
+    );
+    assert!(text.contains("kaboom"), "{text}");
+}

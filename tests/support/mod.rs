@@ -47,7 +47,8 @@ pub fn built_plugins() -> &'static Path {
         let profile = profile_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", "load_and_call"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "--example", "load_and_call"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         for p in BUILT_PACKAGES {
             cmd.args(["-p", p]);
         }
