@@ -226,17 +226,18 @@ impl Loader {
         self.generation += 1;
         let generation = self.generation;
         let fingerprint = Fingerprint::of(source).map_err(|e| LoadError::Io(e.to_string()))?;
-        let bytes = fs::read(source).map_err(|e| LoadError::Io(e.to_string()))?;
-        elf::check(&bytes).map_err(|p| LoadError::NotALibrary(p.to_string()))?;
-
-        let stem = source
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("plugin");
+        let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
         let shadow = self.shadow_dir.join(format!("{stem}.{generation}.so"));
-        write_private(&shadow, &bytes)
-            .map_err(|e| LoadError::Io(format!("{}: {e}", shadow.display())))?;
-        drop(bytes);
+        // Copy first, then check the copy: what is checked is exactly what
+        // gets mapped, even if the watched file changes meanwhile.
+        let checked = copy_private(source, &shadow).and_then(|mut copy| {
+            let size = copy.metadata().map_err(|e| LoadError::Io(e.to_string()))?.len();
+            elf::check_file(&mut copy, size).map_err(|p| LoadError::NotALibrary(p.to_string()))
+        });
+        if let Err(err) = checked {
+            let _ = fs::remove_file(&shadow);
+            return Err(err);
+        }
 
         match open(&shadow) {
             Ok((library, module)) => {
@@ -301,14 +302,22 @@ impl Drop for Loader {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
+/// Copies `source` to a new file readable by this user only, and returns
+/// the copy opened for reading. Streams: memory use does not depend on the
+/// file's size.
+fn copy_private(source: &Path, shadow: &Path) -> Result<fs::File, LoadError> {
+    let io = |what: &str, path: &Path, e: std::io::Error| LoadError::Io(format!("{what} {}: {e}", path.display()));
+    let mut from = fs::File::open(source).map_err(|e| io("open", source, e))?;
+    let mut to = fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o700)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_data()
+        .open(shadow)
+        .map_err(|e| io("create", shadow, e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| io("copy to", shadow, e))?;
+    to.flush().map_err(|e| io("write", shadow, e))?;
+    Ok(to)
 }
 
 /// `dlopen`, then the root module through this library's own header (never
