@@ -117,7 +117,7 @@ fn the_host_refuses_to_start_without_its_plugins_directory() {
 fn the_load_and_call_example_runs() {
     let dir = TempDir::new("example");
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-    let example = built_plugins().join("examples").join("load_and_call");
+    let example = built().join("examples").join("load_and_call");
     let out = Command::new(&example)
         .args([dir.path().to_str().unwrap(), "add", "4", "4"])
         .output()
@@ -138,4 +138,35 @@ fn the_load_and_call_example_runs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("get-error failed: AssertionError: this task always fails"));
+}
+
+fn signal(host: &Host, signal: libc::c_int) {
+    // SAFETY: sending a signal to a child process we own.
+    let rc = unsafe { libc::kill(host.child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+#[test]
+fn sighup_rescans_and_sigterm_exits_cleanly() {
+    let dir = TempDir::new("signals");
+    let mut host = Host::start(&["--plugins", dir.path().to_str().unwrap(), "--no-watch"]);
+    host.expect_line(&["taskit-host ready", "plugins=0"]);
+
+    // Not watched: nothing is loaded until SIGHUP (a watching host loads a
+    // renamed file within tens of milliseconds).
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    std::thread::sleep(Duration::from_millis(500));
+    let early: Vec<String> = host.lines.try_iter().collect();
+    assert!(
+        !early.iter().any(|l| l.contains("loaded plugin")),
+        "{early:?}"
+    );
+    signal(&host, libc::SIGHUP);
+    host.expect_line(&["loaded plugin", "plugin=demo", "version=0.1.0"]);
+    host.expect_line(&["SIGHUP: plugins directory rescanned", "loaded=1"]);
+
+    signal(&host, libc::SIGTERM);
+    host.expect_line(&["stopping"]);
+    let status = host.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }

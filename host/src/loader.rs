@@ -226,12 +226,18 @@ impl Loader {
         self.generation += 1;
         let generation = self.generation;
         let fingerprint = Fingerprint::of(source).map_err(|e| LoadError::Io(e.to_string()))?;
-        let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let stem = source
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
         let shadow = self.shadow_dir.join(format!("{stem}.{generation}.so"));
         // Copy first, then check the copy: what is checked is exactly what
         // gets mapped, even if the watched file changes meanwhile.
         let checked = copy_private(source, &shadow).and_then(|mut copy| {
-            let size = copy.metadata().map_err(|e| LoadError::Io(e.to_string()))?.len();
+            let size = copy
+                .metadata()
+                .map_err(|e| LoadError::Io(e.to_string()))?
+                .len();
             elf::check_file(&mut copy, size).map_err(|p| LoadError::NotALibrary(p.to_string()))
         });
         if let Err(err) = checked {
@@ -306,7 +312,9 @@ impl Drop for Loader {
 /// the copy opened for reading. Streams: memory use does not depend on the
 /// file's size.
 fn copy_private(source: &Path, shadow: &Path) -> Result<fs::File, LoadError> {
-    let io = |what: &str, path: &Path, e: std::io::Error| LoadError::Io(format!("{what} {}: {e}", path.display()));
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        LoadError::Io(format!("{what} {}: {e}", path.display()))
+    };
     let mut from = fs::File::open(source).map_err(|e| io("open", source, e))?;
     let mut to = fs::OpenOptions::new()
         .read(true)

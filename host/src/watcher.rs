@@ -35,6 +35,10 @@ pub struct HostConfig {
     pub settle: Duration,
     /// Wait after any other change, for writers that are still writing.
     pub quiet: Duration,
+    /// Watch the directory for changes. Without it, plugins are loaded at
+    /// start and on forced reloads only (for file systems where inotify
+    /// sees nothing, such as NFS).
+    pub watch: bool,
 }
 
 impl HostConfig {
@@ -45,6 +49,7 @@ impl HostConfig {
             shadow_dir: None,
             settle: Duration::from_millis(25),
             quiet: Duration::from_millis(250),
+            watch: true,
         }
     }
 }
@@ -107,7 +112,7 @@ pub struct PluginHost {
     control: Sender<Msg>,
     subscribers: Subscribers,
     thread: Option<JoinHandle<()>>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl PluginHost {
@@ -123,20 +128,11 @@ impl PluginHost {
         let (tx, rx) = mpsc::channel();
 
         // Watch before the first scan, so nothing written in between is missed.
-        let fs_tx = tx.clone();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = fs_tx.send(Msg::Fs(event));
-        })
-        .map_err(|source| StartError::Watch {
-            dir: config.plugins_dir.clone(),
-            source,
-        })?;
-        watcher
-            .watch(&config.plugins_dir, RecursiveMode::NonRecursive)
-            .map_err(|source| StartError::Watch {
-                dir: config.plugins_dir.clone(),
-                source,
-            })?;
+        let watcher = if config.watch {
+            Some(watch(&config.plugins_dir, tx.clone())?)
+        } else {
+            None
+        };
 
         let subscribers = Subscribers::default();
         let mut worker = Worker {
@@ -186,6 +182,21 @@ impl PluginHost {
             .push(tx);
         rx
     }
+}
+
+fn watch(dir: &Path, tx: Sender<Msg>) -> Result<notify::RecommendedWatcher, StartError> {
+    let failed = |source| StartError::Watch {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(Msg::Fs(event));
+    })
+    .map_err(failed)?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(failed)?;
+    Ok(watcher)
 }
 
 impl Drop for PluginHost {

@@ -16,7 +16,6 @@ use taskit_plugin_api::{encode_args, Codec, CodecKind, EncodeArgs, Json, TaskErr
 
 /// The crates the tests run: the host binary and the plugins it loads.
 const BUILT_PACKAGES: &[&str] = &[
-    "taskit",
     "taskit-host",
     "taskit-demo",
     "taskit-demo-next",
@@ -41,34 +40,40 @@ pub fn profile_dir() -> PathBuf {
 
 /// Builds the host binary and every plugin crate the tests use (a no-op when they are fresh),
 /// once per test process, and returns the directory holding them.
-pub fn built_plugins() -> &'static Path {
+pub fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let profile = profile_dir();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", "load_and_call"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let release = profile.file_name().is_some_and(|n| n == "release");
+        let cargo = |args: &[&str]| {
+            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.arg("build")
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build {args:?} failed");
+        };
+        let mut packages = Vec::new();
         for p in BUILT_PACKAGES {
-            cmd.args(["-p", p]);
+            packages.extend(["-p", p]);
         }
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for the plugin crates");
-        assert!(status.success(), "building the plugin crates failed");
+        cargo(&packages);
+        cargo(&["-p", "taskit", "--example", "load_and_call"]);
         profile
     })
 }
 
 /// The built `taskit-host` binary.
 pub fn host_binary() -> PathBuf {
-    built_plugins().join("taskit-host")
+    built().join("taskit-host")
 }
 
 /// The built library of a plugin crate, e.g. `plugin("taskit_demo")`.
 pub fn plugin(lib_name: &str) -> PathBuf {
-    let path = built_plugins().join(format!("lib{lib_name}.so"));
+    let path = built().join(format!("lib{lib_name}.so"));
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
