@@ -167,73 +167,66 @@ impl std::io::Write for Captured {
     }
 }
 
-#[test]
-fn a_plugin_log_record_reaches_the_host_subscriber_with_its_name_and_version() {
+/// Loads `lib` alone, calls `task(arg)` under a host subscriber filtered by
+/// `filter`, and returns what the subscriber wrote.
+fn host_log_of_call(lib: &str, filter: &str, task: &str, arg: &str) -> String {
     let dir = TempDir::new("plugin-log");
-    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    install_by_rename(&plugin(lib), dir.path(), "plugin.so");
     let host = start_host(dir.path());
     let captured = Captured::default();
     let sink = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("taskit::plugin=info")
+        .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(move || sink.clone())
         .finish();
     // The plugin logs on the calling thread, so a thread-local default
     // subscriber sees exactly this test's records.
     tracing::subscriber::with_default(subscriber, || {
-        call::<Value>(host.registry(), "log", &("hello from the plugin",)).unwrap();
+        let _ = call::<Value>(host.registry(), task, &(arg,));
     });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let bytes = captured.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn a_plugin_log_record_reaches_the_host_subscriber_with_its_name_and_version() {
+    let text = host_log_of_call(
+        "taskit_demo",
+        "taskit::plugin=info",
+        "log",
+        "hello from the plugin",
+    );
     let line = text
         .lines()
         .find(|l| l.contains("hello from the plugin"))
         .unwrap_or_else(|| panic!("no plugin record in {text:?}"));
-    assert!(line.contains("INFO"), "{line}");
-    assert!(line.contains("taskit::plugin"), "{line}");
-    assert!(line.contains("plugin=demo"), "{line}");
-    assert!(line.contains("version=0.1.0"), "{line}");
+    for part in ["INFO", "taskit::plugin", "plugin=demo", "version=0.1.0"] {
+        assert!(line.contains(part), "{part} missing from {line}");
+    }
 }
 
 #[test]
 fn plugin_records_below_the_host_filter_are_dropped() {
-    let dir = TempDir::new("plugin-log-filter");
-    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-    let host = start_host(dir.path());
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("taskit::plugin=warn")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        call::<Value>(host.registry(), "log", &("quiet please",)).unwrap();
-    });
-    assert!(captured.0.lock().unwrap().is_empty());
+    let text = host_log_of_call("taskit_demo", "taskit::plugin=warn", "log", "quiet please");
+    assert!(text.is_empty(), "{text}");
 }
 
 #[test]
 fn a_panic_in_a_plugin_is_logged_through_the_host_with_its_location() {
-    let dir = TempDir::new("panic-log");
-    install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
-    let host = start_host(dir.path());
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("taskit::plugin=error")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        call::<Value>(host.registry(), "panic", &("kaboom",)).unwrap_err();
-    });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(text.contains("ERROR"), "{text}");
-    assert!(text.contains("plugin=faulty"), "{text}");
-    assert!(
-        text.contains("panicked at") && text.contains("src/lib.rs"),
-        "{text}"
+    let text = host_log_of_call(
+        "taskit_fixture_faulty",
+        "taskit::plugin=error",
+        "panic",
+        "kaboom",
     );
-    assert!(text.contains("kaboom"), "{text}");
+    for part in [
+        "ERROR",
+        "plugin=faulty",
+        "panicked at",
+        "src/lib.rs",
+        "kaboom",
+    ] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
 }

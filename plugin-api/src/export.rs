@@ -19,7 +19,7 @@ use crate::task::{Invocation, TaskFn};
 /// Cargo version) and an init function, and a map from task ids to
 /// functions (see [`TaskFn`] for the shapes accepted).
 ///
-/// ```ignore
+/// ```no_run
 /// fn add(x: i64, y: i64) -> i64 { x + y }
 ///
 /// taskit_plugin_api::export_plugin! {
