@@ -92,8 +92,21 @@ fn json_error(err: serde_json::Error) -> CodecError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bincode;
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The most a bincode decode may claim for strings and containers. bincode
+/// allocates a declared length before reading it, so without a limit eleven
+/// bytes can ask for terabytes and abort the process. Claims beyond the
+/// input are refused before any allocation; within the limit, an allocation
+/// for bytes that are not there is never touched and is freed at once.
+pub const BINCODE_DECODE_LIMIT: usize = 256 << 20;
+
+type BincodeConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<BINCODE_DECODE_LIMIT>,
+>;
+
+fn bincode_config() -> BincodeConfig {
+    bincode::config::standard().with_limit::<BINCODE_DECODE_LIMIT>()
 }
 
 impl Codec for Bincode {
@@ -186,6 +199,17 @@ mod tests {
             longer.extend_from_slice(b"00");
             assert!(codec.decode::<(String, u32)>(&longer).is_err());
         }
+    }
+
+    #[test]
+    fn a_huge_declared_bincode_length_is_refused_not_allocated() {
+        // A string whose length prefix claims 2^44 bytes.
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(1u64 << 44).to_le_bytes());
+        let err = Bincode::decode::<String>(&bytes).unwrap_err();
+        assert!(err.message.to_lowercase().contains("limit"), "{err}");
+        // Sequences are read element by element (serde caps preallocation).
+        assert!(Bincode::decode::<Vec<u8>>(&bytes).is_err());
     }
 
     #[test]
