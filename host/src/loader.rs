@@ -9,9 +9,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::hash::Hasher;
+use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -86,7 +87,7 @@ pub struct PluginVersion {
     source: PathBuf,
     shadow: PathBuf,
     generation: u64,
-    fingerprint: Fingerprint,
+    content_hash: u64,
     tasks: Vec<String>,
     module: PluginModRef,
     services: HostServices,
@@ -125,11 +126,6 @@ impl PluginVersion {
     /// Load counter of this host, unique per loaded version.
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// The file's fingerprint when this version was read.
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
     }
 
     /// The task ids it exports, in its own order.
@@ -181,38 +177,60 @@ impl Drop for PluginVersion {
     }
 }
 
+/// Plugin files larger than this are refused unless configured otherwise.
+pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 256 << 20;
+
+/// What [`Loader::load`] produced.
+#[derive(Debug)]
+pub enum Loaded {
+    /// A new version, checked and initialised.
+    New(PluginVersion),
+    /// The file holds exactly the bytes of the version already loaded.
+    Unchanged,
+}
+
 /// Opens plugin versions into a private shadow directory.
 pub struct Loader {
     shadow_dir: PathBuf,
-    remove_dir_on_drop: bool,
     generation: u64,
+    max_bytes: u64,
     state: Arc<HostState>,
 }
 
 impl Loader {
-    /// A loader whose shadow copies go to `shadow_dir` (created if needed).
-    /// With `None`, a fresh private directory under the system temporary
-    /// directory is used and removed when the loader is dropped.
-    pub fn new(shadow_dir: Option<PathBuf>, state: Arc<HostState>) -> std::io::Result<Self> {
-        let (shadow_dir, remove_dir_on_drop) = match shadow_dir {
-            Some(dir) => (dir, false),
-            None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                let dir = std::env::temp_dir()
-                    .join(format!("taskit-host-{}-{nanos:08x}", std::process::id()));
-                (dir, true)
+    /// A loader whose shadow copies go to a fresh private directory inside
+    /// `shadow_root` (default: the system temporary directory), removed when
+    /// the loader is dropped. A directory per run means a copy left behind by
+    /// a crashed run can never collide with this run's names.
+    pub fn new(shadow_root: Option<PathBuf>, state: Arc<HostState>) -> std::io::Result<Self> {
+        let root = shadow_root.unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&root)?;
+        let mut attempt = 0u32;
+        let shadow_dir = loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let dir = root.join(format!(".taskit-host-{}-{nanos:08x}", std::process::id()));
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
             }
         };
-        fs::create_dir_all(&shadow_dir)?;
         Ok(Self {
             shadow_dir,
-            remove_dir_on_drop,
             generation: 0,
+            max_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             state,
         })
+    }
+
+    /// Refuse plugin files larger than `bytes`.
+    pub fn set_max_bytes(&mut self, bytes: u64) {
+        self.max_bytes = bytes;
     }
 
     /// Where shadow copies are written.
@@ -221,11 +239,16 @@ impl Loader {
     }
 
     /// Loads the plugin file `source`: nothing of it is used unless every
-    /// check passes.
-    pub fn load(&mut self, source: &Path) -> Result<PluginVersion, LoadError> {
+    /// check passes. If its contents are those of `current` (a `touch`, or
+    /// the same file copied again), nothing is loaded and
+    /// [`Loaded::Unchanged`] is returned.
+    pub fn load(
+        &mut self,
+        source: &Path,
+        current: Option<&PluginVersion>,
+    ) -> Result<Loaded, LoadError> {
         self.generation += 1;
         let generation = self.generation;
-        let fingerprint = Fingerprint::of(source).map_err(|e| LoadError::Io(e.to_string()))?;
         let stem = source
             .file_stem()
             .and_then(|s| s.to_str())
@@ -233,22 +256,27 @@ impl Loader {
         let shadow = self.shadow_dir.join(format!("{stem}.{generation}.so"));
         // Copy first, then check the copy: what is checked is exactly what
         // gets mapped, even if the watched file changes meanwhile.
-        let checked = copy_private(source, &shadow).and_then(|mut copy| {
-            let size = copy
-                .metadata()
-                .map_err(|e| LoadError::Io(e.to_string()))?
-                .len();
-            elf::check_file(&mut copy, size).map_err(|p| LoadError::NotALibrary(p.to_string()))
-        });
-        if let Err(err) = checked {
-            let _ = fs::remove_file(&shadow);
-            return Err(err);
-        }
-
-        match open(&shadow) {
-            Ok((library, module)) => {
-                self.finish(source, shadow, generation, fingerprint, library, module)
+        let copied =
+            copy_private(source, &shadow, self.max_bytes).and_then(|(mut copy, size, hash)| {
+                elf::check_file(&mut copy, size)
+                    .map_err(|p| LoadError::NotALibrary(p.to_string()))?;
+                Ok(hash)
+            });
+        let content_hash = match copied {
+            Ok(hash) => hash,
+            Err(err) => {
+                let _ = fs::remove_file(&shadow);
+                return Err(err);
             }
+        };
+        if current.is_some_and(|c| c.content_hash == content_hash) {
+            let _ = fs::remove_file(&shadow);
+            return Ok(Loaded::Unchanged);
+        }
+        match open(&shadow) {
+            Ok((library, module)) => self
+                .finish(source, shadow, generation, content_hash, library, module)
+                .map(Loaded::New),
             Err(err) => {
                 // Nothing of this copy is in use (a library that failed to
                 // open or initialise is never called), so the file can go.
@@ -263,7 +291,7 @@ impl Loader {
         source: &Path,
         shadow: PathBuf,
         generation: u64,
-        fingerprint: Fingerprint,
+        content_hash: u64,
         library: RawLibrary,
         module: PluginModRef,
     ) -> Result<PluginVersion, LoadError> {
@@ -290,7 +318,7 @@ impl Loader {
             source: source.to_owned(),
             shadow,
             generation,
-            fingerprint,
+            content_hash,
             tasks,
             module,
             services,
@@ -301,21 +329,43 @@ impl Loader {
 }
 
 impl Drop for Loader {
+    /// Removes the shadow directory; files of versions still mapped vanish
+    /// from it but stay readable through their mappings.
     fn drop(&mut self) {
-        if self.remove_dir_on_drop {
-            let _ = fs::remove_dir_all(&self.shadow_dir);
-        }
+        let _ = fs::remove_dir_all(&self.shadow_dir);
     }
 }
 
-/// Copies `source` to a new file readable by this user only, and returns
-/// the copy opened for reading. Streams: memory use does not depend on the
-/// file's size.
-fn copy_private(source: &Path, shadow: &Path) -> Result<fs::File, LoadError> {
+/// Copies `source` to a new file readable by this user only and returns the
+/// copy (opened for reading), its size and a hash of its contents.
+///
+/// Only a regular file of at most `max_bytes` is copied: the file is opened
+/// without blocking (a FIFO would otherwise block until a writer comes) and
+/// checked through its descriptor (a symlink to `/dev/zero` would otherwise
+/// be copied forever). Memory use does not depend on the file's size.
+fn copy_private(
+    source: &Path,
+    shadow: &Path,
+    max_bytes: u64,
+) -> Result<(fs::File, u64, u64), LoadError> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
         LoadError::Io(format!("{what} {}: {e}", path.display()))
     };
-    let mut from = fs::File::open(source).map_err(|e| io("open", source, e))?;
+    let from = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(source)
+        .map_err(|e| io("open", source, e))?;
+    let meta = from.metadata().map_err(|e| io("stat", source, e))?;
+    if !meta.is_file() {
+        return Err(LoadError::NotALibrary("not a regular file".into()));
+    }
+    let size = meta.len();
+    if size > max_bytes {
+        return Err(LoadError::NotALibrary(format!(
+            "{size} bytes, over the limit of {max_bytes} bytes for a plugin file"
+        )));
+    }
     let mut to = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -323,9 +373,30 @@ fn copy_private(source: &Path, shadow: &Path) -> Result<fs::File, LoadError> {
         .mode(0o700)
         .open(shadow)
         .map_err(|e| io("create", shadow, e))?;
-    std::io::copy(&mut from, &mut to).map_err(|e| io("copy to", shadow, e))?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut reader = from.take(size);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut copied = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io("read", source, e)),
+        };
+        hasher.write(&buf[..n]);
+        to.write_all(&buf[..n])
+            .map_err(|e| io("write", shadow, e))?;
+        copied += n as u64;
+    }
+    if copied != size {
+        return Err(LoadError::Io(format!(
+            "{} changed size while being read ({size} bytes, then {copied})",
+            source.display()
+        )));
+    }
     to.flush().map_err(|e| io("write", shadow, e))?;
-    Ok(to)
+    Ok((to, size, hasher.finish()))
 }
 
 /// `dlopen`, then the root module through this library's own header (never

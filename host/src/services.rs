@@ -59,10 +59,9 @@ pub(crate) fn services_for(state: &Arc<HostState>, plugin: &str, version: &str) 
         plugin: plugin.to_owned(),
         version: version.to_owned(),
     }));
-    HostServices {
-        data: data as *const PluginData as *const c_void,
-        vtable: vtable(),
-    }
+    // SAFETY: `data` is leaked (never freed) and is what the vtable's
+    // functions expect.
+    unsafe { HostServices::new(data as *const PluginData as *const c_void, vtable()) }
 }
 
 const VTABLE: &WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
@@ -77,24 +76,34 @@ fn vtable() -> HostVTableRef {
     HostVTableRef(VTABLE.static_as_prefix())
 }
 
-fn data<'a>(data: *const c_void) -> &'a PluginData {
-    // SAFETY: only `services_for` creates `HostServices`, with a pointer to
-    // a leaked, never freed `PluginData`.
+/// # Safety
+///
+/// `data` must come from `services_for`: a leaked, never freed `PluginData`.
+unsafe fn data<'a>(data: *const c_void) -> &'a PluginData {
     unsafe { &*(data as *const PluginData) }
 }
 
-extern "C" fn running_tasks(d: *const c_void) -> u64 {
-    data(d).state.running_tasks()
+/// Runs `f` without letting a panic unwind into the plugin that called us
+/// (a panic across `extern "C"` aborts the process).
+fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
-extern "C" fn subtask_enter(d: *const c_void) {
-    data(d).state.running.fetch_add(1, Ordering::AcqRel);
+unsafe extern "C" fn running_tasks(d: *const c_void) -> u64 {
+    let d = unsafe { data(d) };
+    guarded(0, || d.state.running_tasks())
 }
 
-extern "C" fn subtask_exit(d: *const c_void) {
+unsafe extern "C" fn subtask_enter(d: *const c_void) {
+    let d = unsafe { data(d) };
+    d.state.running.fetch_add(1, Ordering::AcqRel);
+}
+
+unsafe extern "C" fn subtask_exit(d: *const c_void) {
+    let d = unsafe { data(d) };
     // Saturating: a plugin that exits more subtasks than it entered must not
     // wrap the count around.
-    let _ = data(d)
+    let _ = d
         .state
         .running
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -105,18 +114,19 @@ extern "C" fn subtask_exit(d: *const c_void) {
 /// `RUST_LOG='taskit::plugin[{plugin=demo}]=debug'`.
 pub const PLUGIN_LOG_TARGET: &str = "taskit::plugin";
 
-extern "C" fn log_enabled(_: *const c_void, level: u8) -> bool {
-    match LogLevel::from_u8(level) {
+unsafe extern "C" fn log_enabled(_: *const c_void, level: u8) -> bool {
+    // A subscriber that panics must not take the process down.
+    guarded(false, || match LogLevel::from_u8(level) {
         LogLevel::Trace => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::TRACE),
         LogLevel::Debug => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::DEBUG),
         LogLevel::Info => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::INFO),
         LogLevel::Warn => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::WARN),
         LogLevel::Error => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::ERROR),
-    }
+    })
 }
 
-extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
-    let d = data(d);
+unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let d = unsafe { data(d) };
     macro_rules! emit {
         ($level:expr) => {
             tracing::event!(
@@ -130,11 +140,11 @@ extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'
             )
         };
     }
-    match LogLevel::from_u8(level) {
+    guarded((), || match LogLevel::from_u8(level) {
         LogLevel::Trace => emit!(Level::TRACE),
         LogLevel::Debug => emit!(Level::DEBUG),
         LogLevel::Info => emit!(Level::INFO),
         LogLevel::Warn => emit!(Level::WARN),
         LogLevel::Error => emit!(Level::ERROR),
-    }
+    })
 }

@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
-use crate::loader::{Fingerprint, LoadError, Loader};
+use crate::loader::{Fingerprint, LoadError, Loaded, Loader, DEFAULT_MAX_PLUGIN_BYTES};
 use crate::registry::{Conflict, Registry};
 use crate::services::HostState;
 
@@ -29,16 +30,19 @@ use crate::services::HostState;
 pub struct HostConfig {
     /// The directory watched for plugin files (`*.so`, not hidden).
     pub plugins_dir: PathBuf,
-    /// Where private shadow copies go; `None` for a fresh temporary directory.
+    /// Where the private directory of shadow copies is made (default: the
+    /// system temporary directory).
     pub shadow_dir: Option<PathBuf>,
-    /// Wait after an event that ends a write (close, rename, removal).
+    /// Wait after an event that ends a write (close after writing, rename).
     pub settle: Duration,
-    /// Wait after any other change, for writers that are still writing.
+    /// Wait after any other change (a write in progress, a removal).
     pub quiet: Duration,
     /// Watch the directory for changes. Without it, plugins are loaded at
     /// start and on forced reloads only (for file systems where inotify
     /// sees nothing, such as NFS).
     pub watch: bool,
+    /// Plugin files larger than this are refused.
+    pub max_plugin_bytes: u64,
 }
 
 impl HostConfig {
@@ -50,6 +54,7 @@ impl HostConfig {
             settle: Duration::from_millis(25),
             quiet: Duration::from_millis(250),
             watch: true,
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
         }
     }
 }
@@ -100,16 +105,24 @@ pub enum StartError {
 
 enum Msg {
     Fs(notify::Result<notify::Event>),
-    Reload(Sender<ReloadSummary>),
+    Reload(SyncSender<ReloadSummary>),
     Shutdown,
 }
 
-type Subscribers = Arc<Mutex<Vec<Sender<PluginEvent>>>>;
+/// File-system events waiting for the worker; beyond this many, events are
+/// dropped and the directory is rescanned instead.
+const EVENT_QUEUE: usize = 4096;
+
+/// Events kept for a subscriber that is not reading; later ones are dropped
+/// for it.
+const SUBSCRIBER_QUEUE: usize = 1024;
+
+type Subscribers = Arc<Mutex<Vec<SyncSender<PluginEvent>>>>;
 
 /// A registry kept in step with a plugins directory.
 pub struct PluginHost {
     registry: Arc<Registry>,
-    control: Sender<Msg>,
+    control: SyncSender<Msg>,
     subscribers: Subscribers,
     thread: Option<JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -117,19 +130,28 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// Loads every plugin in the directory, then watches it.
-    pub fn start(config: HostConfig) -> Result<Self, StartError> {
-        if !config.plugins_dir.is_dir() {
-            return Err(StartError::NoPluginsDir(config.plugins_dir));
-        }
+    pub fn start(mut config: HostConfig) -> Result<Self, StartError> {
+        // notify reports absolute paths: compare events with the canonical
+        // directory, whatever form it was given in.
+        config.plugins_dir = match std::fs::canonicalize(&config.plugins_dir) {
+            Ok(dir) if dir.is_dir() => dir,
+            _ => return Err(StartError::NoPluginsDir(config.plugins_dir)),
+        };
         let state = Arc::new(HostState::default());
         let registry = Arc::new(Registry::new(Arc::clone(&state)));
-        let loader =
+        let mut loader =
             Loader::new(config.shadow_dir.clone(), state).map_err(StartError::ShadowDir)?;
-        let (tx, rx) = mpsc::channel();
+        loader.set_max_bytes(config.max_plugin_bytes);
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
 
         // Watch before the first scan, so nothing written in between is missed.
         let watcher = if config.watch {
-            Some(watch(&config.plugins_dir, tx.clone())?)
+            Some(watch(
+                &config.plugins_dir,
+                tx.clone(),
+                Arc::clone(&overflowed),
+            )?)
         } else {
             None
         };
@@ -141,7 +163,8 @@ impl PluginHost {
             registry: Arc::clone(&registry),
             subscribers: Arc::clone(&subscribers),
             pending: HashMap::new(),
-            failed: HashMap::new(),
+            attempts: HashMap::new(),
+            overflowed,
             rx,
         };
         worker.rescan();
@@ -166,16 +189,17 @@ impl PluginHost {
     /// Rescans the directory now (SIGHUP, `<reload>`): loads new and changed
     /// files, retries refused ones, unregisters removed ones. Returns when done.
     pub fn reload(&self) -> ReloadSummary {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(1);
         if self.control.send(Msg::Reload(tx)).is_err() {
             return ReloadSummary::default();
         }
         rx.recv().unwrap_or_default()
     }
 
-    /// A stream of what happens to plugin files from now on.
+    /// A stream of what happens to plugin files from now on. A subscriber
+    /// that falls more than 1024 events behind misses the later ones.
     pub fn subscribe(&self) -> Receiver<PluginEvent> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
         self.subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -184,13 +208,19 @@ impl PluginHost {
     }
 }
 
-fn watch(dir: &Path, tx: Sender<Msg>) -> Result<notify::RecommendedWatcher, StartError> {
+fn watch(
+    dir: &Path,
+    tx: SyncSender<Msg>,
+    overflowed: Arc<AtomicBool>,
+) -> Result<notify::RecommendedWatcher, StartError> {
     let failed = |source| StartError::Watch {
         dir: dir.to_owned(),
         source,
     };
     let mut watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(Msg::Fs(event));
+        if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Fs(event)) {
+            overflowed.store(true, Ordering::Release);
+        }
     })
     .map_err(failed)?;
     watcher
@@ -215,14 +245,23 @@ struct Pending {
     seen: Option<Fingerprint>,
 }
 
+/// The last load attempt of a file: its metadata then, and whether it was
+/// refused.
+#[derive(Clone, Copy)]
+struct Attempt {
+    fingerprint: Fingerprint,
+    refused: bool,
+}
+
 struct Worker {
     config: HostConfig,
     loader: Loader,
     registry: Arc<Registry>,
     subscribers: Subscribers,
     pending: HashMap<PathBuf, Pending>,
-    /// Files refused, with the metadata they had: not retried until they change.
-    failed: HashMap<PathBuf, Fingerprint>,
+    /// Per file: not tried again while its metadata stays the same.
+    attempts: HashMap<PathBuf, Attempt>,
+    overflowed: Arc<AtomicBool>,
     rx: Receiver<Msg>,
 }
 
@@ -245,32 +284,60 @@ impl Worker {
                     .rx
                     .recv_timeout(due.saturating_duration_since(Instant::now())),
             };
-            match msg {
-                Ok(Msg::Fs(Ok(event))) => self.on_event(event),
-                Ok(Msg::Fs(Err(err))) => {
-                    tracing::warn!(%err, "file watcher error; a forced reload (SIGHUP) rescans the directory")
-                }
-                Ok(Msg::Reload(reply)) => {
-                    let summary = self.rescan();
-                    let _ = reply.send(summary);
-                }
+            let msg = match msg {
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+            };
+            // One bad step must not stop reloading for the rest of the
+            // process: log it and carry on.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(msg)));
+            if step.is_err() {
+                tracing::error!("internal error while applying a plugin change (see the panic above); carrying on");
             }
-            self.process_due();
         }
     }
 
+    fn step(&mut self, msg: Option<Msg>) {
+        match msg {
+            Some(Msg::Fs(Ok(event))) => self.on_event(event),
+            Some(Msg::Fs(Err(err))) => {
+                tracing::warn!(%err, "file watcher error; rescanning the plugins directory");
+                self.rescan();
+            }
+            Some(Msg::Reload(reply)) => {
+                let summary = self.rescan();
+                let _ = reply.send(summary);
+            }
+            Some(Msg::Shutdown) | None => {}
+        }
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            tracing::warn!("too many file events at once; rescanning the plugins directory");
+            self.rescan();
+        }
+        self.process_due();
+    }
+
     fn on_event(&mut self, event: notify::Event) {
+        if event.need_rescan() {
+            // The kernel's queue overflowed: events were lost.
+            self.rescan();
+            return;
+        }
         let delay = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Remove(_) => self.config.settle,
+            | EventKind::Modify(ModifyKind::Name(_)) => self.config.settle,
             // Reads (ours included) change nothing.
             EventKind::Access(_) => return,
+            // A removal waits as long as a write in progress: `rm` then `cp`
+            // is a common way to deploy, and should not leave the tasks
+            // unregistered in between.
             _ => self.config.quiet,
         };
-        let due = Instant::now() + delay;
+        let now = Instant::now();
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(86_400));
         for path in event.paths {
             if !is_plugin_file(&path) || path.parent() != Some(self.config.plugins_dir.as_path()) {
                 continue;
@@ -282,12 +349,15 @@ impl Worker {
 
     fn process_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<PathBuf> = self
+        let mut due: Vec<PathBuf> = self
             .pending
             .iter()
             .filter(|(_, p)| p.due <= now)
             .map(|(path, _)| path.clone())
             .collect();
+        // File-name order, as at start, so conflicts between files that
+        // settle together resolve the same way every time.
+        due.sort();
         for path in due {
             let now_seen = Fingerprint::of(&path).ok();
             let Some(pending) = self.pending.get_mut(&path) else {
@@ -297,7 +367,7 @@ impl Worker {
                 // Changed since the last event without telling us: still
                 // being written. Look again a little later.
                 pending.seen = now_seen;
-                pending.due = now + self.config.settle;
+                pending.due = now.checked_add(self.config.settle).unwrap_or(now);
                 continue;
             }
             self.pending.remove(&path);
@@ -312,27 +382,35 @@ impl Worker {
         }
     }
 
-    /// Loads `path` unless this exact file is already loaded, or was already
-    /// refused (unless `retry_refused`). Returns `Some(loaded?)` if it tried.
+    /// Loads `path` unless it was already tried with this exact metadata
+    /// (and, with `retry_refused`, was not refused). Returns `Some(loaded?)`
+    /// if it loaded or refused a version.
     fn load_if_changed(
         &mut self,
         path: &Path,
         fingerprint: Fingerprint,
         retry_refused: bool,
     ) -> Option<bool> {
+        if let Some(last) = self.attempts.get(path) {
+            if last.fingerprint == fingerprint && !(last.refused && retry_refused) {
+                return None;
+            }
+        }
         let current = self.registry.loaded_from(path);
-        if current
-            .as_ref()
-            .is_some_and(|v| v.fingerprint() == fingerprint)
-        {
-            return None;
-        }
-        if !retry_refused && self.failed.get(path) == Some(&fingerprint) {
-            return None;
-        }
-        match self.loader.load(path) {
-            Ok(version) => {
-                self.failed.remove(path);
+        let outcome = self.loader.load(path, current.as_deref());
+        self.attempts.insert(
+            path.to_owned(),
+            Attempt {
+                fingerprint,
+                refused: outcome.is_err(),
+            },
+        );
+        match outcome {
+            Ok(Loaded::Unchanged) => {
+                tracing::debug!(file = %path.display(), "same contents as the loaded version; not reloaded");
+                None
+            }
+            Ok(Loaded::New(version)) => {
                 let (name, ver, generation) = (
                     version.name().to_owned(),
                     version.version().to_owned(),
@@ -370,7 +448,6 @@ impl Worker {
                 Some(true)
             }
             Err(error) => {
-                self.failed.insert(path.to_owned(), fingerprint);
                 match &current {
                     Some(v) => tracing::error!(
                         file = %path.display(), %error, keeps_serving = %format!("{} {}", v.name(), v.version()),
@@ -388,7 +465,7 @@ impl Worker {
     }
 
     fn unload(&mut self, path: &Path) -> bool {
-        self.failed.remove(path);
+        self.attempts.remove(path);
         let Some(old) = self.registry.remove(path) else {
             return false;
         };
@@ -408,7 +485,7 @@ impl Worker {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.config.plugins_dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_plugin_file(p) && p.is_file())
+                .filter(|p| is_plugin_file(p))
                 .collect(),
             Err(err) => {
                 tracing::error!(dir = %self.config.plugins_dir.display(), %err, "cannot list the plugins directory");
@@ -440,6 +517,11 @@ impl Worker {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|tx| tx.send(event.clone()).is_ok());
+        subs.retain(|tx| {
+            !matches!(
+                tx.try_send(event.clone()),
+                Err(TrySendError::Disconnected(_))
+            )
+        });
     }
 }

@@ -24,7 +24,7 @@ use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginMod {
     /// The plugin's name, as given to `export_plugin!`.
     pub name: RStr<'static>,
@@ -81,43 +81,97 @@ pub struct RTaskError {
     pub args_json: RString,
 }
 
-/// The host's side of the boundary: counters, cancellation and logging,
-/// reached through plain function pointers.
+/// The host's side of the boundary: counters and logging, reached through
+/// plain function pointers.
 ///
-/// `data` is owned by the host and outlives every use the plugin can make of
-/// it (the host never frees it while the plugin is mapped), so a plugin may
-/// keep a copy in a static or move one into a thread it spawns.
+/// Only [`HostServices::new`] makes one, and its contract is that `data`
+/// outlives every use a plugin can make of it (the host never frees it while
+/// the plugin is mapped), so a plugin may keep a copy in a static or move one
+/// into a thread it spawns, and the safe methods below are sound.
 #[repr(C)]
 #[derive(StableAbi, Copy, Clone)]
 pub struct HostServices {
-    pub data: *const c_void,
-    pub vtable: HostVTableRef,
+    data: *const c_void,
+    vtable: HostVTableRef,
 }
 
 // SAFETY: `data` points to a host structure that is itself `Send + Sync`
-// (atomics and immutable strings) and is never freed while a plugin can see it.
+// (atomics and immutable strings) and is never freed while a plugin can see
+// it (the contract of `HostServices::new`).
 unsafe impl Send for HostServices {}
 unsafe impl Sync for HostServices {}
 
+impl HostServices {
+    /// Services whose functions are `vtable`'s, called with `data`.
+    ///
+    /// # Safety
+    ///
+    /// `data` must be what `vtable`'s functions expect, and stay valid for
+    /// as long as any copy of the returned value may be used: in practice
+    /// for the rest of the process, since plugins keep copies.
+    pub unsafe fn new(data: *const c_void, vtable: HostVTableRef) -> Self {
+        Self { data, vtable }
+    }
+
+    /// Tasks running in the host right now, subtasks included.
+    pub fn running_tasks(&self) -> u64 {
+        // SAFETY: the contract of `new`.
+        unsafe { (self.vtable.running_tasks())(self.data) }
+    }
+
+    /// Counts one more piece of background work as a running task.
+    pub fn subtask_enter(&self) {
+        // SAFETY: the contract of `new`.
+        unsafe { (self.vtable.subtask_enter())(self.data) }
+    }
+
+    /// Ends what [`subtask_enter`](Self::subtask_enter) began.
+    pub fn subtask_exit(&self) {
+        // SAFETY: the contract of `new`.
+        unsafe { (self.vtable.subtask_exit())(self.data) }
+    }
+
+    /// Whether the host would keep a record at `level`.
+    pub fn log_enabled(&self, level: LogLevel) -> bool {
+        // SAFETY: the contract of `new`.
+        unsafe { (self.vtable.log_enabled())(self.data, level as u8) }
+    }
+
+    /// Hands one log record to the host.
+    pub fn log(&self, level: LogLevel, target: &str, message: &str) {
+        // SAFETY: the contract of `new`.
+        unsafe {
+            (self.vtable.log())(
+                self.data,
+                level as u8,
+                RStr::from_str(target),
+                RStr::from_str(message),
+            )
+        }
+    }
+}
+
 /// Function table behind [`HostServices`]. A prefix type, so the host can
-/// grow it without breaking plugins built earlier.
+/// grow it without breaking plugins built earlier. Every function must be
+/// called with the `data` pointer it was paired with.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = HostVTableRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct HostVTable {
     /// Tasks running in the host right now, subtasks included.
-    pub running_tasks: extern "C" fn(data: *const c_void) -> u64,
+    pub running_tasks: unsafe extern "C" fn(data: *const c_void) -> u64,
     /// Counts one more piece of background work as a running task.
-    pub subtask_enter: extern "C" fn(data: *const c_void),
+    pub subtask_enter: unsafe extern "C" fn(data: *const c_void),
     /// Ends what `subtask_enter` began.
-    pub subtask_exit: extern "C" fn(data: *const c_void),
+    pub subtask_exit: unsafe extern "C" fn(data: *const c_void),
     /// Whether the host would keep a record at this level (see [`LogLevel`]).
-    pub log_enabled: extern "C" fn(data: *const c_void, level: u8) -> bool,
+    pub log_enabled: unsafe extern "C" fn(data: *const c_void, level: u8) -> bool,
     /// Hands one log record to the host, which tags it with the plugin's name
     /// and version.
     #[sabi(last_prefix_field)]
-    pub log: extern "C" fn(data: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>),
+    pub log:
+        unsafe extern "C" fn(data: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>),
 }
 
 /// Log levels as they cross the boundary (a plain `u8`, so a level added

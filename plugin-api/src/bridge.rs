@@ -7,7 +7,6 @@
 
 use std::fmt::{self, Write as _};
 
-use abi_stable::std_types::RStr;
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Dispatch, Event, Level, Metadata, Subscriber};
@@ -57,7 +56,7 @@ impl Visit for Message {
 
 impl Subscriber for HostLog {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        (self.host.vtable.log_enabled())(self.host.data, level_of(metadata.level()) as u8)
+        self.host.log_enabled(level_of(metadata.level()))
     }
 
     fn new_span(&self, _: &Attributes<'_>) -> Id {
@@ -72,12 +71,8 @@ impl Subscriber for HostLog {
         let mut message = Message(String::new());
         event.record(&mut message);
         let meta = event.metadata();
-        (self.host.vtable.log())(
-            self.host.data,
-            level_of(meta.level()) as u8,
-            RStr::from_str(meta.target()),
-            RStr::from_str(&message.0),
-        );
+        self.host
+            .log(level_of(meta.level()), meta.target(), &message.0);
     }
 
     fn enter(&self, _: &Id) {}
@@ -94,11 +89,6 @@ pub(crate) fn install(host: HostServices) {
 /// safe to enter, such as the panic hook).
 pub(crate) fn send(level: LogLevel, target: &str, message: &str) {
     if let Some(host) = crate::export::host() {
-        (host.vtable.log())(
-            host.data,
-            level as u8,
-            RStr::from_str(target),
-            RStr::from_str(message),
-        );
+        host.log(level, target, message);
     }
 }

@@ -19,7 +19,7 @@ impl<'a> TaskContext<'a> {
 
     /// Tasks running in the host right now, this one and subtasks included.
     pub fn running_tasks(&self) -> u64 {
-        (self.host.vtable.running_tasks())(self.host.data)
+        self.host.running_tasks()
     }
 
     /// True once the host wants this call to end early (it is draining, or
@@ -32,7 +32,7 @@ impl<'a> TaskContext<'a> {
     /// dropped, so the host's task count includes it and a draining host
     /// waits for it. Move the guard into the thread doing the work.
     pub fn subtask(&self) -> Subtask {
-        (self.host.vtable.subtask_enter())(self.host.data);
+        self.host.subtask_enter();
         Subtask { host: self.host }
     }
 }
@@ -45,6 +45,6 @@ pub struct Subtask {
 
 impl Drop for Subtask {
     fn drop(&mut self) {
-        (self.host.vtable.subtask_exit())(self.host.data);
+        self.host.subtask_exit();
     }
 }
