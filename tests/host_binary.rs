@@ -170,3 +170,32 @@ fn sighup_rescans_and_sigterm_exits_cleanly() {
     let status = host.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[test]
+fn a_relative_plugins_dir_is_watched() {
+    let dir = TempDir::new("relative");
+    std::fs::create_dir(dir.join("plugins.d")).unwrap();
+    let mut child = Command::new(host_binary())
+        .args(["--plugins", "plugins.d"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut host = Host {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    host.expect_line(&["taskit-host ready"]);
+    install_by_rename(&plugin("taskit_demo"), &dir.join("plugins.d"), "demo.so");
+    host.expect_line(&["loaded plugin", "plugin=demo"]);
+}

@@ -441,3 +441,145 @@ fn a_reload_storm_loses_no_call() {
         latencies[SWAPS - 1]
     );
 }
+
+#[test]
+fn special_files_are_refused_without_blocking_the_host() {
+    let dir = TempDir::new("special");
+    let fifo = std::ffi::CString::new(dir.join("fifo.so").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.so")).unwrap();
+    std::fs::File::create(dir.join("sparse.so"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+
+    // Start returns (a FIFO would block an ordinary open, /dev/zero would
+    // copy forever, the sparse file would fill the disk).
+    let host = start_host(dir.path());
+    let events = host.subscribe();
+    let summary = host.reload();
+    assert_eq!(summary.refused.len(), 3, "{summary:?}");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    assert_eq!(expect_loaded(&events, &dir.join("demo.so")), "0.1.0");
+}
+
+#[test]
+fn touching_or_recopying_the_same_bytes_does_not_reload() {
+    let dir = TempDir::new("touch");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let host = start_host(dir.path());
+    let events = host.subscribe();
+    let file = dir.join("demo.so");
+    let generation = host.registry().loaded_from(&file).unwrap().generation();
+
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    install_by_overwrite(&plugin("taskit_demo"), dir.path(), "demo.so");
+    // The next event must be the real change below, not a reload of the same bytes.
+    install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
+    assert_eq!(expect_loaded(&events, &file), "0.2.0");
+    let now = host.registry().loaded_from(&file).unwrap().generation();
+    assert!(now > generation);
+    assert_eq!(host.reload().unchanged, 1);
+}
+
+#[test]
+fn files_settling_together_resolve_conflicts_by_name() {
+    for round in 0..3 {
+        let dir = TempDir::new("together");
+        let mut config = HostConfig::new(dir.path());
+        // Both renames below happen well within one settle time.
+        config.settle = Duration::from_millis(300);
+        let host = PluginHost::start(config).unwrap();
+        let events = host.subscribe();
+        install_by_rename(
+            &plugin("taskit_fixture_conflict"),
+            dir.path(),
+            "b-conflict.so",
+        );
+        install_by_rename(&plugin("taskit_demo"), dir.path(), "a-demo.so");
+        expect_loaded(&events, &dir.join("a-demo.so"));
+        expect_loaded(&events, &dir.join("b-conflict.so"));
+        assert_eq!(
+            call::<i64>(host.registry(), "add", &(4, 4)).unwrap(),
+            8,
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn rm_then_cp_keeps_serving_without_a_gap() {
+    let dir = TempDir::new("rm-cp");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    install_by_rename(
+        &plugin("taskit_fixture_conflict"),
+        dir.path(),
+        "zz-conflict.so",
+    );
+    let host = Arc::new(start_host(dir.path()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (host, stop) = (Arc::clone(&host), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut wrong = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match call::<i64>(host.registry(), "add", &(4, 4)) {
+                    Ok(8) => {}
+                    other => wrong.push(format!("{other:?}")),
+                }
+            }
+            wrong
+        })
+    };
+    std::fs::remove_file(dir.join("demo.so")).unwrap();
+    std::fs::copy(plugin("taskit_demo"), dir.join("demo.so")).unwrap();
+    // Longer than any settle time: the removal has been applied if it ever will.
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::Relaxed);
+    let wrong = caller.join().unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers, first {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+}
+
+#[test]
+fn a_persistent_shadow_dir_with_leftovers_still_works() {
+    let dir = TempDir::new("shadow-plugins");
+    let shadow = TempDir::new("shadow-root");
+    std::fs::write(shadow.join("demo.1.so"), "left by a crashed run").unwrap();
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let mut config = HostConfig::new(dir.path());
+    config.shadow_dir = Some(shadow.path().to_owned());
+    {
+        let host = PluginHost::start(config.clone()).unwrap();
+        assert_eq!(version_served(&host), "0.1.0");
+    }
+    // Twice, as after a restart; the leftover is untouched.
+    let host = PluginHost::start(config).unwrap();
+    assert_eq!(version_served(&host), "0.1.0");
+    assert!(shadow.join("demo.1.so").exists());
+}
+
+#[test]
+fn the_shadow_dir_may_be_the_plugins_dir() {
+    let dir = TempDir::new("shadow-inside");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let mut config = HostConfig::new(dir.path());
+    config.shadow_dir = Some(dir.path().to_owned());
+    let host = PluginHost::start(config).unwrap();
+    let events = host.subscribe();
+    install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
+    assert_eq!(expect_loaded(&events, &dir.join("demo.so")), "0.2.0");
+    // Copies in the private subdirectory are not plugin files: no further loads.
+    assert_eq!(host.reload().loaded.len(), 0);
+    assert_eq!(host.registry().plugins().len(), 1);
+}

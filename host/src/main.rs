@@ -19,8 +19,8 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "plugins.d")]
     plugins: PathBuf,
 
-    /// Where private copies of loaded plugins go (default: a fresh
-    /// directory under the system temporary directory).
+    /// Where to make the private directory of plugin copies, one per run,
+    /// removed at exit (default: the system temporary directory).
     #[arg(long, value_name = "DIR")]
     shadow_dir: Option<PathBuf>,
 

@@ -4,8 +4,8 @@
 //!
 //! A file is loaded once it has stopped changing. Each event about a file
 //! (re)arms a timer for it: short after events that mark the end of a write
-//! (close after writing, rename into place, removal), longer after anything
-//! else (a write in progress). When the timer fires the file's metadata is
+//! (close after writing, rename into place), longer after anything else (a
+//! write in progress, a removal). When the timer fires the file's metadata is
 //! compared with what it was at the last event; if it moved, the file is
 //! still being written and the timer is armed again.
 
@@ -241,6 +241,8 @@ impl Drop for PluginHost {
 /// A file waiting to settle.
 struct Pending {
     due: Instant,
+    /// The last event ended a write (close, rename): nothing more is coming.
+    ends_write: bool,
     /// Its metadata at the last event; `None` if it did not exist then.
     seen: Option<Fingerprint>,
 }
@@ -324,15 +326,15 @@ impl Worker {
             self.rescan();
             return;
         }
-        let delay = match event.kind {
+        let (delay, ends_write) = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(_)) => self.config.settle,
+            | EventKind::Modify(ModifyKind::Name(_)) => (self.config.settle, true),
             // Reads (ours included) change nothing.
             EventKind::Access(_) => return,
             // A removal waits as long as a write in progress: `rm` then `cp`
             // is a common way to deploy, and should not leave the tasks
             // unregistered in between.
-            _ => self.config.quiet,
+            _ => (self.config.quiet, false),
         };
         let now = Instant::now();
         let due = now
@@ -343,20 +345,32 @@ impl Worker {
                 continue;
             }
             let seen = Fingerprint::of(&path).ok();
-            self.pending.insert(path, Pending { due, seen });
+            self.pending.insert(
+                path,
+                Pending {
+                    due,
+                    ends_write,
+                    seen,
+                },
+            );
         }
     }
 
     fn process_due(&mut self) {
         let now = Instant::now();
+        if !self.pending.values().any(|p| p.due <= now) {
+            return;
+        }
+        // Files whose writes ended within one settle time of each other form
+        // one batch, applied in file-name order as at start, so a conflict
+        // between files installed together resolves the same way every time.
+        let batch_end = now.checked_add(self.config.settle).unwrap_or(now);
         let mut due: Vec<PathBuf> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.due <= now)
+            .filter(|(_, p)| p.due <= now || (p.ends_write && p.due <= batch_end))
             .map(|(path, _)| path.clone())
             .collect();
-        // File-name order, as at start, so conflicts between files that
-        // settle together resolve the same way every time.
         due.sort();
         for path in due {
             let now_seen = Fingerprint::of(&path).ok();
