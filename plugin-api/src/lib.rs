@@ -5,6 +5,7 @@
 //! - [`codec`], [`args`]: how arguments and results are written.
 //! - [`error`]: TaskIt's `{type, args}` error model.
 //! - [`context`]: what a running task can ask of the host.
+//! - [`wire`]: the TaskIt 4.0 and native protocols, as functions over bytes.
 
 pub mod abi;
 pub mod args;
@@ -14,6 +15,7 @@ pub mod context;
 pub mod error;
 mod export;
 pub mod task;
+pub mod wire;
 
 /// Used by [`export_plugin!`]; not a public API.
 #[doc(hidden)]
