@@ -14,5 +14,8 @@ pub mod services;
 pub mod watcher;
 
 pub use loader::{LoadError, PluginVersion};
-pub use registry::{Conflict, PluginInfo, Registry};
+pub use registry::{Conflict, PluginInfo, RegisterError, Registry};
 pub use watcher::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
+pub mod server;
+
+pub use server::{Exit, Server, ServerConfig};

@@ -1,16 +1,22 @@
 //! `taskit-host`: loads the plugins in a directory, keeps them in step with
-//! it, and (from the network server on) serves their tasks.
+//! it, and serves their tasks over TCP (TaskIt 4.0 and native protocols on
+//! the same port).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context as _;
-use clap::Parser;
-use taskit_host::{HostConfig, PluginHost};
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use taskit_host::{Exit, HostConfig, PluginHost, Registry, Server, ServerConfig};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-/// Loads task plugins (*.so) from a directory and hot-reloads them as the
-/// directory changes.
+/// Serves task plugins (*.so) from a directory over TCP, hot-reloading them
+/// as the directory changes. Clients call tasks by id with the TaskIt 4.0
+/// protocol or the native one, on the same port.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -18,6 +24,29 @@ struct Args {
     /// they may be replaced at any time (cp over, or rename into place).
     #[arg(long, value_name = "DIR", default_value = "plugins.d")]
     plugins: PathBuf,
+
+    /// Address to listen on; repeat for several.
+    #[arg(long = "bind", value_name = "ADDR", default_value = "127.0.0.1:54543")]
+    binds: Vec<SocketAddr>,
+
+    /// File holding the admin token that every admin signal (<stop>,
+    /// <kill>, <status>, <tasks>, <reload>) must carry. Must not be
+    /// readable by other users.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+
+    /// Largest message or frame accepted, in bytes; larger ones are refused
+    /// before anything is allocated for them.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    max_message: usize,
+
+    /// Tasks running at once; further calls wait for a free slot.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_tasks: usize,
+
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     /// Where to make the private directory of plugin copies, one per run,
     /// removed at exit (default: the system temporary directory).
@@ -30,78 +59,121 @@ struct Args {
     no_watch: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    // Before any thread starts, so that every thread inherits the mask and
-    // only `wait_for_signals` receives these.
-    let signals = signals::block(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM])?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
 
-    let mut config = HostConfig::new(&args.plugins);
-    config.shadow_dir = args.shadow_dir;
-    config.watch = !args.no_watch;
-    let host = PluginHost::start(config)
-        .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
-    let plugins = host.registry().plugins();
-    tracing::info!(
-        plugins_dir = %args.plugins.display(),
-        plugins = plugins.len(),
-        tasks = host.registry().task_ids().len(),
-        "taskit-host ready; watching for plugin changes"
-    );
-    loop {
-        match signals::wait(&signals)? {
-            libc::SIGHUP => {
-                let summary = host.reload();
-                tracing::info!(
-                    loaded = summary.loaded.len(),
-                    refused = summary.refused.len(),
-                    removed = summary.removed.len(),
-                    unchanged = summary.unchanged,
-                    "SIGHUP: plugins directory rescanned"
-                );
-            }
-            signal => {
-                tracing::info!(signal, "stopping");
-                drop(host);
-                return Ok(());
-            }
-        }
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 
-/// Synchronous signal handling: the signals are blocked in every thread and
-/// taken one at a time with `sigwait`, so no code runs in a signal handler.
-mod signals {
-    use std::io;
-
-    pub fn block(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
-        // SAFETY: plain libc calls on a local, initialised signal set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for &s in signals {
-                libc::sigaddset(&mut set, s);
-            }
-            match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
-                0 => Ok(set),
-                err => Err(io::Error::from_raw_os_error(err)),
-            }
-        }
+/// Reads the admin token, refusing a file other users can read.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        bail!(
+            "the admin token file {} is readable by every user; run `chmod o-r {}` first",
+            path.display(),
+            path.display()
+        );
     }
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let token = token.trim_end_matches(['\n', '\r']).to_owned();
+    if token.is_empty() {
+        bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(token)
+}
 
-    pub fn wait(set: &libc::sigset_t) -> io::Result<libc::c_int> {
-        let mut signal = 0;
-        // SAFETY: `set` was built by `block`; `signal` is a valid out pointer.
-        match unsafe { libc::sigwait(set, &mut signal) } {
-            0 => Ok(signal),
-            err => Err(io::Error::from_raw_os_error(err)),
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(args.max_tasks.max(1) + 16)
+        .build()
+        .context("cannot start the async runtime")?;
+    let exit = runtime.block_on(run(args, admin_token))?;
+    if exit == Exit::Killed {
+        // Do not wait for tasks still running: that is what <kill> is for.
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
+async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
+    let mut host_config = HostConfig::new(&args.plugins);
+    host_config.shadow_dir = args.shadow_dir.clone();
+    host_config.watch = !args.no_watch;
+    let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
+        .await?
+        .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
+    let registry: Arc<Registry> = Arc::clone(plugins.registry());
+
+    if admin_token.is_none() && args.binds.iter().any(|a| !a.ip().is_loopback()) {
+        tracing::warn!("listening beyond loopback without --admin-token-file: anyone who can connect can stop this host");
+    }
+    let config = ServerConfig {
+        binds: args.binds.clone(),
+        max_message: args.max_message,
+        max_tasks: args.max_tasks,
+        admin_token,
+        ..ServerConfig::default()
+    };
+    let mut server = Server::start(config, Arc::clone(&registry), Some(plugins)).await?;
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listening = %addrs.join(", "),
+        plugins = registry.plugins().len(),
+        tasks = registry.task_ids().len(),
+        plugins_dir = %args.plugins.display(),
+        "taskit-host ready"
+    );
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            exit = server.wait() => {
+                tracing::info!(?exit, "taskit-host exiting");
+                return Ok(exit);
+            }
+            _ = hangup.recv() => {
+                if let Some(summary) = server.reload().await {
+                    tracing::info!(
+                        loaded = summary.loaded.len(),
+                        refused = summary.refused.len(),
+                        removed = summary.removed.len(),
+                        unchanged = summary.unchanged,
+                        "SIGHUP: plugins directory rescanned"
+                    );
+                }
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                server.stop();
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping");
+                server.stop();
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Task id → the plugin version that serves it.
+//! Task id → what serves it: a plugin version, or a Rust function of the
+//! host's own program registered in-process (the embedded backend).
 //!
 //! The routing table is an immutable map behind a lock that is held only
 //! long enough to clone an `Arc`: a reload builds a whole new table and
@@ -10,17 +11,43 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use taskit_plugin_api::error::kind;
-use taskit_plugin_api::{CodecKind, TaskError};
+use taskit_plugin_api::abi::HostServices;
+use taskit_plugin_api::error::{kind, panic_message};
+use taskit_plugin_api::{call_task, CodecKind, Invocation, TaskContext, TaskError, TaskFn};
 
 use crate::loader::PluginVersion;
-use crate::services::HostState;
+use crate::services::{services_for, HostState};
+
+type LocalFn = dyn Fn(&TaskContext<'_>, &Invocation<'_>, CodecKind) -> Result<Vec<u8>, TaskError>
+    + Send
+    + Sync;
+
+/// A Rust function of the host's own program, served by id beside plugins.
+struct LocalTask {
+    id: String,
+    run: Box<LocalFn>,
+}
 
 #[derive(Clone)]
-struct Route {
-    version: Arc<PluginVersion>,
-    index: usize,
+enum Route {
+    Plugin {
+        version: Arc<PluginVersion>,
+        index: usize,
+    },
+    Local(Arc<LocalTask>),
 }
+
+/// Why an in-process task could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("task id `{0}` is empty or starts with `<` (reserved for admin signals)")]
+    InvalidId(String),
+    #[error("task id `{0}` is already registered in-process")]
+    Duplicate(String),
+}
+
+/// The name conflicts report for in-process tasks.
+pub const EMBEDDED: &str = "embedded";
 
 type Table = HashMap<String, Route>;
 
@@ -58,21 +85,26 @@ pub struct Registry {
     table: RwLock<Arc<Table>>,
     plugins: Mutex<Plugins>,
     state: Arc<HostState>,
+    local_services: HostServices,
 }
 
 #[derive(Default)]
 struct Plugins {
     by_file: BTreeMap<PathBuf, Slot>,
+    /// In-process tasks; they win every conflict with a plugin.
+    locals: BTreeMap<String, Arc<LocalTask>>,
     next_rank: u64,
 }
 
 impl Registry {
     /// An empty registry whose calls are counted in `state`.
     pub fn new(state: Arc<HostState>) -> Self {
+        let local_services = services_for(&state, EMBEDDED, env!("CARGO_PKG_VERSION"));
         Self {
             table: RwLock::new(Arc::new(Table::new())),
             plugins: Mutex::new(Plugins::default()),
             state,
+            local_services,
         }
     }
 
@@ -92,12 +124,56 @@ impl Registry {
         kwargs: &[u8],
         cancelled: &AtomicBool,
     ) -> Result<Vec<u8>, TaskError> {
-        let route = self
+        match self
             .route(task)
-            .ok_or_else(|| TaskError::msg(kind::UNKNOWN_TASK, task))?;
-        route
-            .version
-            .call(route.index, codec, args, kwargs, cancelled)
+            .ok_or_else(|| TaskError::msg(kind::UNKNOWN_TASK, task))?
+        {
+            Route::Plugin { version, index } => version.call(index, codec, args, kwargs, cancelled),
+            Route::Local(local) => {
+                let _running = self.state.enter();
+                let ctx = TaskContext::new(self.local_services, cancelled);
+                let call = Invocation {
+                    task: &local.id,
+                    args,
+                    kwargs,
+                };
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (local.run)(&ctx, &call, codec)
+                }))
+                .unwrap_or_else(|payload| {
+                    Err(TaskError::msg(kind::PANIC, panic_message(payload.as_ref())))
+                })
+            }
+        }
+    }
+
+    /// Serves `f` in-process under `id`: TaskIt's "use almost any function
+    /// without modification". In-process tasks win conflicts with plugins.
+    pub fn register<M, F: TaskFn<M>>(
+        &self,
+        id: impl Into<String>,
+        f: F,
+    ) -> Result<(), RegisterError> {
+        let id = id.into();
+        if id.is_empty() || id.starts_with('<') {
+            return Err(RegisterError::InvalidId(id));
+        }
+        let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        if plugins.locals.contains_key(&id) {
+            return Err(RegisterError::Duplicate(id));
+        }
+        let run: Box<LocalFn> = Box::new(move |ctx, call, codec| call_task(&f, ctx, call, codec));
+        plugins
+            .locals
+            .insert(id.clone(), Arc::new(LocalTask { id, run }));
+        self.rebuild(&plugins);
+        Ok(())
+    }
+
+    /// Ids of the in-process tasks, sorted.
+    pub fn local_tasks(&self) -> Vec<String> {
+        let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        plugins.locals.keys().cloned().collect()
     }
 
     fn route(&self, task: &str) -> Option<Route> {
@@ -105,9 +181,12 @@ impl Registry {
         table.get(task).cloned()
     }
 
-    /// The version serving `task` right now, if any.
+    /// The plugin version serving `task` right now, if a plugin serves it.
     pub fn version_of(&self, task: &str) -> Option<Arc<PluginVersion>> {
-        self.route(task).map(|r| r.version)
+        match self.route(task)? {
+            Route::Plugin { version, .. } => Some(version),
+            Route::Local(_) => None,
+        }
     }
 
     /// The version loaded from `file`, if any.
@@ -132,7 +211,9 @@ impl Registry {
                     tasks: v
                         .tasks()
                         .iter()
-                        .filter(|id| table.get(*id).is_some_and(|r| Arc::ptr_eq(&r.version, v)))
+                        .filter(|id| {
+                            matches!(table.get(*id), Some(Route::Plugin { version, .. }) if Arc::ptr_eq(version, v))
+                        })
                         .cloned()
                         .collect(),
                 }
@@ -193,17 +274,24 @@ impl Registry {
     fn rebuild(&self, plugins: &Plugins) -> Vec<Conflict> {
         let mut slots: Vec<&Slot> = plugins.by_file.values().collect();
         slots.sort_by_key(|s| s.rank);
-        let mut table = Table::new();
+        let mut table: Table = plugins
+            .locals
+            .iter()
+            .map(|(id, local)| (id.clone(), Route::Local(Arc::clone(local))))
+            .collect();
         let mut conflicts = Vec::new();
         for slot in slots {
             for (index, id) in slot.version.tasks().iter().enumerate() {
                 if let Some(existing) = table.get(id) {
+                    let winner = match existing {
+                        Route::Plugin { version, .. } => {
+                            (version.name().to_owned(), version.source().to_owned())
+                        }
+                        Route::Local(_) => (EMBEDDED.to_owned(), PathBuf::new()),
+                    };
                     conflicts.push(Conflict {
                         task: id.clone(),
-                        winner: (
-                            existing.version.name().to_owned(),
-                            existing.version.source().to_owned(),
-                        ),
+                        winner,
                         loser: (
                             slot.version.name().to_owned(),
                             slot.version.source().to_owned(),
@@ -213,7 +301,7 @@ impl Registry {
                 }
                 table.insert(
                     id.clone(),
-                    Route {
+                    Route::Plugin {
                         version: Arc::clone(&slot.version),
                         index,
                     },

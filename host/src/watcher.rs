@@ -129,16 +129,25 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
-    /// Loads every plugin in the directory, then watches it.
-    pub fn start(mut config: HostConfig) -> Result<Self, StartError> {
+    /// Loads every plugin in the directory into a new registry, then
+    /// watches it.
+    pub fn start(config: HostConfig) -> Result<Self, StartError> {
+        Self::start_with(
+            config,
+            Arc::new(Registry::new(Arc::new(HostState::default()))),
+        )
+    }
+
+    /// As [`start`](Self::start), into `registry` (which may already serve
+    /// in-process tasks).
+    pub fn start_with(mut config: HostConfig, registry: Arc<Registry>) -> Result<Self, StartError> {
         // notify reports absolute paths: compare events with the canonical
         // directory, whatever form it was given in.
         config.plugins_dir = match std::fs::canonicalize(&config.plugins_dir) {
             Ok(dir) if dir.is_dir() => dir,
             _ => return Err(StartError::NoPluginsDir(config.plugins_dir)),
         };
-        let state = Arc::new(HostState::default());
-        let registry = Arc::new(Registry::new(Arc::clone(&state)));
+        let state = Arc::clone(registry.state());
         let mut loader =
             Loader::new(config.shadow_dir.clone(), state).map_err(StartError::ShadowDir)?;
         loader.set_max_bytes(config.max_plugin_bytes);

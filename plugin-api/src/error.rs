@@ -101,6 +101,18 @@ impl fmt::Display for TaskError {
     }
 }
 
+/// The text of a panic payload (`panic!` with a message gives a `&str` or a
+/// `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
 /// Turns a task's error value into a [`TaskError`].
 pub trait IntoTaskError {
     fn into_task_error(self) -> TaskError;

@@ -10,10 +10,10 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 
 use crate::abi::{CallRequest, HostServices, LogLevel, PluginMod, PluginModRef, RTaskError};
-use crate::codec::{Bincode, CodecKind, Json};
+use crate::codec::CodecKind;
 use crate::context::TaskContext;
 use crate::error::{kind, TaskError};
-use crate::task::{Invocation, TaskFn};
+use crate::task::Invocation;
 
 /// Exports a plugin: its name, optionally its version (default: the crate's
 /// Cargo version) and an init function, and a map from task ids to
@@ -94,18 +94,7 @@ pub type RawTask = for<'a, 'b, 'c> fn(
 /// A plugin's own start-up code; an `Err` refuses the load with its message.
 pub type UserInit = fn() -> Result<(), String>;
 
-/// Runs `f` with the built-in codec `codec`.
-pub fn invoke<M, F: TaskFn<M>>(
-    f: &F,
-    ctx: &TaskContext<'_>,
-    call: &Invocation<'_>,
-    codec: CodecKind,
-) -> Result<Vec<u8>, TaskError> {
-    match codec {
-        CodecKind::Json => f.invoke::<Json>(ctx, call),
-        CodecKind::Bincode => f.invoke::<Bincode>(ctx, call),
-    }
-}
+pub use crate::task::call_task as invoke;
 
 /// The body of a plugin's `call` entry point.
 pub fn dispatch(
@@ -142,19 +131,9 @@ pub fn dispatch(
 /// The text of a panic, with the payload dropped safely (a payload whose
 /// destructor panics must not unwind out of an `extern "C"` function).
 pub(crate) fn take_panic_message(payload: Box<dyn Any + Send>) -> String {
-    let message = panic_message(payload.as_ref());
+    let message = crate::error::panic_message(payload.as_ref());
     let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
     message
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
 }
 
 /// The services of the host this copy of the plugin was loaded by. Statics

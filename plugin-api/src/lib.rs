@@ -33,4 +33,4 @@ pub use args::{decode_args, encode_args, DecodeArgs, EncodeArgs};
 pub use codec::{Bincode, Codec, CodecError, CodecKind, Json};
 pub use context::{Subtask, TaskContext};
 pub use error::{IntoTaskError, TaskError};
-pub use task::{IntoReply, Kw, Reply, TaskFn};
+pub use task::{call_task, IntoReply, Invocation, Kw, Reply, TaskFn};

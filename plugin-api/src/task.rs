@@ -53,6 +53,20 @@ pub trait TaskFn<M>: Send + Sync + 'static {
     ) -> Result<Vec<u8>, TaskError>;
 }
 
+/// Runs `f` with the built-in codec `codec`: decodes the arguments, calls
+/// it, encodes its result. Panics are the caller's to catch.
+pub fn call_task<M, F: TaskFn<M>>(
+    f: &F,
+    ctx: &TaskContext<'_>,
+    call: &Invocation<'_>,
+    codec: crate::codec::CodecKind,
+) -> Result<Vec<u8>, TaskError> {
+    match codec {
+        crate::codec::CodecKind::Json => f.invoke::<crate::codec::Json>(ctx, call),
+        crate::codec::CodecKind::Bincode => f.invoke::<crate::codec::Bincode>(ctx, call),
+    }
+}
+
 /// A task's return value turned into reply bytes or an error reply.
 pub trait IntoReply {
     fn into_reply<C: Codec>(self) -> Result<Vec<u8>, TaskError>;

@@ -63,3 +63,24 @@ pub enum WireError {
     #[error("bad frame: {0}")]
     BadFrame(String),
 }
+
+/// One entry of the `<tasks>` reply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginSummary {
+    /// The plugin's name (`embedded` for the host program's own tasks).
+    pub name: String,
+    pub version: String,
+    /// The plugin file (empty for embedded tasks).
+    pub file: String,
+    /// The ids it serves.
+    pub tasks: Vec<String>,
+}
+
+/// The `<reload>` reply: files loaded, refused and removed by the rescan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    pub loaded: Vec<String>,
+    pub refused: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: u64,
+}

@@ -1,0 +1,185 @@
+//! Running one call: a task on the blocking pool, or an admin signal.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::Serialize;
+use taskit_plugin_api::error::kind as task_kind;
+use taskit_plugin_api::wire::{self, kind, PluginSummary, ReloadReport};
+use taskit_plugin_api::{CodecKind, TaskError};
+
+use super::Shared;
+use crate::registry::EMBEDDED;
+use crate::ReloadSummary;
+
+/// What the connection must do once a reply is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    Nothing,
+    /// `<kill>` is answered first, then the server ends.
+    Kill,
+}
+
+/// A call as read off the wire, owned so it can move to a blocking thread.
+pub(crate) struct Call {
+    pub task: String,
+    pub codec: CodecKind,
+    pub args: Vec<u8>,
+    pub kwargs: Vec<u8>,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// Runs `call` and returns its reply.
+pub(crate) async fn execute(
+    shared: &Arc<Shared>,
+    call: Call,
+) -> (Result<Vec<u8>, TaskError>, After) {
+    if wire::is_signal(&call.task) {
+        return signal(shared, &call).await;
+    }
+    let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
+        return (
+            Err(TaskError::msg(kind::STOPPING, &call.task)),
+            After::Nothing,
+        );
+    };
+    let registry = Arc::clone(&shared.registry);
+    let task = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        registry.call(
+            &call.task,
+            call.codec,
+            &call.args,
+            &call.kwargs,
+            &call.cancelled,
+        )
+    });
+    let result = match task.await {
+        Ok(result) => result,
+        // The registry catches task panics; this is the pool itself failing.
+        Err(err) => Err(TaskError::msg(
+            task_kind::PANIC,
+            format!("task thread failed: {err}"),
+        )),
+    };
+    (result, After::Nothing)
+}
+
+fn encode<T: Serialize + ?Sized>(codec: CodecKind, value: &T) -> Result<Vec<u8>, TaskError> {
+    codec
+        .encode(value)
+        .map_err(|e| TaskError::msg(task_kind::ENCODE_ERROR, e))
+}
+
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guessed token was right (the length still shows).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn token_matches(expected: &str, kwargs: &[u8]) -> bool {
+    let Ok(map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(kwargs)
+    else {
+        return false;
+    };
+    matches!(map.get("token"), Some(serde_json::Value::String(t)) if same_secret(t.as_bytes(), expected.as_bytes()))
+}
+
+async fn signal(shared: &Arc<Shared>, call: &Call) -> (Result<Vec<u8>, TaskError>, After) {
+    if let Some(token) = &shared.config.admin_token {
+        if !token_matches(token, &call.kwargs) {
+            tracing::warn!(signal = %call.task, "admin signal refused: missing or wrong token");
+            return (
+                Err(TaskError::msg(kind::UNAUTHORIZED, &call.task)),
+                After::Nothing,
+            );
+        }
+    }
+    let codec = call.codec;
+    let reply = match call.task.as_str() {
+        // As in TaskIt 4.0, the status call counts itself: an idle host says "1".
+        wire::STATUS => encode(
+            codec,
+            &(shared.registry.state().running_tasks() + 1).to_string(),
+        ),
+        wire::TASKS => encode(codec, &summaries(shared)),
+        wire::RELOAD => {
+            let report = reload(shared).await.map(report_of).unwrap_or_default();
+            encode(codec, &report)
+        }
+        wire::STOP => {
+            tracing::info!("<stop> received");
+            shared.begin_stop();
+            encode(codec, &())
+        }
+        wire::KILL => {
+            tracing::warn!("<kill> received: ending now");
+            return (encode(codec, &()), After::Kill);
+        }
+        other => Err(TaskError::msg(kind::UNKNOWN_SIGNAL, other)),
+    };
+    (reply, After::Nothing)
+}
+
+fn summaries(shared: &Shared) -> Vec<PluginSummary> {
+    let mut out = Vec::new();
+    let local = shared.registry.local_tasks();
+    if !local.is_empty() {
+        out.push(PluginSummary {
+            name: EMBEDDED.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            file: String::new(),
+            tasks: local,
+        });
+    }
+    out.extend(
+        shared
+            .registry
+            .plugins()
+            .into_iter()
+            .map(|p| PluginSummary {
+                name: p.name,
+                version: p.version,
+                file: p.file.display().to_string(),
+                tasks: p.tasks,
+            }),
+    );
+    out
+}
+
+fn report_of(summary: ReloadSummary) -> ReloadReport {
+    let names = |files: Vec<std::path::PathBuf>| {
+        files.into_iter().map(|f| f.display().to_string()).collect()
+    };
+    ReloadReport {
+        loaded: names(summary.loaded),
+        refused: names(summary.refused),
+        removed: names(summary.removed),
+        unchanged: summary.unchanged as u64,
+    }
+}
+
+/// Rescans the plugins directory on a blocking thread.
+pub(crate) async fn reload(shared: &Arc<Shared>) -> Option<ReloadSummary> {
+    shared.plugins.as_ref()?;
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || shared.plugins.as_ref().map(|p| p.reload()))
+        .await
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_matches("s3cret", br#"{"token": "s3cret"}"#));
+        assert!(!token_matches("s3cret", br#"{"token": "s3creT"}"#));
+        assert!(!token_matches("s3cret", br#"{"token": "s3cret "}"#));
+        assert!(!token_matches("s3cret", br#"{}"#));
+        assert!(!token_matches("s3cret", b""));
+        assert!(!token_matches("s3cret", br#"{"token": 1}"#));
+    }
+}

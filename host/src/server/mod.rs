@@ -1,0 +1,284 @@
+//! The network server: one listener per address, both protocols on each
+//! port (told apart by the first byte), plugin tasks run on a bounded pool of
+//! blocking threads.
+//!
+//! - [`compat`]: TaskIt 4.0 connections (one call each).
+//! - [`native`]: native connections (many calls in flight).
+//! - [`dispatch`]: running a call or an admin signal.
+//!
+//! Shutdown is explicit: `<stop>` (or SIGTERM in the daemon) flips a watch
+//! channel; listeners close, connections answer new calls with `Stopping`,
+//! and the server reports itself stopped once every accepted call has been
+//! answered and no task (subtasks included) is running.
+
+mod compat;
+mod dispatch;
+mod native;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::registry::Registry;
+use crate::watcher::PluginHost;
+
+/// Limits and settings of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub binds: Vec<SocketAddr>,
+    /// Largest message (TaskIt 4.0) or frame (native) accepted, in bytes;
+    /// larger ones are refused before anything is allocated for them.
+    pub max_message: usize,
+    /// Tasks running at once; further calls wait for a slot.
+    pub max_tasks: usize,
+    /// When set, every admin signal must carry it (`{"token": …}` as its
+    /// keyword arguments).
+    pub admin_token: Option<String>,
+    /// How long a peer may take to send its first bytes, a hello or a whole
+    /// TaskIt 4.0 message.
+    pub read_timeout: Duration,
+    /// How long a write may make no progress before the connection is dropped
+    /// (a client that stops reading its replies).
+    pub write_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Calls in flight on one native connection; beyond that the server
+    /// stops reading from it until replies are written.
+    pub max_in_flight_per_connection: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            binds: vec![SocketAddr::from((
+                [127, 0, 0, 1],
+                taskit_plugin_api::wire::DEFAULT_PORT,
+            ))],
+            max_message: 16 << 20,
+            max_tasks: 64,
+            admin_token: None,
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_in_flight_per_connection: 1024,
+        }
+    }
+}
+
+/// How a server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `<stop>` or [`Server::stop`]: every accepted call was answered.
+    Stopped,
+    /// `<kill>`: ended at once.
+    Killed,
+}
+
+/// State shared by every connection of one server.
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) plugins: Option<PluginHost>,
+    pub(crate) config: ServerConfig,
+    pub(crate) task_slots: Arc<Semaphore>,
+    stopping: watch::Sender<bool>,
+    exit: watch::Sender<Option<Exit>>,
+    /// Calls accepted whose reply is not yet written.
+    in_flight: AtomicUsize,
+    replies_written: Notify,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Starts a drain: no more connections, new calls refused.
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub(crate) fn kill(&self) {
+        self.exit.send_replace(Some(Exit::Killed));
+    }
+
+    pub(crate) fn accept_call(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `n` accepted calls have been answered (or their connection died).
+    pub(crate) fn replies_done(&self, n: usize) {
+        if n > 0 && self.in_flight.fetch_sub(n, Ordering::AcqRel) == n {
+            self.replies_written.notify_waiters();
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Server {
+    /// Binds every address of `config` and starts serving `registry` (and
+    /// reloading through `plugins`, if given). Must be called inside a tokio
+    /// runtime.
+    pub async fn start(
+        config: ServerConfig,
+        registry: Arc<Registry>,
+        plugins: Option<PluginHost>,
+    ) -> std::io::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &config.binds {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            listeners.push(listener);
+        }
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let (stopping, _) = watch::channel(false);
+        let (exit_tx, exit) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            registry,
+            plugins,
+            task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
+            config,
+            stopping,
+            exit: exit_tx,
+            in_flight: AtomicUsize::new(0),
+            replies_written: Notify::new(),
+        });
+        let connections = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+        for listener in listeners {
+            tokio::spawn(accept_loop(
+                Arc::clone(&shared),
+                listener,
+                Arc::clone(&connections),
+            ));
+        }
+        tokio::spawn(drain_when_stopping(Arc::clone(&shared)));
+        Ok(Self {
+            shared,
+            addrs,
+            exit,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The registry served.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// Rescans the plugins directory (SIGHUP), if there is one.
+    pub async fn reload(&self) -> Option<crate::ReloadSummary> {
+        dispatch::reload(&self.shared).await
+    }
+
+    /// Starts a drain, as `<stop>` does.
+    pub fn stop(&self) {
+        self.shared.begin_stop();
+    }
+
+    /// Waits until the server has stopped or been killed.
+    pub async fn wait(&mut self) -> Exit {
+        loop {
+            if let Some(exit) = *self.exit.borrow_and_update() {
+                return exit;
+            }
+            if self.exit.changed().await.is_err() {
+                return Exit::Killed;
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Arc<Semaphore>) {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Out of file descriptors, most likely: pause rather than spin.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; closing a new one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            serve_connection(shared, stream, peer).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!(addr = ?listener.local_addr().ok(), "stopped accepting");
+}
+
+/// Reads the first byte and hands the connection to its protocol.
+async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(shared.config.read_timeout, stream.read(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(Ok(_)) => return,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, %err, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "closing a connection that sent nothing");
+            return;
+        }
+    }
+    match first[0] {
+        b'0' | b'1' => compat::serve(shared, stream, first[0], peer).await,
+        b'T' => native::serve(shared, stream, peer).await,
+        other => {
+            tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol")
+        }
+    }
+}
+
+/// Once stopping, waits for every accepted call to be answered and every
+/// task (subtasks included) to end, then reports the server stopped.
+async fn drain_when_stopping(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.subscribe();
+    if stopping.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    tracing::info!("stopping: answering accepted calls, accepting no new ones");
+    loop {
+        let written = shared.replies_written.notified();
+        let pending = shared.in_flight.load(Ordering::Acquire);
+        let running = shared.registry.state().running_tasks();
+        if pending == 0 && running == 0 {
+            break;
+        }
+        // Subtasks end without a notification: poll, but wake at once when
+        // the last reply is written.
+        let _ = tokio::time::timeout(Duration::from_millis(20), written).await;
+    }
+    shared.exit.send_replace(Some(Exit::Stopped));
+}
