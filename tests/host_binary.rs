@@ -4,75 +4,18 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use support::*;
-
-/// A running `taskit-host`, killed on drop, whose stderr lines arrive on a
-/// channel.
-struct Host {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Host {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(host_binary())
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start taskit-host");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing every one of `parts`, and returns it.
-    fn expect_line(&mut self, parts: &[&str]) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| {
-                    panic!("no line with {parts:?}; saw:\n{}", self.seen.join("\n"))
-                });
-            self.seen.push(line.clone());
-            if parts.iter().all(|p| line.contains(p)) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_host_logs_what_it_loads_refuses_reloads_and_removes() {
     let dir = TempDir::new("binary");
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
     std::fs::write(dir.join("broken.so"), "not a library").unwrap();
-    let mut host = Host::start(&["--plugins", dir.path().to_str().unwrap()]);
+    let mut host = HostProcess::start(&["--plugins", dir.path().to_str().unwrap()]);
 
     host.expect_line(&["refused plugin file", "broken.so", "not an ELF file"]);
     host.expect_line(&["loaded plugin", "plugin=demo", "version=0.1.0", "tasks=10"]);
@@ -140,7 +83,7 @@ fn the_load_and_call_example_runs() {
         .contains("get-error failed: AssertionError: this task always fails"));
 }
 
-fn signal(host: &Host, signal: libc::c_int) {
+fn signal(host: &HostProcess, signal: libc::c_int) {
     // SAFETY: sending a signal to a child process we own.
     let rc = unsafe { libc::kill(host.child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill failed");
@@ -149,7 +92,7 @@ fn signal(host: &Host, signal: libc::c_int) {
 #[test]
 fn sighup_rescans_and_sigterm_exits_cleanly() {
     let dir = TempDir::new("signals");
-    let mut host = Host::start(&["--plugins", dir.path().to_str().unwrap(), "--no-watch"]);
+    let mut host = HostProcess::start(&["--plugins", dir.path().to_str().unwrap(), "--no-watch"]);
     host.expect_line(&["taskit-host ready", "plugins=0"]);
 
     // Not watched: nothing is loaded until SIGHUP (a watching host loads a
@@ -176,7 +119,7 @@ fn a_relative_plugins_dir_is_watched() {
     let dir = TempDir::new("relative");
     std::fs::create_dir(dir.join("plugins.d")).unwrap();
     let mut child = Command::new(host_binary())
-        .args(["--plugins", "plugins.d"])
+        .args(["--plugins", "plugins.d", "--bind", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -190,7 +133,7 @@ fn a_relative_plugins_dir_is_watched() {
             let _ = tx.send(line);
         }
     });
-    let mut host = Host {
+    let mut host = HostProcess {
         child,
         lines,
         seen: Vec::new(),

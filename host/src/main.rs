@@ -44,6 +44,16 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_tasks: usize,
 
+    /// Seconds a client may take to send its first bytes, its hello, or a
+    /// whole TaskIt 4.0 message before it is disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    read_timeout: f64,
+
+    /// Seconds a reply may wait for a client that does not read before the
+    /// connection is dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    write_timeout: f64,
+
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -96,6 +106,13 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
@@ -134,6 +151,8 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         max_message: args.max_message,
         max_tasks: args.max_tasks,
         admin_token,
+        read_timeout: seconds(args.read_timeout, "--read-timeout")?,
+        write_timeout: seconds(args.write_timeout, "--write-timeout")?,
         ..ServerConfig::default()
     };
     let mut server = Server::start(config, Arc::clone(&registry), Some(plugins)).await?;

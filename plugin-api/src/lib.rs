@@ -10,10 +10,13 @@
 pub mod abi;
 pub mod args;
 mod bridge;
+pub mod callback;
 pub mod codec;
 pub mod context;
 pub mod error;
 mod export;
+#[cfg(feature = "frontend")]
+pub mod frontend;
 pub mod task;
 pub mod wire;
 

@@ -4,9 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -173,4 +176,98 @@ pub fn status_kib(field: &str) -> u64 {
 /// The resident set size of this process, in KiB.
 pub fn rss_kib() -> u64 {
     status_kib("VmRSS")
+}
+
+/// A running `taskit-host`, killed on drop, whose stderr lines arrive on a
+/// channel.
+pub struct HostProcess {
+    pub child: Child,
+    pub lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl HostProcess {
+    /// Starts `taskit-host` with `args` on a free loopback port.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(host_binary())
+            .args(args)
+            .args(["--bind", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start taskit-host");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts a host serving the plugins in `dir` and waits until it is
+    /// ready; returns it and its address.
+    pub fn serving(dir: &Path, extra: &[&str]) -> (Self, SocketAddr) {
+        let mut args = vec!["--plugins", dir.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let mut host = Self::start(&args);
+        let addr = host.ready();
+        (host, addr)
+    }
+
+    /// Waits for the ready line and returns the address it listens on.
+    pub fn ready(&mut self) -> SocketAddr {
+        let line = self.expect_line(&["taskit-host ready"]);
+        let listening = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listening="))
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        listening
+            .trim_end_matches(',')
+            .parse()
+            .expect("listening address")
+    }
+
+    /// Waits for a line containing every one of `parts`, and returns it.
+    pub fn expect_line(&mut self, parts: &[&str]) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("no line with {parts:?}; saw:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child.wait().expect("wait for taskit-host").code()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plugins directory holding the demo plugin as `demo.so`.
+pub fn demo_dir(label: &str) -> TempDir {
+    let dir = TempDir::new(label);
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    dir
 }

@@ -1,0 +1,286 @@
+//! One persistent native connection: a writer task batching request frames,
+//! a reader task matching replies to waiting calls by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BackendAddr, FrontendConfig, FrontendError};
+use crate::wire::native::{self, HelloStatus, Response};
+
+type Waiter = oneshot::Sender<Result<Vec<u8>, FrontendError>>;
+
+/// The connection to one backend, made on first use and replaced when it
+/// breaks.
+#[derive(Default)]
+pub(super) struct Slot {
+    current: Mutex<Option<Arc<NativeConn>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<NativeConn>> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// The live connection, connecting first if there is none.
+    pub(super) async fn get(
+        &self,
+        addr: &BackendAddr,
+        config: &FrontendConfig,
+    ) -> Result<Arc<NativeConn>, String> {
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let conn = NativeConn::connect(addr, config).await?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+}
+
+/// The request never left: safe to send elsewhere.
+pub(super) struct NotSent;
+
+pub(super) struct NativeConn {
+    backend: String,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl NativeConn {
+    async fn connect(addr: &BackendAddr, config: &FrontendConfig) -> Result<Arc<Self>, String> {
+        let connect = async {
+            let mut stream = TcpStream::connect(addr.endpoint())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            stream
+                .write_all(&native::client_hello(addr.codec))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut hello = [0u8; native::HELLO_LEN];
+            stream
+                .read_exact(&mut hello)
+                .await
+                .map_err(|e| e.to_string())?;
+            match native::parse_server_hello(&hello).map_err(|e| e.to_string())? {
+                HelloStatus::Ok => Ok(stream),
+                other => Err(format!("the backend refused the hello: {other:?}")),
+            }
+        };
+        let stream = tokio::time::timeout(config.connect_timeout, connect)
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+        let (reader, writer) = stream.into_split();
+        let (frames, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Self {
+            backend: addr.to_string(),
+            frames,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        });
+        // The tasks hold only weak references: once the frontend lets go of
+        // the connection, the writer's channel closes and both tasks end.
+        tokio::spawn(write_loop(Arc::downgrade(&conn), writer, rx));
+        tokio::spawn(read_loop(Arc::downgrade(&conn), reader, config.max_reply));
+        Ok(conn)
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the connection dead and fails every waiting call with `err`.
+    fn fail_all(&self, err: FrontendError) {
+        self.closed.store(true, Ordering::Release);
+        for (_, waiter) in self.waiters().drain() {
+            let _ = waiter.send(Err(err.clone()));
+        }
+    }
+
+    /// Sends one call and waits for its reply. If the wait is abandoned
+    /// (a timeout), the backend is asked to cancel the call.
+    pub(super) async fn call(
+        &self,
+        task: &str,
+        args: &[u8],
+        kwargs: &[u8],
+    ) -> Result<Result<Vec<u8>, FrontendError>, NotSent> {
+        if task.len() > u16::MAX as usize || args.len() > u32::MAX as usize {
+            return Ok(Err(FrontendError::Encode(
+                "task id or arguments too long for a frame".into(),
+            )));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(NotSent);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters().insert(id, tx);
+        let mut frame = Vec::with_capacity(32 + task.len() + args.len() + kwargs.len());
+        native::encode_call(&mut frame, id, task, args, kwargs);
+        if self.frames.send(frame).is_err() {
+            self.waiters().remove(&id);
+            return Err(NotSent);
+        }
+        let mut guard = CancelOnDrop {
+            conn: self,
+            id,
+            armed: true,
+        };
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err(FrontendError::ConnectionLost(self.backend.clone())));
+        guard.armed = false;
+        Ok(result)
+    }
+}
+
+/// Cancels a call whose caller stopped waiting.
+struct CancelOnDrop<'a> {
+    conn: &'a NativeConn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.conn.waiters().remove(&self.id).is_some() {
+            let mut frame = Vec::new();
+            native::encode_cancel(&mut frame, self.id);
+            let _ = self.conn.frames.send(frame);
+        }
+    }
+}
+
+async fn write_loop(
+    conn: Weak<NativeConn>,
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let mut batch = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        batch.extend_from_slice(&frame);
+        while batch.len() < (256 << 10) {
+            match rx.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = writer.write_all(&batch).await {
+            if let Some(conn) = conn.upgrade() {
+                tracing::debug!(backend = %conn.backend, %err, "write failed");
+                let lost = FrontendError::ConnectionLost(conn.backend.clone());
+                conn.fail_all(lost);
+            }
+            return;
+        }
+        batch.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply: usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let failure = loop {
+        let mut used = 0;
+        let mut fatal = None;
+        {
+            let Some(conn) = conn.upgrade() else { return };
+            while let Some(outcome) = next_reply(&buf[used..], max_reply).transpose() {
+                let (n, reply) = match outcome {
+                    Ok(pair) => pair,
+                    Err(message) => {
+                        fatal = Some(message);
+                        break;
+                    }
+                };
+                used += n;
+                let (id, result, is_fatal) = reply;
+                if is_fatal {
+                    fatal = Some(format!("{result:?}"));
+                    break;
+                }
+                match conn.waiters().remove(&id) {
+                    Some(waiter) => {
+                        let _ = waiter.send(result);
+                    }
+                    // A reply to a call that timed out, or an id we never
+                    // sent: nobody is waiting for it.
+                    None => {
+                        tracing::debug!(backend = %conn.backend, id, "reply with no waiting call; dropped")
+                    }
+                }
+            }
+        }
+        if let Some(message) = fatal {
+            break Some(message);
+        }
+        buf.drain(..used);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(err) => break Some(err.to_string()),
+        }
+    };
+    if let Some(conn) = conn.upgrade() {
+        let err = match failure {
+            Some(message) => {
+                tracing::debug!(backend = %conn.backend, %message, "connection failed");
+                FrontendError::Protocol {
+                    backend: conn.backend.clone(),
+                    message,
+                }
+            }
+            None => FrontendError::ConnectionLost(conn.backend.clone()),
+        };
+        conn.fail_all(err);
+    }
+}
+
+type Reply = (u64, Result<Vec<u8>, FrontendError>, bool);
+
+/// The next whole reply in `buf`: bytes used and `(id, result, fatal)`.
+fn next_reply(buf: &[u8], max: usize) -> Result<Option<(usize, Reply)>, String> {
+    let Some((body, used)) = native::split_frame(buf, max).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let reply = match native::parse_response(body).map_err(|e| e.to_string())? {
+        Response::Ok { id, result } => (id, Ok(result.to_vec()), false),
+        Response::Error {
+            id,
+            kind,
+            args_json,
+            fatal,
+        } => {
+            let args: Vec<Value> = serde_json::from_slice(args_json).unwrap_or_else(|_| {
+                vec![Value::String(
+                    String::from_utf8_lossy(args_json).into_owned(),
+                )]
+            });
+            let err = FrontendError::BackendProcessing {
+                kind: kind.to_owned(),
+                args,
+            };
+            (id, Err(err), fatal)
+        }
+    };
+    Ok(Some((used, reply)))
+}

@@ -1,0 +1,356 @@
+//! The frontend against real `taskit-host` processes over real sockets.
+
+mod support;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use taskit_plugin_api::callback::OnError;
+use taskit_plugin_api::frontend::{
+    BackendAddr, BlockingFrontEnd, CallOptions, FrontEnd, FrontendConfig, FrontendError,
+};
+use taskit_plugin_api::CodecKind;
+
+fn backends(addr: std::net::SocketAddr) -> Vec<BackendAddr> {
+    let base = BackendAddr::from(addr);
+    vec![base]
+}
+
+#[test]
+fn calls_work_over_every_protocol_and_codec() {
+    let dir = demo_dir("fe-protocols");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let base = BackendAddr::from(addr);
+    for backend in [
+        base.clone(),
+        base.clone().codec(CodecKind::Bincode),
+        base.clone().taskit4(),
+    ] {
+        let label = format!("{:?}/{:?}", backend.protocol, backend.codec);
+        let fe = BlockingFrontEnd::new([backend]).unwrap();
+        assert_eq!(fe.work::<i64>("add", &(4i64, 4i64)).unwrap(), 8, "{label}");
+        let big = "é".repeat(5000);
+        assert_eq!(
+            fe.work::<String>("echo", &(big.as_str(),)).unwrap(),
+            big,
+            "{label}"
+        );
+        let greeting = fe
+            .work_with::<String>(
+                "greet",
+                &("Ada",),
+                &CallOptions::default()
+                    .kw("greeting", "Hi")
+                    .kw("excited", true),
+            )
+            .unwrap();
+        assert_eq!(greeting, "Hi, Ada!", "{label}");
+        match fe.work::<Value>("get-error", &()) {
+            Err(FrontendError::BackendProcessing { kind, args }) => {
+                assert_eq!(
+                    (kind.as_str(), args),
+                    ("AssertionError", vec![json!("this task always fails")]),
+                    "{label}"
+                )
+            }
+            other => panic!("{label}: {other:?}"),
+        }
+        let err = fe.work::<Value>("no-such-task", &()).unwrap_err();
+        assert_eq!(err.remote_type(), Some("KeyError"), "{label}");
+        let err = fe.work::<i64>("add", &(1i64, 2i64, 3i64)).unwrap_err();
+        assert_eq!(err.remote_type(), Some("TypeError"), "{label}");
+        assert_eq!(
+            fe.get_tasks(addr).unwrap(),
+            "1",
+            "{label}: an idle host counts the status call itself"
+        );
+        let plugins = fe.tasks(addr).unwrap();
+        assert_eq!(plugins.len(), 1);
+        assert_eq!(plugins[0].name, "demo");
+        assert!(plugins[0].tasks.contains(&"wait-double".to_owned()));
+    }
+}
+
+#[test]
+fn many_calls_in_flight_on_one_connection_answer_in_completion_order() {
+    let dir = demo_dir("fe-inflight");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fe = FrontEnd::new(backends(addr));
+        // A slow call first, then fast ones: the fast ones finish first.
+        let slow = {
+            let fe = fe.clone();
+            tokio::spawn(async move { fe.call::<u64>("wait-double", &(400u64,)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut fast = Vec::new();
+        for i in 0..2000i64 {
+            let fe = fe.clone();
+            fast.push(tokio::spawn(async move {
+                (i, fe.call::<i64>("add", &(i, i)).await)
+            }));
+        }
+        for handle in fast {
+            let (i, result) = handle.await.unwrap();
+            assert_eq!(result.unwrap(), 2 * i);
+        }
+        assert!(
+            !slow.is_finished(),
+            "fast calls were not held up behind the slow one"
+        );
+        assert_eq!(slow.await.unwrap().unwrap(), 800);
+    });
+}
+
+#[test]
+fn timeouts_fail_the_call_and_the_connection_keeps_working() {
+    let dir = demo_dir("fe-timeout");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
+    let options = CallOptions::default().timeout(Duration::from_millis(100));
+    match fe.work_with::<u64>("wait-double", &(1000u64,), &options) {
+        Err(FrontendError::Timeout(t)) => assert_eq!(t, Duration::from_millis(100)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fe.work::<i64>("add", &(1i64, 1i64)).unwrap(), 2);
+}
+
+#[test]
+fn callback_and_ignore_run_on_other_threads() {
+    let dir = demo_dir("fe-callback");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let caller = std::thread::current().id();
+    let ok_tx = tx.clone();
+    fe.callback(
+        "add",
+        (2i64, 3i64),
+        move |v: i64| {
+            ok_tx
+                .send((v, std::thread::current().id() != caller))
+                .unwrap()
+        },
+        OnError::Print,
+    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), (5, true));
+
+    let (err_tx, err_rx) = mpsc::channel();
+    fe.callback(
+        "get-error",
+        (),
+        |_: Value| panic!("no result expected"),
+        OnError::handle(move |e: FrontendError| {
+            err_tx.send(e.remote_type().map(str::to_owned)).unwrap()
+        }),
+    );
+    assert_eq!(
+        err_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .as_deref(),
+        Some("AssertionError")
+    );
+
+    fe.ignore("get-error", ());
+    fe.ignore("add", (1i64, 1i64));
+    assert!(fe.wait_idle(Duration::from_secs(30)));
+}
+
+#[test]
+fn no_reachable_backend_gives_backend_not_available_and_down() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let config = FrontendConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..FrontendConfig::default()
+    };
+    for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
+        let fe = BlockingFrontEnd::with_config([backend], config.clone()).unwrap();
+        assert_eq!(
+            fe.work::<i64>("add", &(1i64, 1i64)),
+            Err(FrontendError::BackendNotAvailable)
+        );
+        assert_eq!(fe.get_tasks(addr).unwrap(), "down");
+    }
+}
+
+#[test]
+fn two_hosts_one_killed_mid_run_loses_no_call() {
+    let dir_a = demo_dir("fe-two-a");
+    let dir_b = demo_dir("fe-two-b");
+    let (mut host_a, addr_a) = HostProcess::serving(dir_a.path(), &[]);
+    let (_host_b, addr_b) = HostProcess::serving(dir_b.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (answered, lost) = rt.block_on(async {
+        let fe = FrontEnd::new([BackendAddr::from(addr_a), BackendAddr::from(addr_b)]);
+        let mut answered = 0;
+        let mut lost = Vec::new();
+        for round in 0..40i64 {
+            if round == 20 {
+                // Kill one host between rounds: its connection breaks, and
+                // the next calls must move to the survivor.
+                host_a.child.kill().unwrap();
+                host_a.child.wait().unwrap();
+            }
+            let mut calls = Vec::new();
+            for i in 0..50i64 {
+                let fe = fe.clone();
+                let n = round * 1000 + i;
+                calls.push(tokio::spawn(async move {
+                    (n, fe.call::<i64>("add", &(n, 1i64)).await)
+                }));
+            }
+            for call in calls {
+                let (n, result) = call.await.unwrap();
+                match result {
+                    Ok(v) if v == n + 1 => answered += 1,
+                    other => lost.push((n, other)),
+                }
+            }
+        }
+        (answered, lost)
+    });
+    assert!(
+        lost.is_empty(),
+        "{} calls lost or wrong: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+    assert_eq!(answered, 2000);
+}
+
+#[test]
+fn stop_answers_every_call_in_flight_then_exits_0() {
+    let dir = demo_dir("fe-stop");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fe = FrontEnd::new(backends(addr));
+        let mut slow = Vec::new();
+        for i in 0..8u64 {
+            let fe = fe.clone();
+            slow.push(tokio::spawn(async move {
+                fe.call::<u64>("wait-double", &(300 + i,)).await
+            }));
+        }
+        // Let them be accepted, then stop from another client.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let admin = FrontEnd::new(backends(addr).into_iter().map(|b| b.taskit4()));
+        admin.send_stop(addr).await.unwrap();
+        for (i, call) in slow.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), 2 * (300 + i as u64));
+        }
+        // New calls after the stop are refused (or find the host gone).
+        let after = fe.call::<i64>("add", &(1i64, 1i64)).await;
+        assert!(after.is_err(), "{after:?}");
+    });
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
+#[test]
+fn kill_ends_the_host_at_once() {
+    let dir = demo_dir("fe-kill");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
+    fe.ignore("wait-double", (1000u64,));
+    std::thread::sleep(Duration::from_millis(100));
+    fe.send_kill(addr).unwrap();
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
+#[test]
+fn the_admin_token_is_required_when_configured() {
+    let dir = demo_dir("fe-token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+    );
+
+    for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
+        let without = BlockingFrontEnd::new([backend.clone()]).unwrap();
+        for signal in ["<status>", "<tasks>", "<reload>", "<stop>", "<kill>"] {
+            let err = without.send_signal::<Value>(addr, signal).unwrap_err();
+            assert_eq!(err.remote_type(), Some("Unauthorized"), "{signal}: {err}");
+        }
+        let wrong = BlockingFrontEnd::with_config(
+            [backend.clone()],
+            FrontendConfig {
+                admin_token: Some("guess".into()),
+                ..FrontendConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            wrong.send_stop(addr).unwrap_err().remote_type(),
+            Some("Unauthorized")
+        );
+        // Ordinary calls need no token.
+        assert_eq!(without.work::<i64>("add", &(1i64, 2i64)).unwrap(), 3);
+    }
+    let right = BlockingFrontEnd::with_config(
+        [BackendAddr::from(addr)],
+        FrontendConfig {
+            admin_token: Some("s3cret".into()),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(right.get_tasks(addr).unwrap(), "1");
+    assert_eq!(right.reload(addr).unwrap().unchanged, 1);
+    right.send_stop(addr).unwrap();
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_world_readable_token_file_is_refused() {
+    let dir = demo_dir("fe-token-perm");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = std::process::Command::new(host_binary())
+        .args([
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-token-file", token_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by every user"));
+}
+
+#[test]
+fn reload_signal_picks_up_a_new_plugin() {
+    let dir = demo_dir("fe-reload");
+    let (_host, addr) = HostProcess::serving(dir.path(), &["--no-watch"]);
+    install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
+    let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
+    let report = fe.reload(addr).unwrap();
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    assert!(report.loaded[0].ends_with("faulty.so"));
+    assert_eq!(fe.work::<String>("fine", &()).unwrap(), "still here");
+    let err = fe.work::<Value>("panic", &("boom",)).unwrap_err();
+    assert_eq!(err.remote_type(), Some("Panic"));
+}
