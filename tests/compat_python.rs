@@ -1,0 +1,181 @@
+//! Wire compatibility with the original TaskIt 4.0 (Python, from PyPI):
+//! its frontend calls our host, and our frontend calls its backend.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use taskit_plugin_api::frontend::{BackendAddr, BlockingFrontEnd, CallOptions, FrontendError};
+
+/// A virtualenv with `taskit==4.0.0`, made once under the target directory.
+fn python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = profile_dir().join("taskit4-venv");
+        let python = venv.join("bin").join("python");
+        let has_taskit = |p: &PathBuf| {
+            Command::new(p)
+                .args(["-c", "import taskit.frontend, taskit.backend"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !has_taskit(&python) {
+            let status = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv)
+                .status()
+                .expect("python3 -m venv");
+            assert!(status.success(), "cannot create a virtualenv");
+            let status = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "taskit==4.0.0",
+                ])
+                .status()
+                .expect("pip install");
+            assert!(status.success(), "cannot install taskit==4.0.0 from PyPI");
+            assert!(has_taskit(&python));
+        }
+        python
+    })
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python")
+        .join(name)
+}
+
+#[test]
+fn the_original_python_frontend_calls_our_host() {
+    let dir = demo_dir("py-frontend");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let out = Command::new(python())
+        .arg(script("client.py"))
+        .args([
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            "stop".into(),
+        ])
+        .output()
+        .expect("run client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["add"], json!(8));
+    assert_eq!(seen["echo_big"], json!(true));
+    assert_eq!(seen["echo_exact"], json!(true));
+    assert_eq!(seen["greet"], json!("Hi, Ada!"));
+    assert_eq!(
+        seen["error"],
+        json!(["AssertionError", ["this task always fails"]])
+    );
+    assert_eq!(seen["unknown"], json!(["KeyError", ["no-such-task"]]));
+    assert_eq!(seen["arity"][0], json!("TypeError"));
+    assert_eq!(seen["status"], json!("1"));
+    // The client sent <stop> last: the host drains and exits.
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
+/// An original Python backend on a free port, killed on drop.
+struct PythonBackend {
+    child: Child,
+    port: u16,
+}
+
+impl PythonBackend {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python())
+            .arg(script("backend.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start backend.py");
+        Self { child, port }
+    }
+}
+
+impl Drop for PythonBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn our_frontend_calls_the_original_python_backend() {
+    let mut backend = PythonBackend::start();
+    let addr = BackendAddr::new("127.0.0.1", backend.port).taskit4();
+    let fe = BlockingFrontEnd::new([addr.clone()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fe.get_tasks(addr.clone()).unwrap() == "down" {
+        assert!(
+            Instant::now() < deadline,
+            "the Python backend never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(fe.work::<i64>("add", &(4, 4)).unwrap(), 8);
+    let text = "héllo 🌍, ñ";
+    assert_eq!(fe.work::<String>("echo", &(text,)).unwrap(), text);
+    let big = "z".repeat(6000);
+    assert_eq!(fe.work::<String>("echo", &(big.as_str(),)).unwrap(), big);
+    // A request whose JSON is exactly 4096 bytes: we close it with a `0`
+    // article, which the original receiver accepts.
+    let exact = "q".repeat(4096 - r#"["echo",[""],{}]"#.len());
+    assert_eq!(
+        fe.work::<String>("echo", &(exact.as_str(),)).unwrap(),
+        exact
+    );
+    assert_eq!(
+        fe.work_with::<Vec<i64>>("pair", &(1,), &CallOptions::default().kw("b", 5))
+            .unwrap(),
+        vec![1, 5]
+    );
+    match fe.work::<Value>("fail", &()) {
+        Err(FrontendError::BackendProcessing { kind, args }) => {
+            assert_eq!(
+                (kind.as_str(), args),
+                ("ValueError", vec![json!("bad value"), json!(3)])
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fe.work::<Value>("nope", &()).unwrap_err().remote_type(),
+        Some("KeyError")
+    );
+    assert_eq!(fe.get_tasks(addr.clone()).unwrap(), "1");
+    fe.send_stop(addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = backend.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Python backend did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
