@@ -1,0 +1,347 @@
+//! Bad input against the running host, over raw sockets: each gets its
+//! documented error reply or a clean close, and other clients keep being
+//! served.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use taskit_plugin_api::wire::{compat, firstbytes, native};
+use taskit_plugin_api::CodecKind;
+
+/// A host with small limits, so the tests can reach them quickly.
+fn small_host(label: &str) -> (HostProcess, SocketAddr, TempDir) {
+    let dir = demo_dir(label);
+    let (host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--max-message",
+            "4096",
+            "--read-timeout",
+            "1",
+            "--write-timeout",
+            "1",
+        ],
+    );
+    (host, addr, dir)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Everything the server sends until it closes.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset after we sent bytes it did not read counts as a close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// Sends raw TaskIt 4.0 bytes and returns the decoded reply, if any.
+fn compat_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Result<Value, (String, Vec<Value>)>> {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    let reply = read_to_close(&mut s);
+    if reply.is_empty() {
+        return None;
+    }
+    let (message, _) = firstbytes::decode(&reply, 1 << 20)
+        .unwrap()
+        .expect("a whole reply");
+    Some(match compat::parse_reply(&message).unwrap() {
+        Ok(raw) => Ok(serde_json::from_str(raw.get()).unwrap()),
+        Err(e) => Err((e.kind().to_owned(), e.args().to_vec())),
+    })
+}
+
+fn compat_message(addr: SocketAddr, json: &[u8]) -> Result<Value, (String, Vec<Value>)> {
+    compat_raw(addr, &firstbytes::encode(json)).expect("a reply")
+}
+
+fn error_type(reply: Result<Value, (String, Vec<Value>)>) -> String {
+    reply.expect_err("an error reply").0
+}
+
+/// A good client still gets its answer.
+fn still_serving(addr: SocketAddr) {
+    assert_eq!(
+        compat_message(addr, br#"["add", [20, 22], {}]"#),
+        Ok(json!(42))
+    );
+}
+
+#[test]
+fn garbage_first_byte_is_closed() {
+    let (_host, addr, _dir) = small_host("bad-garbage");
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    still_serving(addr);
+}
+
+#[test]
+fn corrupt_firstbytes_headers_get_protocol_errors() {
+    let (_host, addr, _dir) = small_host("bad-headers");
+    assert_eq!(
+        error_type(compat_raw(addr, b"0zz12abc").unwrap()),
+        "ProtocolError"
+    );
+    assert_eq!(
+        error_type(compat_raw(addr, b"10003abc2xxxx").unwrap()),
+        "ProtocolError"
+    );
+    still_serving(addr);
+}
+
+#[test]
+fn a_message_cut_short_is_closed_without_reply() {
+    let (_host, addr, _dir) = small_host("bad-short");
+    assert_eq!(compat_raw(addr, b"00100[\"add\""), None);
+    assert_eq!(compat_raw(addr, b"000"), None);
+    still_serving(addr);
+}
+
+#[test]
+fn a_message_over_max_message_is_refused_before_its_payload_arrives() {
+    let (_host, addr, _dir) = small_host("bad-large");
+    // Only the header is sent: the refusal cannot have waited for 65535 bytes.
+    let mut s = connect(addr);
+    s.write_all(b"1ffff").unwrap();
+    let reply = read_to_close(&mut s);
+    let (message, _) = firstbytes::decode(&reply, 1 << 20).unwrap().unwrap();
+    let err = compat::parse_reply(&message).unwrap().unwrap_err();
+    assert_eq!(err.kind(), "MessageTooLarge");
+    // Within the limit across articles is fine; over it in total is not.
+    let just_over =
+        firstbytes::encode(format!(r#"["echo", ["{}"], {{}}]"#, "a".repeat(4096)).as_bytes());
+    assert_eq!(
+        error_type(compat_raw(addr, &just_over).unwrap()),
+        "MessageTooLarge"
+    );
+    still_serving(addr);
+}
+
+#[test]
+fn invalid_json_and_wrong_envelopes_get_documented_errors() {
+    let (_host, addr, _dir) = small_host("bad-envelopes");
+    assert_eq!(
+        error_type(compat_message(addr, br#"["add", [4,"#)),
+        "DecodeError"
+    );
+    assert_eq!(error_type(compat_message(addr, b"\xff\xfe")), "DecodeError");
+    for shape in [
+        &br#"{"task": "add"}"#[..],
+        br#"["add"]"#,
+        br#"["add", [], {}, 4]"#,
+        br#"[4, [1, 2], {}]"#,
+        br#"["add", 4, {}]"#,
+        br#"["add", [1, 2], [3]]"#,
+        br#""add""#,
+    ] {
+        let reply = compat_message(addr, shape);
+        assert_eq!(
+            error_type(reply),
+            "ProtocolError",
+            "{}",
+            String::from_utf8_lossy(shape)
+        );
+    }
+    assert_eq!(
+        compat_message(addr, br#"["nope", [], {}]"#),
+        Err(("KeyError".into(), vec![json!("nope")]))
+    );
+    assert_eq!(
+        error_type(compat_message(addr, br#"["add", [1], {}]"#)),
+        "TypeError"
+    );
+    assert_eq!(
+        error_type(compat_message(addr, br#"["add", ["a", 1], {}]"#)),
+        "TypeError"
+    );
+    assert_eq!(
+        error_type(compat_message(addr, br#"["add", [1, 2], {"z": 1}]"#)),
+        "TypeError"
+    );
+    assert_eq!(
+        error_type(compat_message(addr, br#"["<nonsense>", [], {}]"#)),
+        "UnknownSignal"
+    );
+    still_serving(addr);
+}
+
+#[test]
+fn a_silent_client_is_disconnected_while_others_are_served() {
+    let (_host, addr, _dir) = small_host("bad-silent");
+    let mut silent = connect(addr);
+    let mut half_hello = connect(addr);
+    half_hello.write_all(b"TKI").unwrap();
+    let mut half_message = connect(addr);
+    half_message.write_all(b"00010[\"a").unwrap();
+    still_serving(addr);
+    for s in [&mut silent, &mut half_hello, &mut half_message] {
+        let started = Instant::now();
+        assert!(read_to_close(s).is_empty());
+        // Closed by the 1 s read timeout (not by the 30 s client timeout).
+        assert!(started.elapsed() < Duration::from_secs(25));
+    }
+    still_serving(addr);
+}
+
+/// A native connection after a successful hello.
+fn native_conn(addr: SocketAddr, codec: CodecKind) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(&native::client_hello(codec)).unwrap();
+    let mut hello = [0u8; native::HELLO_LEN];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(
+        native::parse_server_hello(&hello).unwrap(),
+        native::HelloStatus::Ok
+    );
+    s
+}
+
+/// Reads one reply frame: (id, Ok(result) | Err((type, fatal))).
+fn read_reply(s: &mut TcpStream) -> (u64, Result<Vec<u8>, (String, bool)>) {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    match native::parse_response(&body).unwrap() {
+        native::Response::Ok { id, result } => (id, Ok(result.to_vec())),
+        native::Response::Error {
+            id, kind, fatal, ..
+        } => (id, Err((kind.to_owned(), fatal))),
+    }
+}
+
+#[test]
+fn native_hellos_with_unknown_codec_or_version_are_refused() {
+    let (_host, addr, _dir) = small_host("bad-hello");
+    let mut hello = native::client_hello(CodecKind::Json);
+    hello[5] = 9;
+    let mut s = connect(addr);
+    s.write_all(&hello).unwrap();
+    let reply = read_to_close(&mut s);
+    let reply: [u8; 8] = reply.try_into().expect("an 8-byte hello");
+    assert_eq!(
+        native::parse_server_hello(&reply).unwrap(),
+        native::HelloStatus::UnsupportedCodec
+    );
+
+    let mut hello = native::client_hello(CodecKind::Json);
+    hello[4] = 200;
+    let mut s = connect(addr);
+    s.write_all(&hello).unwrap();
+    let reply: [u8; 8] = read_to_close(&mut s).try_into().expect("an 8-byte hello");
+    assert_eq!(
+        native::parse_server_hello(&reply).unwrap(),
+        native::HelloStatus::UnsupportedVersion
+    );
+
+    let mut s = connect(addr);
+    s.write_all(b"TXYZ\x01\x00\x00\x00").unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    still_serving(addr);
+}
+
+#[test]
+fn native_frames_over_the_limit_or_malformed_are_fatal_after_earlier_calls_are_answered() {
+    let (_host, addr, _dir) = small_host("bad-frames");
+    // Over --max-message: refused on the length alone.
+    let mut s = native_conn(addr, CodecKind::Json);
+    s.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+    assert_eq!(read_reply(&mut s).1, Err(("MessageTooLarge".into(), true)));
+    assert!(read_to_close(&mut s).is_empty());
+
+    // A good call, then an unknown frame kind: the call is answered, then
+    // the fatal error, then the close.
+    let mut s = native_conn(addr, CodecKind::Json);
+    let mut out = Vec::new();
+    native::encode_call(&mut out, 1, "wait-double", b"[100]", b"");
+    let mut bad = 2u64.to_be_bytes().to_vec();
+    bad.push(77);
+    out.extend_from_slice(&(bad.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bad);
+    s.write_all(&out).unwrap();
+    let mut replies = vec![read_reply(&mut s), read_reply(&mut s)];
+    replies.sort_by_key(|r| r.1.is_ok());
+    assert_eq!(replies[0].1, Err(("ProtocolError".into(), true)));
+    assert_eq!(replies[1], (1, Ok(b"200".to_vec())));
+    assert!(read_to_close(&mut s).is_empty());
+
+    // A task id that is not UTF-8.
+    let mut s = native_conn(addr, CodecKind::Json);
+    let mut body = 3u64.to_be_bytes().to_vec();
+    body.extend_from_slice(&[1, 0, 2, 0xff, 0xfe, 0, 0, 0, 0]);
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    s.write_all(&out).unwrap();
+    assert_eq!(read_reply(&mut s).1, Err(("ProtocolError".into(), true)));
+    still_serving(addr);
+}
+
+#[test]
+fn native_cancel_of_an_unknown_id_is_ignored_and_bad_arguments_are_errors() {
+    let (_host, addr, _dir) = small_host("bad-native-args");
+    let mut s = native_conn(addr, CodecKind::Bincode);
+    let mut out = Vec::new();
+    native::encode_cancel(&mut out, 999);
+    // Bincode bytes that end before the second integer.
+    native::encode_call(&mut out, 5, "add", &[0x02, 0x01], b"");
+    native::encode_call(&mut out, 6, "add", &[0x03, 1, 2, 3], b"");
+    native::encode_call(&mut out, 7, "nope", &[0x00], b"");
+    native::encode_call(&mut out, 8, "add", &[0x02, 2, 4], b"");
+    s.write_all(&out).unwrap();
+    let mut replies: Vec<_> = (0..4).map(|_| read_reply(&mut s)).collect();
+    replies.sort_by_key(|r| r.0);
+    assert_eq!(replies[0].1, Err(("DecodeError".into(), false)));
+    assert_eq!(replies[1].1, Err(("TypeError".into(), false)));
+    assert_eq!(replies[2].1, Err(("KeyError".into(), false)));
+    // 2 + 4 = 6, as a bincode varint.
+    assert_eq!(replies[3], (8, Ok(vec![6])));
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_while_others_are_served() {
+    let (_host, addr, _dir) = small_host("bad-no-read");
+    let mut s = native_conn(addr, CodecKind::Json);
+    let payload = format!("[\"{}\"]", "r".repeat(3500));
+    let mut out = Vec::new();
+    for id in 0..2000 {
+        native::encode_call(&mut out, id, "echo", payload.as_bytes(), b"");
+    }
+    // Write what the server will take; it stops reading once its replies
+    // back up, so do it from another thread.
+    let mut writer = s.try_clone().unwrap();
+    let pusher = std::thread::spawn(move || {
+        let _ = writer.write_all(&out);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(addr);
+    // After the write timeout (1 s) the server drops the connection: the
+    // bytes already queued can be read, then the stream ends.
+    std::thread::sleep(Duration::from_secs(2));
+    let rest = read_to_close(&mut s);
+    assert!(
+        rest.len() < 2000 * 3520,
+        "not every reply was delivered to a client that did not read"
+    );
+    let _ = s.shutdown(Shutdown::Both);
+    pusher.join().unwrap();
+    still_serving(addr);
+}
