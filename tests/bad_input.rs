@@ -278,7 +278,7 @@ fn native_frames_over_the_limit_or_malformed_are_fatal_after_earlier_calls_are_a
     out.extend_from_slice(&(bad.len() as u32).to_be_bytes());
     out.extend_from_slice(&bad);
     s.write_all(&out).unwrap();
-    let mut replies = vec![read_reply(&mut s), read_reply(&mut s)];
+    let mut replies = [read_reply(&mut s), read_reply(&mut s)];
     replies.sort_by_key(|r| r.1.is_ok());
     assert_eq!(replies[0].1, Err(("ProtocolError".into(), true)));
     assert_eq!(replies[1], (1, Ok(b"200".to_vec())));
