@@ -12,7 +12,7 @@ use taskit_plugin_api::CodecKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::dispatch::{execute, After, Call};
+use super::dispatch::{execute, try_inline, After, Call};
 use super::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
@@ -55,7 +55,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8,
                 kwargs: request.kwargs.get().as_bytes().to_vec(),
                 cancelled: Arc::new(AtomicBool::new(false)),
             };
-            let (result, after) = execute(&shared, call).await;
+            let (result, after) = match try_inline(&shared, &call) {
+                Some(result) => (result, After::Nothing),
+                None => execute(&shared, call).await,
+            };
             let reply = match result {
                 Ok(json) => compat::encode_success(&json),
                 Err(err) => compat::encode_error(err.kind(), err.args()),

@@ -1,7 +1,9 @@
 //! Running one call: a task on the blocking pool, or an admin signal.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use taskit_plugin_api::error::kind as task_kind;
@@ -29,7 +31,82 @@ pub(crate) struct Call {
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// Runs `call` and returns its reply.
+/// How long each task id has been taking: an exponentially weighted
+/// average of its recent calls, in nanoseconds.
+///
+/// Calls to a task that has been quick run inline on the connection's own
+/// thread: a hand-off to the blocking pool and back costs two thread
+/// wake-ups, far more than an `add`. Anything unknown or slower runs on the
+/// blocking pool, so a long task never holds up a connection's thread; a
+/// task that turns slow (one inline call that took long) goes back there.
+#[derive(Default)]
+pub(crate) struct Timings {
+    by_task: RwLock<HashMap<String, Arc<AtomicU64>>>,
+}
+
+/// A task averaging less than this runs inline.
+const INLINE_BELOW_NS: u64 = 50_000;
+/// Task ids tracked at most (ids come from peers; unknown ones are never
+/// recorded, but a host may serve many).
+const MAX_TRACKED: usize = 16_384;
+
+impl Timings {
+    fn get(&self, task: &str) -> Option<Arc<AtomicU64>> {
+        self.by_task
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(task)
+            .cloned()
+    }
+
+    fn record(&self, task: &str, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(avg) = self.get(task) {
+            let _ = avg.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+            return;
+        }
+        let mut map = self.by_task.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() < MAX_TRACKED {
+            map.entry(task.to_owned())
+                .or_insert_with(|| Arc::new(AtomicU64::new(sample)));
+        }
+    }
+}
+
+/// Runs a call on the calling thread if its task has been quick and a task
+/// slot is free at once; `None` means "run it with [`execute`]".
+pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>, TaskError>> {
+    if wire::is_signal(&call.task) {
+        return None;
+    }
+    let avg = shared.timings.get(&call.task)?;
+    if avg.load(Ordering::Relaxed) >= INLINE_BELOW_NS {
+        return None;
+    }
+    let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
+    Some(timed_call(shared, call))
+}
+
+fn timed_call(shared: &Shared, call: &Call) -> Result<Vec<u8>, TaskError> {
+    let started = Instant::now();
+    let result = shared.registry.call(
+        &call.task,
+        call.codec,
+        &call.args,
+        &call.kwargs,
+        &call.cancelled,
+    );
+    let unknown = matches!(&result, Err(e) if e.kind() == task_kind::UNKNOWN_TASK);
+    if !unknown {
+        shared.timings.record(&call.task, started.elapsed());
+    }
+    result
+}
+
+/// Runs `call` on the blocking pool (or, for a signal, here) and returns
+/// its reply.
 pub(crate) async fn execute(
     shared: &Arc<Shared>,
     call: Call,
@@ -43,16 +120,10 @@ pub(crate) async fn execute(
             After::Nothing,
         );
     };
-    let registry = Arc::clone(&shared.registry);
+    let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        registry.call(
-            &call.task,
-            call.codec,
-            &call.args,
-            &call.kwargs,
-            &call.cancelled,
-        )
+        timed_call(&shared, &call)
     });
     let result = match task.await {
         Ok(result) => result,

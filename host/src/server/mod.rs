@@ -86,6 +86,7 @@ pub(crate) struct Shared {
     pub(crate) plugins: Option<PluginHost>,
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<Semaphore>,
+    pub(crate) timings: dispatch::Timings,
     stopping: watch::Sender<bool>,
     exit: watch::Sender<Option<Exit>>,
     /// Calls accepted whose reply is not yet written.
@@ -152,6 +153,7 @@ impl Server {
             registry,
             plugins,
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
+            timings: dispatch::Timings::default(),
             config,
             stopping,
             exit: exit_tx,

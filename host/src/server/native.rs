@@ -15,7 +15,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::dispatch::{execute, After, Call};
+use super::dispatch::{execute, try_inline, After, Call};
 use super::Shared;
 
 /// One reply ready to be written.
@@ -82,18 +82,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
                         break 'read;
                     };
                     shared.accept_call();
-                    let cancelled = Arc::new(AtomicBool::new(false));
-                    cancels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id, Arc::clone(&cancelled));
                     let call = Call {
                         task: task.to_owned(),
                         codec,
                         args: args.to_vec(),
                         kwargs: kwargs.to_vec(),
-                        cancelled,
+                        cancelled: Arc::new(AtomicBool::new(false)),
                     };
+                    if let Some(result) = try_inline(&shared, &call) {
+                        send_reply(&tx, id, result, After::Nothing, slot);
+                        continue;
+                    }
+                    cancels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id, Arc::clone(&call.cancelled));
                     let (shared, tx, cancels) =
                         (Arc::clone(&shared), tx.clone(), Arc::clone(&cancels));
                     tokio::spawn(async move {
@@ -102,21 +105,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .remove(&id);
-                        let mut frame = Vec::new();
-                        match result {
-                            Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
-                            Err(err) => {
-                                let args = serde_json::to_vec(err.args())
-                                    .unwrap_or_else(|_| b"[]".to_vec());
-                                native::encode_error(&mut frame, id, err.kind(), &args, false);
-                            }
-                        }
-                        let _ = tx.send(Outgoing {
-                            frame,
-                            counted: true,
-                            after,
-                            _slot: Some(slot),
-                        });
+                        send_reply(&tx, id, result, after, slot);
                     });
                 }
                 Ok(Request::Cancel { id }) => {
@@ -187,6 +176,30 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) ->
         (Ok(Ok(())), Some(codec)) => Some(codec),
         _ => None,
     }
+}
+
+/// Queues the reply to call `id` for the writer.
+fn send_reply(
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    id: u64,
+    result: Result<Vec<u8>, taskit_plugin_api::TaskError>,
+    after: After,
+    slot: OwnedSemaphorePermit,
+) {
+    let mut frame = Vec::new();
+    match result {
+        Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
+        Err(err) => {
+            let args = serde_json::to_vec(err.args()).unwrap_or_else(|_| b"[]".to_vec());
+            native::encode_error(&mut frame, id, err.kind(), &args, false);
+        }
+    }
+    let _ = tx.send(Outgoing {
+        frame,
+        counted: true,
+        after,
+        _slot: Some(slot),
+    });
 }
 
 fn reply_error(
