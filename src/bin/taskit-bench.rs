@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         .map(|(k, _)| k.chars().count())
         .max()
         .unwrap_or(0);
-    println!("{:width$}  {}", "measurement", "result");
+    println!("{:width$}  result", "measurement");
     for (k, v) in &rows {
         println!("{k:width$}  {v}");
     }
