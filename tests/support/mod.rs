@@ -64,7 +64,7 @@ pub fn built() -> &'static Path {
             packages.extend(["-p", p]);
         }
         cargo(&packages);
-        cargo(&["-p", "taskit", "--example", "load_and_call"]);
+        cargo(&["-p", "taskit", "--example", "load_and_call", "--bin", "taskit-bench"]);
         profile
     })
 }

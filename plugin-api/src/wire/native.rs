@@ -330,6 +330,26 @@ mod tests {
         assert_eq!(split_frame(&buf[..used - 1], 1024).unwrap(), None);
     }
 
+    /// The example in docs/protocol.md, byte for byte.
+    #[test]
+    fn documented_example_bytes() {
+        assert_eq!(&client_hello(CodecKind::Json), b"TKIT\x01\x00\x00\x00");
+        assert_eq!(&server_hello(HelloStatus::Ok), b"TKIT\x01\x00\x00\x00");
+        let mut call = Vec::new();
+        encode_call(&mut call, 1, "add", b"[4,4]", b"");
+        let mut expected = vec![0, 0, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 3];
+        expected.extend_from_slice(b"add");
+        expected.extend_from_slice(&[0, 0, 0, 5]);
+        expected.extend_from_slice(b"[4,4]");
+        assert_eq!(call, expected);
+        let mut reply = Vec::new();
+        encode_ok(&mut reply, 1, b"8");
+        assert_eq!(reply, [0, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 1, 0, b'8']);
+        // add(4, 4) with i64 arguments in bincode.
+        let args = crate::args::encode_args::<crate::codec::Bincode, _>(&(4i64, 4i64)).unwrap();
+        assert_eq!(args, [2, 8, 8]);
+    }
+
     #[test]
     fn replies_round_trip() {
         let mut buf = Vec::new();
