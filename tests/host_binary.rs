@@ -151,11 +151,20 @@ fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", bench.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("raw TCP ping-pong"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
     let figures: serde_json::Value = serde_json::from_str(last).expect("a JSON line last");
-    for key in ["floor", "native_json_latency", "native_bincode_throughput", "taskit4_latency"] {
+    for key in [
+        "floor",
+        "native_json_latency",
+        "native_bincode_throughput",
+        "taskit4_latency",
+    ] {
         assert!(figures.get(key).is_some(), "{key} missing from {last}");
     }
     assert!(figures["native_bincode_throughput"]["8"].as_f64().unwrap() > 0.0);

@@ -64,7 +64,14 @@ pub fn built() -> &'static Path {
             packages.extend(["-p", p]);
         }
         cargo(&packages);
-        cargo(&["-p", "taskit", "--example", "load_and_call", "--bin", "taskit-bench"]);
+        cargo(&[
+            "-p",
+            "taskit",
+            "--example",
+            "load_and_call",
+            "--bin",
+            "taskit-bench",
+        ]);
         profile
     })
 }

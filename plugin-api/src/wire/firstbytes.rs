@@ -151,7 +151,10 @@ mod tests {
     fn short_message_is_one_closing_article() {
         assert_eq!(encode(b"hello"), b"00005hello");
         // The exchange in docs/protocol.md.
-        assert_eq!(encode(br#"["add", [4, 4], {}]"#), br#"00013["add", [4, 4], {}]"#);
+        assert_eq!(
+            encode(br#"["add", [4, 4], {}]"#),
+            br#"00013["add", [4, 4], {}]"#
+        );
         assert_eq!(encode(br#"["success",8]"#), br#"0000d["success",8]"#);
         assert_eq!(encode(b""), b"00000");
     }
