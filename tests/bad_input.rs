@@ -25,6 +25,8 @@ fn small_host(label: &str) -> (HostProcess, SocketAddr, TempDir) {
             "1",
             "--write-timeout",
             "1",
+            "--idle-timeout",
+            "2",
         ],
     );
     (host, addr, dir)
@@ -224,8 +226,11 @@ fn read_reply(s: &mut TcpStream) -> (u64, Result<Vec<u8>, (String, bool)>) {
     match native::parse_response(&body).unwrap() {
         native::Response::Ok { id, result } => (id, Ok(result.to_vec())),
         native::Response::Error {
-            id, kind, fatal, ..
-        } => (id, Err((kind.to_owned(), fatal))),
+            id, kind, status, ..
+        } => (
+            id,
+            Err((kind.to_owned(), status == native::ErrorStatus::Fatal)),
+        ),
     }
 }
 
@@ -344,4 +349,75 @@ fn a_client_that_stops_reading_is_dropped_while_others_are_served() {
     let _ = s.shutdown(Shutdown::Both);
     pusher.join().unwrap();
     still_serving(addr);
+}
+
+#[test]
+fn native_connections_that_go_silent_are_closed() {
+    let (_host, addr, _dir) = small_host("bad-native-silent");
+    // Idle after the hello, with nothing in flight: closed after --idle-timeout.
+    let mut idle = native_conn(addr, CodecKind::Json);
+    // Half a frame: closed after --read-timeout.
+    let mut partial = native_conn(addr, CodecKind::Json);
+    partial.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
+    still_serving(addr);
+    for s in [&mut idle, &mut partial] {
+        let started = Instant::now();
+        assert!(read_to_close(s).is_empty());
+        assert!(started.elapsed() < Duration::from_secs(25));
+    }
+}
+
+fn host_rss_kib(host: &HostProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn requests_held_at_once_are_bounded_by_the_byte_budget() {
+    let dir = demo_dir("bad-budget");
+    let (host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--max-message",
+            "4194304",
+            "--max-buffered",
+            "8388608",
+            "--read-timeout",
+            "30",
+        ],
+    );
+    let before = host_rss_kib(&host);
+    // 24 connections each start a 4 MiB frame and send all but its last
+    // byte: 96 MiB offered, 8 MiB allowed.
+    let mut conns = Vec::new();
+    let mut pushers = Vec::new();
+    for _ in 0..24 {
+        let s = native_conn(addr, CodecKind::Json);
+        let mut w = s.try_clone().unwrap();
+        // Gives up once the host stops reading for a while.
+        w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        pushers.push(std::thread::spawn(move || {
+            let mut frame = (4u32 << 20).to_be_bytes().to_vec();
+            frame.resize(4 + (4 << 20) - 1, b'x');
+            let _ = w.write_all(&frame);
+        }));
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let during = host_rss_kib(&host);
+    assert!(
+        during < before + 48 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with 96 MiB offered"
+    );
+    still_serving(addr);
+    for c in &conns {
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    for p in pushers {
+        let _ = p.join();
+    }
 }

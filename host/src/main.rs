@@ -54,6 +54,16 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     write_timeout: f64,
 
+    /// Seconds a native connection with no call in flight may stay silent
+    /// before it is closed (clients reconnect by themselves).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    idle_timeout: f64,
+
+    /// Bytes of requests held at once across all connections; beyond that
+    /// the host stops reading until calls finish (at least --max-message).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    max_buffered: usize,
+
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -153,6 +163,8 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         admin_token,
         read_timeout: seconds(args.read_timeout, "--read-timeout")?,
         write_timeout: seconds(args.write_timeout, "--write-timeout")?,
+        idle_timeout: seconds(args.idle_timeout, "--idle-timeout")?,
+        max_buffered: args.max_buffered,
         ..ServerConfig::default()
     };
     let mut server = Server::start(config, Arc::clone(&registry), Some(plugins)).await?;

@@ -7,17 +7,20 @@ use std::sync::Arc;
 use serde_json::Value;
 use taskit_plugin_api::error::kind as task_kind;
 use taskit_plugin_api::wire::compat::{self, EnvelopeError};
-use taskit_plugin_api::wire::{firstbytes, kind, WireError};
+use taskit_plugin_api::wire::{self, firstbytes, kind, WireError};
 use taskit_plugin_api::CodecKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::dispatch::{execute, try_inline, After, Call};
 use super::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
-    let message = match read_message(&shared, &mut stream, first).await {
-        Ok(Some(message)) => message,
+    // `_held` keeps the message's share of the byte budget until the reply
+    // is written.
+    let (message, _held) = match read_message(&shared, &mut stream, first).await {
+        Ok(Some(read)) => read,
         Ok(None) => return,
         Err(err) => {
             tracing::debug!(%peer, %err, "bad TaskIt 4.0 message");
@@ -39,15 +42,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8,
             compat::encode_error(kind::PROTOCOL_ERROR, &[Value::String(err.to_string())]),
             After::Nothing,
         ),
-        Ok(_) if shared.is_stopping() => (
-            compat::encode_error(
-                kind::STOPPING,
-                &[Value::String("the host is stopping".into())],
-            ),
-            After::Nothing,
-        ),
         Ok(request) => {
+            // Counted before anything else, so a drain waits for its reply.
             shared.accept_call();
+            if shared.is_stopping() && request.task != wire::STATUS {
+                let reply = compat::encode_error(kind::STOPPING, &[Value::String(request.task)]);
+                let _ = write_reply(&shared, &mut stream, &reply).await;
+                shared.replies_done(1);
+                return;
+            }
             let call = Call {
                 task: request.task,
                 codec: CodecKind::Json,
@@ -86,16 +89,25 @@ async fn read_message(
     shared: &Shared,
     stream: &mut TcpStream,
     first: u8,
-) -> Result<Option<Vec<u8>>, WireError> {
+) -> Result<Option<(Vec<u8>, Option<OwnedSemaphorePermit>)>, WireError> {
     let mut decoder = firstbytes::Decoder::new(shared.config.max_message);
     decoder.feed(&[first])?;
     let mut buf = vec![0u8; 16 << 10];
+    // The message's bytes count against the server's budget as they arrive.
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
     while !decoder.is_done() {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
             Ok(Ok(n)) => n,
         };
+        let Some(permit) = shared.reserve(n).await else {
+            return Ok(None);
+        };
+        match held.as_mut() {
+            Some(all) => all.merge(permit),
+            None => held = Some(permit),
+        }
         let used = decoder.feed(&buf[..n])?;
         if used < n {
             // Bytes after the message: TaskIt 4.0 sends one message per
@@ -103,7 +115,7 @@ async fn read_message(
             break;
         }
     }
-    Ok(Some(decoder.into_message()))
+    Ok(Some((decoder.into_message(), held)))
 }
 
 async fn write_reply(shared: &Shared, stream: &mut TcpStream, reply: &[u8]) -> std::io::Result<()> {

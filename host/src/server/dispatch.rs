@@ -31,14 +31,17 @@ pub(crate) struct Call {
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// How long each task id has been taking: an exponentially weighted
-/// average of its recent calls, in nanoseconds.
+/// How long each task id has been taking, in nanoseconds: an average that
+/// decays slowly downward (1/8 of each faster call) and jumps at once to any
+/// slower call.
 ///
-/// Calls to a task that has been quick run inline on the connection's own
-/// thread: a hand-off to the blocking pool and back costs two thread
+/// Calls to a task that has been quick run on the connection's own thread,
+/// inside `block_in_place` (which hands that thread's other work to another
+/// thread, so even a misjudged slow call holds up nothing but its own
+/// connection): a hand-off to the blocking pool and back costs two thread
 /// wake-ups, far more than an `add`. Anything unknown or slower runs on the
-/// blocking pool, so a long task never holds up a connection's thread; a
-/// task that turns slow (one inline call that took long) goes back there.
+/// blocking pool. Only successful calls count: a task failing fast on bad
+/// arguments says nothing about how long it takes to work.
 #[derive(Default)]
 pub(crate) struct Timings {
     by_task: RwLock<HashMap<String, Arc<AtomicU64>>>,
@@ -63,7 +66,11 @@ impl Timings {
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         if let Some(avg) = self.get(task) {
             let _ = avg.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(old - old / 8 + sample / 8)
+                Some(if sample > old {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
             });
             return;
         }
@@ -81,12 +88,17 @@ pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>,
     if wire::is_signal(&call.task) {
         return None;
     }
+    // `block_in_place` needs the multi-thread runtime.
+    let flavor = tokio::runtime::Handle::try_current().ok()?.runtime_flavor();
+    if flavor != tokio::runtime::RuntimeFlavor::MultiThread {
+        return None;
+    }
     let avg = shared.timings.get(&call.task)?;
     if avg.load(Ordering::Relaxed) >= INLINE_BELOW_NS {
         return None;
     }
     let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
-    Some(timed_call(shared, call))
+    Some(tokio::task::block_in_place(|| timed_call(shared, call)))
 }
 
 fn timed_call(shared: &Shared, call: &Call) -> Result<Vec<u8>, TaskError> {
@@ -98,8 +110,7 @@ fn timed_call(shared: &Shared, call: &Call) -> Result<Vec<u8>, TaskError> {
         &call.kwargs,
         &call.cancelled,
     );
-    let unknown = matches!(&result, Err(e) if e.kind() == task_kind::UNKNOWN_TASK);
-    if !unknown {
+    if result.is_ok() {
         shared.timings.record(&call.task, started.elapsed());
     }
     result

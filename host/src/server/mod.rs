@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::registry::Registry;
 use crate::watcher::PluginHost;
@@ -51,6 +51,13 @@ pub struct ServerConfig {
     /// Calls in flight on one native connection; beyond that the server
     /// stops reading from it until replies are written.
     pub max_in_flight_per_connection: usize,
+    /// How long a native connection with nothing in flight may stay silent
+    /// before it is closed (clients reconnect transparently).
+    pub idle_timeout: Duration,
+    /// Bytes of requests held at once across all connections (frames being
+    /// read, arguments of calls waiting or running); beyond that the server
+    /// stops reading until calls finish. At least `max_message`.
+    pub max_buffered: usize,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +74,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_in_flight_per_connection: 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_buffered: 256 << 20,
         }
     }
 }
@@ -87,7 +96,14 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<Semaphore>,
     pub(crate) timings: dispatch::Timings,
+    /// Request bytes held, in KiB units (see `ServerConfig::max_buffered`).
+    pub(crate) budget: Arc<Semaphore>,
     stopping: watch::Sender<bool>,
+    /// Set once a drain has answered everything: connections say `Stopping`
+    /// (nothing unanswered was run) and close.
+    closing: watch::Sender<bool>,
+    open_connections: AtomicUsize,
+    connection_closed: Notify,
     exit: watch::Sender<Option<Exit>>,
     /// Calls accepted whose reply is not yet written.
     in_flight: AtomicUsize,
@@ -102,6 +118,30 @@ impl Shared {
     /// Starts a drain: no more connections, new calls refused.
     pub(crate) fn begin_stop(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// A watch that turns true when connections must close.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Reserves room for `bytes` of request data; released with the permit.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let limit = self.budget_kib();
+        Arc::clone(&self.budget)
+            .acquire_many_owned(kib.min(limit))
+            .await
+            .ok()
+    }
+
+    fn budget_kib(&self) -> u32 {
+        let bytes = self
+            .config
+            .max_buffered
+            .max(self.config.max_message)
+            .max(1024);
+        u32::try_from(bytes / 1024).unwrap_or(u32::MAX)
     }
 
     pub(crate) fn kill(&self) {
@@ -148,14 +188,20 @@ impl Server {
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         let (stopping, _) = watch::channel(false);
+        let (closing, _) = watch::channel(false);
         let (exit_tx, exit) = watch::channel(None);
+        let budget_kib = config.max_buffered.max(config.max_message).max(1024) / 1024;
         let shared = Arc::new(Shared {
             registry,
             plugins,
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
             timings: dispatch::Timings::default(),
+            budget: Arc::new(Semaphore::new(budget_kib.min(Semaphore::MAX_PERMITS))),
             config,
             stopping,
+            closing,
+            open_connections: AtomicUsize::new(0),
+            connection_closed: Notify::new(),
             exit: exit_tx,
             in_flight: AtomicUsize::new(0),
             replies_written: Notify::new(),
@@ -231,9 +277,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Ar
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
+        shared.open_connections.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            serve_connection(shared, stream, peer).await;
+            serve_connection(Arc::clone(&shared), stream, peer).await;
             drop(permit);
+            shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+            shared.connection_closed.notify_waiters();
         });
     }
     tracing::debug!(addr = ?listener.local_addr().ok(), "stopped accepting");
@@ -264,7 +313,9 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
 }
 
 /// Once stopping, waits for every accepted call to be answered and every
-/// task (subtasks included) to end, then reports the server stopped.
+/// task (subtasks included) to end; then tells the connections to close
+/// (each answers what it accepted meanwhile, then says `Stopping`), waits
+/// for them, and reports the server stopped.
 async fn drain_when_stopping(shared: Arc<Shared>) {
     let mut stopping = shared.stopping.subscribe();
     if stopping.wait_for(|s| *s).await.is_err() {
@@ -281,6 +332,20 @@ async fn drain_when_stopping(shared: Arc<Shared>) {
         // Subtasks end without a notification: poll, but wake at once when
         // the last reply is written.
         let _ = tokio::time::timeout(Duration::from_millis(20), written).await;
+    }
+    shared.closing.send_replace(true);
+    // Each connection ends within its read or write timeout at worst.
+    let limit =
+        tokio::time::Instant::now() + shared.config.read_timeout + shared.config.write_timeout;
+    loop {
+        let closed = shared.connection_closed.notified();
+        if shared.open_connections.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(limit, closed).await.is_err() {
+            tracing::warn!("stopping: some connections did not close in time");
+            break;
+        }
     }
     shared.exit.send_replace(Some(Exit::Stopped));
 }

@@ -10,8 +10,8 @@
 //! TaskIt 4.0 backends get a connection per call, as they expect.
 //!
 //! Which calls are retried on another backend: those that provably did not
-//! run — the connection could not be made, or the backend answered
-//! `Stopping`. A call whose connection breaks after its request was sent is
+//! run — the connection could not be made, or the backend said it did not
+//! run them because it is stopping. A call whose connection breaks after its request was sent is
 //! *not* retried (it may have run); it fails with
 //! [`FrontendError::ConnectionLost`].
 
@@ -165,6 +165,10 @@ pub enum FrontendError {
     /// No reply within the call's timeout (the backend was asked to cancel).
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The backend is stopping and did not run the call (it is retried on
+    /// another backend when there is one).
+    #[error("{0} is stopping; the call was not run")]
+    Stopping(String),
     /// The connection broke after the request was sent: the call may or may
     /// not have run, so it is not retried.
     #[error("connection to {0} lost while the call was in flight")]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +13,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BackendAddr, FrontendConfig, FrontendError};
-use crate::wire::native::{self, HelloStatus, Response};
+use crate::wire;
+use crate::wire::native::{self, ErrorStatus, HelloStatus, Response};
 
 type Waiter = oneshot::Sender<Result<Vec<u8>, FrontendError>>;
 
@@ -22,7 +24,13 @@ type Waiter = oneshot::Sender<Result<Vec<u8>, FrontendError>>;
 pub(super) struct Slot {
     current: Mutex<Option<Arc<NativeConn>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// The last failed attempt: calls arriving within [`RETRY_AFTER`] of it
+    /// fail over at once instead of each waiting for a connect of their own.
+    failed: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a failed connection attempt is remembered.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 impl Slot {
     fn live(&self) -> Option<Arc<NativeConn>> {
@@ -33,7 +41,16 @@ impl Slot {
             .cloned()
     }
 
-    /// The live connection, connecting first if there is none.
+    fn recent_failure(&self) -> Option<String> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
+            .map(|(_, err)| err.clone())
+    }
+
+    /// The live connection, connecting first if there is none. One attempt
+    /// at a time; callers that waited for a failed one share its failure.
     pub(super) async fn get(
         &self,
         addr: &BackendAddr,
@@ -42,13 +59,29 @@ impl Slot {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
+        if let Some(err) = self.recent_failure() {
+            return Err(err);
+        }
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
-        let conn = NativeConn::connect(addr, config).await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
-        Ok(conn)
+        if let Some(err) = self.recent_failure() {
+            return Err(err);
+        }
+        match NativeConn::connect(addr, config).await {
+            Ok(conn) => {
+                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&conn));
+                Ok(conn)
+            }
+            Err(err) => {
+                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
     }
 }
 
@@ -108,9 +141,12 @@ impl NativeConn {
     }
 
     /// Marks the connection dead and fails every waiting call with `err`.
+    /// Done under the waiters' lock, which `call` also takes to check the
+    /// flag and register: no call can slip in after the last failure.
     fn fail_all(&self, err: FrontendError) {
+        let mut waiters = self.waiters();
         self.closed.store(true, Ordering::Release);
-        for (_, waiter) in self.waiters().drain() {
+        for (_, waiter) in waiters.drain() {
             let _ = waiter.send(Err(err.clone()));
         }
     }
@@ -128,12 +164,15 @@ impl NativeConn {
                 "task id or arguments too long for a frame".into(),
             )));
         }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(NotSent);
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiters().insert(id, tx);
+        {
+            let mut waiters = self.waiters();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(NotSent);
+            }
+            waiters.insert(id, tx);
+        }
         let mut frame = Vec::with_capacity(32 + task.len() + args.len() + kwargs.len());
         native::encode_call(&mut frame, id, task, args, kwargs);
         if self.frames.send(frame).is_err() {
@@ -204,18 +243,28 @@ async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply:
         let mut fatal = None;
         {
             let Some(conn) = conn.upgrade() else { return };
-            while let Some(outcome) = next_reply(&buf[used..], max_reply).transpose() {
+            while let Some(outcome) = next_reply(&buf[used..], max_reply, &conn.backend).transpose()
+            {
                 let (n, reply) = match outcome {
                     Ok(pair) => pair,
                     Err(message) => {
-                        fatal = Some(message);
+                        fatal = Some(FrontendError::Protocol {
+                            backend: conn.backend.clone(),
+                            message,
+                        });
                         break;
                     }
                 };
                 used += n;
                 let (id, result, is_fatal) = reply;
                 if is_fatal {
-                    fatal = Some(format!("{result:?}"));
+                    fatal = Some(match result {
+                        Err(err) => err,
+                        Ok(_) => FrontendError::Protocol {
+                            backend: conn.backend.clone(),
+                            message: "fatal reply without an error".into(),
+                        },
+                    });
                     break;
                 }
                 match conn.waiters().remove(&id) {
@@ -230,27 +279,21 @@ async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply:
                 }
             }
         }
-        if let Some(message) = fatal {
-            break Some(message);
+        if let Some(err) = fatal {
+            break Some(err);
         }
         buf.drain(..used);
         match reader.read_buf(&mut buf).await {
             Ok(0) => break None,
             Ok(_) => {}
-            Err(err) => break Some(err.to_string()),
+            Err(err) => {
+                tracing::debug!(%err, "connection failed");
+                break None;
+            }
         }
     };
     if let Some(conn) = conn.upgrade() {
-        let err = match failure {
-            Some(message) => {
-                tracing::debug!(backend = %conn.backend, %message, "connection failed");
-                FrontendError::Protocol {
-                    backend: conn.backend.clone(),
-                    message,
-                }
-            }
-            None => FrontendError::ConnectionLost(conn.backend.clone()),
-        };
+        let err = failure.unwrap_or_else(|| FrontendError::ConnectionLost(conn.backend.clone()));
         conn.fail_all(err);
     }
 }
@@ -258,7 +301,9 @@ async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply:
 type Reply = (u64, Result<Vec<u8>, FrontendError>, bool);
 
 /// The next whole reply in `buf`: bytes used and `(id, result, fatal)`.
-fn next_reply(buf: &[u8], max: usize) -> Result<Option<(usize, Reply)>, String> {
+/// A `Stopping` error (fatal or for one call) becomes
+/// [`FrontendError::Stopping`]: the calls it covers did not run.
+fn next_reply(buf: &[u8], max: usize, backend: &str) -> Result<Option<(usize, Reply)>, String> {
     let Some((body, used)) = native::split_frame(buf, max).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -268,16 +313,26 @@ fn next_reply(buf: &[u8], max: usize) -> Result<Option<(usize, Reply)>, String> 
             id,
             kind,
             args_json,
-            fatal,
+            status,
         } => {
-            let args: Vec<Value> = serde_json::from_slice(args_json).unwrap_or_else(|_| {
-                vec![Value::String(
-                    String::from_utf8_lossy(args_json).into_owned(),
-                )]
-            });
-            let err = FrontendError::BackendProcessing {
-                kind: kind.to_owned(),
-                args,
+            let fatal = status == ErrorStatus::Fatal;
+            let err = if status == ErrorStatus::NotRun || (fatal && kind == wire::kind::STOPPING) {
+                FrontendError::Stopping(backend.to_owned())
+            } else if fatal {
+                FrontendError::Protocol {
+                    backend: backend.to_owned(),
+                    message: format!("{kind}: {}", String::from_utf8_lossy(args_json)),
+                }
+            } else {
+                let args: Vec<Value> = serde_json::from_slice(args_json).unwrap_or_else(|_| {
+                    vec![Value::String(
+                        String::from_utf8_lossy(args_json).into_owned(),
+                    )]
+                });
+                FrontendError::BackendProcessing {
+                    kind: kind.to_owned(),
+                    args,
+                }
             };
             (id, Err(err), fatal)
         }

@@ -13,6 +13,7 @@
 //!   OK     (0)  result (rest)
 //!   ERROR  (1)  type_len:u16 type args(rest, JSON array)
 //!   FATAL  (2)  as ERROR; the server closes the connection after it
+//!   NOT_RUN(3)  as ERROR; the call was not run (the host is stopping)
 //! ```
 
 use crate::codec::CodecKind;
@@ -34,6 +35,7 @@ const KIND_CANCEL: u8 = 2;
 const STATUS_OK: u8 = 0;
 const STATUS_ERROR: u8 = 1;
 const STATUS_FATAL: u8 = 2;
+const STATUS_NOT_RUN: u8 = 3;
 
 /// Codec numbers in the hello.
 pub fn codec_id(codec: CodecKind) -> u8 {
@@ -132,6 +134,29 @@ pub enum Request<'a> {
     Cancel { id: u64 },
 }
 
+/// What an error reply says about its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStatus {
+    /// The call ran (or was refused) and failed.
+    Error,
+    /// A protocol error on the connection; it closes after this reply.
+    /// With the type `Stopping`, it means the host is going away and no
+    /// call left without a reply on this connection was run.
+    Fatal,
+    /// The call was not run: safe to send to another host.
+    NotRun,
+}
+
+impl ErrorStatus {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Error => STATUS_ERROR,
+            Self::Fatal => STATUS_FATAL,
+            Self::NotRun => STATUS_NOT_RUN,
+        }
+    }
+}
+
 /// A reply frame, borrowing from the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -143,8 +168,7 @@ pub enum Response<'a> {
         id: u64,
         kind: &'a str,
         args_json: &'a [u8],
-        /// The server closes the connection after a fatal error.
-        fatal: bool,
+        status: ErrorStatus,
     },
 }
 
@@ -188,9 +212,8 @@ pub fn encode_ok(out: &mut Vec<u8>, id: u64, result: &[u8]) {
     });
 }
 
-/// Appends an ERROR (or FATAL) reply to `out`. A type longer than 65535
-/// bytes is cut.
-pub fn encode_error(out: &mut Vec<u8>, id: u64, kind: &str, args_json: &[u8], fatal: bool) {
+/// Appends an error reply to `out`. A type longer than 65535 bytes is cut.
+pub fn encode_error(out: &mut Vec<u8>, id: u64, kind: &str, args_json: &[u8], status: ErrorStatus) {
     let mut cut = kind.len().min(u16::MAX as usize);
     while !kind.is_char_boundary(cut) {
         cut -= 1;
@@ -198,7 +221,7 @@ pub fn encode_error(out: &mut Vec<u8>, id: u64, kind: &str, args_json: &[u8], fa
     let kind = &kind[..cut];
     frame(out, 9 + 2 + kind.len() + args_json.len(), |out| {
         out.extend_from_slice(&id.to_be_bytes());
-        out.push(if fatal { STATUS_FATAL } else { STATUS_ERROR });
+        out.push(status.byte());
         out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(args_json);
@@ -291,14 +314,18 @@ pub fn parse_response(body: &[u8]) -> Result<Response<'_>, WireError> {
     let id = b.u64("the request id")?;
     match b.u8("the reply status")? {
         STATUS_OK => Ok(Response::Ok { id, result: b.0 }),
-        status @ (STATUS_ERROR | STATUS_FATAL) => {
+        byte @ (STATUS_ERROR | STATUS_FATAL | STATUS_NOT_RUN) => {
             let kind_len = b.u16("the error type length")? as usize;
             let kind = b.str(kind_len, "the error type")?;
             Ok(Response::Error {
                 id,
                 kind,
                 args_json: b.0,
-                fatal: status == STATUS_FATAL,
+                status: match byte {
+                    STATUS_FATAL => ErrorStatus::Fatal,
+                    STATUS_NOT_RUN => ErrorStatus::NotRun,
+                    _ => ErrorStatus::Error,
+                },
             })
         }
         other => Err(WireError::BadFrame(format!("unknown reply status {other}"))),
@@ -354,7 +381,7 @@ mod tests {
     fn replies_round_trip() {
         let mut buf = Vec::new();
         encode_ok(&mut buf, 1, b"8");
-        encode_error(&mut buf, 2, "KeyError", b"[\"x\"]", false);
+        encode_error(&mut buf, 2, "KeyError", b"[\"x\"]", ErrorStatus::Error);
         let (body, used) = split_frame(&buf, 64).unwrap().unwrap();
         assert_eq!(
             parse_response(body).unwrap(),
@@ -370,7 +397,7 @@ mod tests {
                 id: 2,
                 kind: "KeyError",
                 args_json: b"[\"x\"]",
-                fatal: false
+                status: ErrorStatus::Error
             }
         );
     }
