@@ -38,8 +38,10 @@ async fn start(config: ServerConfig) -> (Server, SocketAddr) {
     (server, addr)
 }
 
+type Reply = (u64, Result<Vec<u8>, (String, ErrorStatus)>);
+
 /// Reads reply frames until the server closes the connection.
-fn replies_until_close(s: &mut TcpStream) -> Vec<(u64, Result<Vec<u8>, (String, ErrorStatus)>)> {
+fn replies_until_close(s: &mut TcpStream) -> Vec<Reply> {
     let mut out = Vec::new();
     loop {
         let mut len = [0u8; 4];

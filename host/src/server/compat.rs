@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::dispatch::{execute, try_inline, After, Call};
-use super::Shared;
+use super::{Shared, SMALL_REQUEST};
 
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
     // `_held` keeps the message's share of the byte budget until the reply
@@ -93,20 +93,24 @@ async fn read_message(
     let mut decoder = firstbytes::Decoder::new(shared.config.max_message);
     decoder.feed(&[first])?;
     let mut buf = vec![0u8; 16 << 10];
-    // The message's bytes count against the server's budget as they arrive.
+    // Past the first 64 KiB, the message's bytes count against the
+    // server's budget as they arrive.
     let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut total = 1usize;
     let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
     while !decoder.is_done() {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
             Ok(Ok(n)) => n,
         };
-        let Some(permit) = shared.reserve(n).await else {
-            return Ok(None);
-        };
-        match held.as_mut() {
-            Some(all) => all.merge(permit),
-            None => held = Some(permit),
+        total += n;
+        if total > SMALL_REQUEST {
+            if let Some(permit) = shared.reserve_exact(n).await {
+                match held.as_mut() {
+                    Some(all) => all.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
         }
         let used = decoder.feed(&buf[..n])?;
         if used < n {

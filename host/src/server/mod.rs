@@ -27,6 +27,9 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use crate::registry::Registry;
 use crate::watcher::PluginHost;
 
+/// Requests up to this size are not counted against the byte budget.
+pub(crate) const SMALL_REQUEST: usize = 64 << 10;
+
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -54,9 +57,10 @@ pub struct ServerConfig {
     /// How long a native connection with nothing in flight may stay silent
     /// before it is closed (clients reconnect transparently).
     pub idle_timeout: Duration,
-    /// Bytes of requests held at once across all connections (frames being
-    /// read, arguments of calls waiting or running); beyond that the server
-    /// stops reading until calls finish. At least `max_message`.
+    /// Bytes of large requests (over 64 KiB) held at once across all
+    /// connections (frames being read, arguments of calls waiting or
+    /// running); beyond that the server stops reading large requests until
+    /// calls finish. At least `max_message`.
     pub max_buffered: usize,
 }
 
@@ -125,8 +129,19 @@ impl Shared {
         self.closing.subscribe()
     }
 
-    /// Reserves room for `bytes` of request data; released with the permit.
+    /// Reserves room for a request of `bytes`, released with the permit.
+    /// Requests up to [`SMALL_REQUEST`] need none (they are bounded by the
+    /// connection limit instead), so large requests, even stalled ones,
+    /// can never hold up ordinary calls.
     pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        if bytes <= SMALL_REQUEST {
+            return None;
+        }
+        self.reserve_exact(bytes).await
+    }
+
+    /// Reserves room for `bytes`, whatever their number.
+    pub(crate) async fn reserve_exact(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         let limit = self.budget_kib();
         Arc::clone(&self.budget)

@@ -81,8 +81,8 @@ struct Connection {
     tx: Replies,
     slots: Arc<Semaphore>,
     cancels: Cancels,
-    /// Budget reserved for the frame being read.
-    budget: Option<(usize, OwnedSemaphorePermit)>,
+    /// Budget reserved for the frame being read (its length, its permit).
+    budget: Option<(usize, Option<OwnedSemaphorePermit>)>,
 }
 
 /// Why the read loop ended.
@@ -138,10 +138,7 @@ impl Connection {
                 let len = native::LENGTH_LEN
                     + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
                 if self.budget.as_ref().map(|b| b.0) != Some(len) {
-                    let Some(permit) = shared.reserve(len).await else {
-                        break Ended::Peer;
-                    };
-                    self.budget = Some((len, permit));
+                    self.budget = Some((len, shared.reserve(len).await));
                 }
             }
             let deadline = match frame_started {
@@ -193,7 +190,7 @@ impl Connection {
     /// the one reserved while it was read, or a new reservation.
     async fn take_budget(&mut self, len: usize) -> Option<OwnedSemaphorePermit> {
         match self.budget.take() {
-            Some((reserved, permit)) if reserved == len => Some(permit),
+            Some((reserved, permit)) if reserved == len => permit,
             _ => self.shared.reserve(len).await,
         }
     }
