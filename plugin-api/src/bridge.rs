@@ -5,9 +5,6 @@
 //! is shared with the host, so a reload cannot leave the host holding
 //! pointers into an old copy.
 
-use std::fmt::{self, Write as _};
-
-use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Dispatch, Event, Level, Metadata, Subscriber};
 
@@ -27,33 +24,6 @@ fn level_of(level: &Level) -> LogLevel {
     }
 }
 
-/// Formats an event's fields as `message key=value …`.
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = if self.0.is_empty() {
-                write!(self.0, "{value:?}")
-            } else {
-                let rest = std::mem::take(&mut self.0);
-                write!(self.0, "{value:?} {rest}")
-            };
-        } else {
-            let sep = if self.0.is_empty() { "" } else { " " };
-            let _ = write!(self.0, "{sep}{}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"));
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-}
-
 impl Subscriber for HostLog {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         self.host.log_enabled(level_of(metadata.level()))
@@ -68,7 +38,7 @@ impl Subscriber for HostLog {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let mut message = Message(String::new());
+        let mut message = crate::fields::Message::default();
         event.record(&mut message);
         let meta = event.metadata();
         self.host

@@ -15,8 +15,12 @@ pub mod codec;
 pub mod context;
 pub mod error;
 mod export;
+mod fields;
 #[cfg(feature = "frontend")]
 pub mod frontend;
+pub mod log;
+pub mod resync;
+pub mod simple;
 pub mod task;
 pub mod wire;
 

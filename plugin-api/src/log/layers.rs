@@ -1,0 +1,93 @@
+//! TaskIt's loggers as `tracing-subscriber` layers.
+
+use std::io::Write;
+use std::sync::{Mutex, PoisonError};
+
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Filter, Layer};
+
+use super::{format_line, Level};
+
+/// Lets through records of the listed TaskIt levels only.
+#[derive(Debug, Clone)]
+pub struct Allowed(Vec<Level>);
+
+impl Allowed {
+    pub fn new(levels: &[Level]) -> Self {
+        Self(levels.to_vec())
+    }
+}
+
+impl<S> Filter<S> for Allowed {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        self.0.contains(&Level::of(meta.level()))
+    }
+}
+
+/// TaskIt's `LoggerNode(children, allowed)`: records of an allowed level go
+/// to every child; `None` allows every level. Nodes nest into trees.
+pub fn node<S>(
+    children: Vec<Box<dyn Layer<S> + Send + Sync>>,
+    allowed: Option<&[Level]>,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match allowed {
+        None => Box::new(children),
+        Some(levels) => Box::new(children.with_filter(Allowed::new(levels))),
+    }
+}
+
+/// TaskIt's `FileLogger`: writes `LEVEL (time)\tmessage` lines to any
+/// `Write`, flushing every `flush_every` lines (never, with 0, until
+/// dropped).
+pub struct FileLogger<W: Write + Send + 'static> {
+    out: Mutex<(W, usize)>,
+    flush_every: usize,
+}
+
+impl<W: Write + Send + 'static> FileLogger<W> {
+    pub fn new(out: W, flush_every: usize) -> Self {
+        Self {
+            out: Mutex::new((out, 0)),
+            flush_every,
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for FileLogger<W> {
+    fn drop(&mut self) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = out.0.flush();
+    }
+}
+
+impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for FileLogger<W> {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut message = crate::fields::Message::default();
+        event.record(&mut message);
+        let line = format_line(
+            Level::of(event.metadata().level()),
+            std::time::SystemTime::now(),
+            &message.0,
+        );
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let (writer, count) = &mut *out;
+        // A log write that fails has nowhere to be reported; it is dropped.
+        let _ = writer.write_all(line.as_bytes());
+        if self.flush_every > 0 {
+            *count += 1;
+            if *count >= self.flush_every {
+                let _ = writer.flush();
+                *count = 0;
+            }
+        }
+    }
+}
+
+/// TaskIt's `null_logger`: a layer that keeps nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullLogger;
+
+impl<S: Subscriber> Layer<S> for NullLogger {}
