@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn work_waits_and_reports_errors_and_panics() {
         let half = Task::new("half", |n: u32| {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Ok(n / 2)
             } else {
                 Err(format!("{n} is odd"))
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn callbacks_run_on_another_thread_with_each_error_behaviour() {
         let half = Task::new("half", |n: u32| {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Ok(n / 2)
             } else {
                 Err(format!("{n} is odd"))
