@@ -56,33 +56,6 @@ fn the_host_refuses_to_start_without_its_plugins_directory() {
     );
 }
 
-#[test]
-fn the_load_and_call_example_runs() {
-    let dir = TempDir::new("example");
-    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-    let example = built().join("examples").join("load_and_call");
-    let out = Command::new(&example)
-        .args([dir.path().to_str().unwrap(), "add", "4", "4"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("demo 0.1.0 serves add, echo"), "{stdout}");
-    assert!(stdout.contains("add -> 8"), "{stdout}");
-
-    let out = Command::new(&example)
-        .args([dir.path().to_str().unwrap(), "get-error"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("get-error failed: AssertionError: this task always fails"));
-}
-
 fn signal(host: &HostProcess, signal: libc::c_int) {
     // SAFETY: sending a signal to a child process we own.
     let rc = unsafe { libc::kill(host.child.id() as libc::pid_t, signal) };
@@ -168,4 +141,35 @@ fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
         assert!(figures.get(key).is_some(), "{key} missing from {last}");
     }
     assert!(figures["native_bincode_throughput"]["8"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_plugin_log_line_reaches_the_host_output_and_obeys_rust_log() {
+    use taskit_plugin_api::frontend::BlockingFrontEnd;
+    let dir = demo_dir("plugin-log-e2e");
+
+    let mut host = HostProcess::start_logging(&["--plugins", dir.path().to_str().unwrap()], "info");
+    let addr = host.ready();
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    fe.work::<()>("log", &("hello from the e2e test",)).unwrap();
+    let line = host.expect_line(&["demo task says", "hello from the e2e test"]);
+    for part in [" INFO ", "taskit::plugin", "plugin=demo", "version=0.1.0"] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+
+    // Filtered out by RUST_LOG: nothing of it reaches the output.
+    let mut quiet = HostProcess::start_logging(
+        &["--plugins", dir.path().to_str().unwrap()],
+        "info,taskit::plugin=warn",
+    );
+    let addr = quiet.ready();
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    fe.work::<()>("log", &("should stay quiet",)).unwrap();
+    fe.send_stop(addr).unwrap();
+    quiet.expect_line(&["taskit-host exiting"]);
+    assert!(
+        !quiet.seen.iter().any(|l| l.contains("should stay quiet")),
+        "{:?}",
+        quiet.seen
+    );
 }

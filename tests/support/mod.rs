@@ -76,6 +76,11 @@ pub fn built() -> &'static Path {
     })
 }
 
+/// The built binary of example `name`.
+pub fn example(name: &str) -> PathBuf {
+    built().join("examples").join(name)
+}
+
 /// The built `taskit-host` binary.
 pub fn host_binary() -> PathBuf {
     built().join("taskit-host")
@@ -196,10 +201,15 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `taskit-host` with `args` on a free loopback port.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_logging(args, "info")
+    }
+
+    /// As [`start`](Self::start), with `RUST_LOG` set to `filter`.
+    pub fn start_logging(args: &[&str], filter: &str) -> Self {
         let mut child = Command::new(host_binary())
             .args(args)
             .args(["--bind", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
