@@ -20,6 +20,7 @@ use taskit_plugin_api::{encode_args, Codec, CodecKind, EncodeArgs, Json, TaskErr
 /// The crates the tests run: the host binary and the plugins it loads.
 const BUILT_PACKAGES: &[&str] = &[
     "taskit-host",
+    "taskitctl",
     "taskit-demo",
     "taskit-demo-next",
     "taskit-fixture-faulty",
@@ -206,9 +207,19 @@ impl HostProcess {
 
     /// As [`start`](Self::start), with `RUST_LOG` set to `filter`.
     pub fn start_logging(args: &[&str], filter: &str) -> Self {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--bind", "127.0.0.1:0"]);
+        Self::spawn(&all, filter)
+    }
+
+    /// Starts `taskit-host` with exactly `args` (which name the address).
+    pub fn start_without_bind(args: &[&str]) -> Self {
+        Self::spawn(args, "info")
+    }
+
+    fn spawn(args: &[&str], filter: &str) -> Self {
         let mut child = Command::new(host_binary())
             .args(args)
-            .args(["--bind", "127.0.0.1:0"])
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

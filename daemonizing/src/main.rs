@@ -1,0 +1,332 @@
+//! `taskitctl`: control TaskIt hosts over a range of ports, or call a task.
+//!
+//! ```text
+//! taskitctl status 127.0.0.1 54543-54546
+//! taskitctl stop   127.0.0.1 54543,54545
+//! taskitctl call   127.0.0.1 add 4 4
+//! taskitctl call   127.0.0.1:54544 greet '"Ada"' --kw excited=true
+//! ```
+
+mod ports;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use taskit_plugin_api::frontend::{
+    BackendAddr, CallOptions, FrontEnd, FrontendConfig, FrontendError,
+};
+use taskit_plugin_api::wire::{self, PluginSummary, ReloadReport};
+
+/// Controls TaskIt hosts: status, stop, kill, tasks and reload over a list
+/// or range of ports, or calls one task.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "PORTS is N, N,M,K or N-M (inclusive), e.g. 54543-54546.\n\
+Exit status: 0 all went well; 1 a host answered with an error; 2 bad usage;\n\
+3 a host could not be reached."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Speak the TaskIt 4.0 protocol (for original Python backends).
+    #[arg(long, global = true)]
+    compat: bool,
+
+    /// File holding the admin token, for hosts started with one.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Seconds to wait for each answer.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Running-task count of each host.
+    Status { host: String, ports: String },
+    /// Stop each host: it answers the calls it accepted, then exits.
+    Stop { host: String, ports: String },
+    /// End each host at once.
+    Kill { host: String, ports: String },
+    /// The plugins and task ids each host serves.
+    Tasks { host: String, ports: String },
+    /// Make each host rescan its plugins directory now.
+    Reload { host: String, ports: String },
+    /// Call TASK on HOST[:PORT] with JSON arguments and print the JSON result.
+    Call {
+        /// HOST or HOST:PORT (default port 54543).
+        target: String,
+        task: String,
+        /// Positional arguments, each a JSON value (quote strings: '"text"').
+        args: Vec<String>,
+        /// A keyword argument, as key=JSON; repeat for several.
+        #[arg(long = "kw", value_name = "KEY=JSON")]
+        kwargs: Vec<String>,
+    },
+}
+
+const EXIT_REMOTE_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_DOWN: u8 = 3;
+
+/// A failure to run the command at all, with its exit status.
+struct Fail(u8, String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskitctl: cannot start: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, message)) => {
+            eprintln!("taskitctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Result<FrontendConfig, Fail> {
+    let admin_token = match &cli.token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Fail(
+                    EXIT_USAGE,
+                    format!("cannot read the token file {}: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+    };
+    let timeout = Duration::try_from_secs_f64(cli.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            Fail(
+                EXIT_USAGE,
+                format!(
+                    "--timeout must be a positive number of seconds, not {}",
+                    cli.timeout
+                ),
+            )
+        })?;
+    Ok(FrontendConfig {
+        admin_token,
+        connect_timeout: timeout.min(Duration::from_secs(5)),
+        ..FrontendConfig::default()
+    })
+}
+
+fn backend(cli: &Cli, addr: BackendAddr) -> BackendAddr {
+    if cli.compat {
+        addr.taskit4()
+    } else {
+        addr
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Fail> {
+    let config = config(&cli)?;
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let (signal, host, spec) = match &cli.command {
+        Command::Call {
+            target,
+            task,
+            args,
+            kwargs,
+        } => return call(&cli, config, timeout, target, task, args, kwargs).await,
+        Command::Status { host, ports } => (wire::STATUS, host, ports),
+        Command::Stop { host, ports } => (wire::STOP, host, ports),
+        Command::Kill { host, ports } => (wire::KILL, host, ports),
+        Command::Tasks { host, ports } => (wire::TASKS, host, ports),
+        Command::Reload { host, ports } => (wire::RELOAD, host, ports),
+    };
+    let ports = ports::expand(spec).map_err(|e| Fail(EXIT_USAGE, format!("bad PORTS: {e}")))?;
+    let addrs: Vec<BackendAddr> = ports
+        .iter()
+        .map(|&p| backend(&cli, BackendAddr::new(host.clone(), p)))
+        .collect();
+    let frontend = FrontEnd::with_config(addrs.clone(), config);
+    let mut worst = 0u8;
+    for addr in addrs {
+        let outcome = tokio::time::timeout(timeout, one_signal(&frontend, &addr, signal))
+            .await
+            .unwrap_or(Err(FrontendError::Timeout(timeout)));
+        let (code, text, value) = describe(signal, outcome);
+        worst = worst.max(code);
+        if cli.json {
+            let mut line = json!({"host": addr.host, "port": addr.port});
+            if let (Value::Object(line), Value::Object(fields)) = (&mut line, value) {
+                line.extend(fields);
+            }
+            println!("{line}");
+        } else {
+            println!("{addr} --> {text}");
+        }
+    }
+    Ok(worst)
+}
+
+/// What a signal answered, decoded for its kind.
+enum Answer {
+    Status(String),
+    Done,
+    Tasks(Vec<PluginSummary>),
+    Reload(ReloadReport),
+}
+
+async fn one_signal(
+    fe: &FrontEnd,
+    addr: &BackendAddr,
+    signal: &str,
+) -> Result<Answer, FrontendError> {
+    match signal {
+        wire::STATUS => fe
+            .send_signal::<String>(addr.clone(), signal)
+            .await
+            .map(Answer::Status),
+        wire::TASKS => fe.tasks(addr.clone()).await.map(Answer::Tasks),
+        wire::RELOAD => fe.reload(addr.clone()).await.map(Answer::Reload),
+        _ => fe
+            .send_signal::<Option<()>>(addr.clone(), signal)
+            .await
+            .map(|_| Answer::Done),
+    }
+}
+
+fn unreachable(err: &FrontendError) -> bool {
+    matches!(
+        err,
+        FrontendError::BackendNotAvailable
+            | FrontendError::ConnectionLost(_)
+            | FrontendError::Stopping(_)
+    )
+}
+
+/// Exit code, text line, and JSON fields for one port's outcome.
+fn describe(signal: &str, outcome: Result<Answer, FrontendError>) -> (u8, String, Value) {
+    match outcome {
+        Ok(Answer::Status(n)) => (
+            0,
+            format!("up, {n} jobs running"),
+            json!({"state": "up", "running": n.parse::<u64>().ok()}),
+        ),
+        Ok(Answer::Done) if signal == wire::KILL => {
+            (0, "terminated".into(), json!({"state": "terminated"}))
+        }
+        Ok(Answer::Done) => (0, "stopped".into(), json!({"state": "stopped"})),
+        Ok(Answer::Tasks(plugins)) => {
+            let text = plugins
+                .iter()
+                .map(|p| format!("{} {} [{}]", p.name, p.version, p.tasks.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let text = if text.is_empty() {
+                "up, no tasks".to_owned()
+            } else {
+                format!("up, {text}")
+            };
+            (0, text, json!({"state": "up", "plugins": plugins}))
+        }
+        Ok(Answer::Reload(r)) => (
+            0,
+            format!(
+                "reloaded: {} loaded, {} refused, {} removed, {} unchanged",
+                r.loaded.len(),
+                r.refused.len(),
+                r.removed.len(),
+                r.unchanged
+            ),
+            json!({"state": "up", "reload": r}),
+        ),
+        Err(err) if unreachable(&err) => (EXIT_DOWN, "down".into(), json!({"state": "down"})),
+        Err(FrontendError::BackendProcessing { kind, args }) => (
+            EXIT_REMOTE_ERROR,
+            format!("error: {kind} {}", Value::from(args.clone())),
+            json!({"state": "error", "type": kind, "args": args}),
+        ),
+        Err(err) => (
+            EXIT_DOWN,
+            format!("failed: {err}"),
+            json!({"state": "failed", "message": err.to_string()}),
+        ),
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, Fail> {
+    serde_json::from_str(text).map_err(|e| {
+        Fail(
+            EXIT_USAGE,
+            format!("{what} {text:?} is not JSON ({e}); quote strings, e.g. '\"{text}\"'"),
+        )
+    })
+}
+
+async fn call(
+    cli: &Cli,
+    config: FrontendConfig,
+    timeout: Duration,
+    target: &str,
+    task: &str,
+    args: &[String],
+    kwargs: &[String],
+) -> Result<u8, Fail> {
+    let addr: BackendAddr = target
+        .parse()
+        .map_err(|e| Fail(EXIT_USAGE, format!("bad HOST[:PORT]: {e}")))?;
+    let values = args
+        .iter()
+        .map(|a| parse_json("argument", a))
+        .collect::<Result<Vec<Value>, Fail>>()?;
+    let mut options = CallOptions::default().timeout(timeout);
+    for kw in kwargs {
+        let (key, value) = kw
+            .split_once('=')
+            .ok_or_else(|| Fail(EXIT_USAGE, format!("--kw {kw:?} is not KEY=JSON")))?;
+        if key.is_empty() {
+            return Err(Fail(EXIT_USAGE, format!("--kw {kw:?} has an empty key")));
+        }
+        options = options.kw(key, parse_json(&format!("--kw {key}"), value)?);
+    }
+    let frontend = FrontEnd::with_config([backend(cli, addr.clone())], config);
+    let result = frontend.call_with::<Value>(task, &values, &options).await;
+    match result {
+        Ok(value) => {
+            if cli.json {
+                println!("{}", json!({"ok": value}));
+            } else {
+                println!("{value}");
+            }
+            Ok(0)
+        }
+        Err(FrontendError::BackendProcessing { kind, args }) => {
+            if cli.json {
+                println!("{}", json!({"error": {"type": kind, "args": args}}));
+            } else {
+                eprintln!("error: {kind} {}", Value::from(args));
+            }
+            Ok(EXIT_REMOTE_ERROR)
+        }
+        Err(err) if unreachable(&err) => Err(Fail(EXIT_DOWN, format!("{addr} is down: {err}"))),
+        Err(err) => Err(Fail(EXIT_DOWN, format!("{addr}: {err}"))),
+    }
+}
