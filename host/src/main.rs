@@ -177,6 +177,12 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         "taskit-host ready"
     );
 
+    sd_notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} tasks on {}",
+        registry.task_ids().len(),
+        addrs.join(", ")
+    ));
+
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -187,7 +193,10 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
                 return Ok(exit);
             }
             _ = hangup.recv() => {
-                if let Some(summary) = server.reload().await {
+                sd_notify::notify("RELOADING=1");
+                let summary = server.reload().await;
+                sd_notify::notify("READY=1");
+                if let Some(summary) = summary {
                     tracing::info!(
                         loaded = summary.loaded.len(),
                         refused = summary.refused.len(),
@@ -199,12 +208,44 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: stopping");
+                sd_notify::notify("STOPPING=1");
                 server.stop();
             }
             _ = interrupt.recv() => {
                 tracing::info!("SIGINT: stopping");
+                sd_notify::notify("STOPPING=1");
                 server.stop();
             }
         }
+    }
+}
+
+/// systemd's readiness protocol (`Type=notify`): one datagram to
+/// `$NOTIFY_SOCKET` per state change. Without that variable, nothing.
+mod sd_notify {
+    use std::os::unix::net::UnixDatagram;
+
+    pub fn notify(state: &str) {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        if let Err(err) = send(&path, state) {
+            tracing::warn!(%err, "cannot notify the service manager");
+        }
+    }
+
+    fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let socket = UnixDatagram::unbound()?;
+        let bytes = path.as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            // An abstract socket name.
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), path)?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,185 @@
+//! The service files: the systemd unit, readiness notification, and the
+//! init.d script driving real hosts.
+
+mod support;
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn daemonizing(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("daemonizing")
+        .join(file)
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // .ci/run installs systemd where it can; say so loudly if not here.
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(daemonizing("taskit-host@.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.contains(hardening), "{hardening} missing");
+    }
+    // Verify checks that ExecStart exists: point it at the built binary.
+    let unit = unit.replace(
+        "/usr/local/bin/taskit-host",
+        host_binary().to_str().unwrap(),
+    );
+    let path = dir.join("taskit-host@54543.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("taskit-host@"),
+        "warnings about the unit:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_host_tells_systemd_when_it_is_ready_reloading_and_stopping() {
+    let dir = demo_dir("notify");
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(host_binary())
+        .args([
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving 10 tasks on 127.0.0.1:"),
+        "{ready}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(next(), "STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+fn two_free_ports() -> u16 {
+    for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base < 65000 && TcpListener::bind(("127.0.0.1", base + 1)).is_ok() {
+            return base;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+#[test]
+fn the_init_script_starts_stops_kills_and_restarts_hosts() {
+    let dir = demo_dir("initd");
+    let logs = TempDir::new("initd-logs");
+    let base = two_free_ports();
+    let ports = format!("{}-{}", base, base + 1);
+    let script = |verb: &str| {
+        let out = Command::new("bash")
+            .arg(daemonizing("taskit.init"))
+            .arg(verb)
+            .env("PORTS", &ports)
+            .env("PLUGINS_DIR", dir.path())
+            .env("TASKIT_HOST", host_binary())
+            .env("TASKITCTL", built().join("taskitctl"))
+            .env("LOG_DIR", logs.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let up = |out: &str| out.matches("--> up").count();
+
+    let (code, out) = script("start");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("--> started").count(), 2, "{out}");
+    let (code, out) = script("status");
+    assert_eq!((code, up(&out)), (Some(0), 2), "{out}");
+    let (_, out) = script("start");
+    assert_eq!(out.matches("--> already up").count(), 2, "{out}");
+
+    let (code, out) = script("restart");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        (
+            out.matches("--> stopped").count(),
+            out.matches("--> started").count()
+        ),
+        (2, 2),
+        "{out}"
+    );
+
+    let (code, out) = script("hard-restart");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        (
+            out.matches("--> terminated").count(),
+            out.matches("--> started").count()
+        ),
+        (2, 2),
+        "{out}"
+    );
+
+    let (code, out) = script("stop");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("--> stopped").count(), 2, "{out}");
+    let (code, out) = script("status");
+    assert_ne!(code, Some(0));
+    assert_eq!(out.matches("--> down").count(), 2, "{out}");
+
+    let (code, out) = script("start");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = script("kill");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("--> terminated").count(), 2, "{out}");
+    let (code, _) = script("bogus");
+    assert_eq!(code, Some(2));
+}
