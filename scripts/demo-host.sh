@@ -1,11 +1,14 @@
 #!/bin/sh
-# Builds the host and the demo plugin (release), puts the plugin in
-# ./plugins.d and runs the host on it. Extra arguments go to taskit-host.
+# Builds the host, taskitctl and the demo plugin (release), puts the plugin
+# in ./plugins.d and runs the host on 127.0.0.1:54543. Extra arguments go to
+# taskit-host. Then, from another terminal:
+#   target/release/taskitctl call 127.0.0.1 add 4 4
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release -p taskit-host -p taskit-demo
+cargo build --release -p taskit-host -p taskitctl -p taskit-demo
 mkdir -p plugins.d
 # Replace atomically, so a host already watching plugins.d never sees half a file.
 cp target/release/libtaskit_demo.so plugins.d/.demo.so.tmp
 mv plugins.d/.demo.so.tmp plugins.d/demo.so
+echo "try, from another terminal: target/release/taskitctl call 127.0.0.1 add 4 4"
 exec target/release/taskit-host --plugins plugins.d "$@"

@@ -173,3 +173,51 @@ fn a_plugin_log_line_reaches_the_host_output_and_obeys_rust_log() {
         quiet.seen
     );
 }
+
+#[test]
+fn the_host_refuses_to_start_on_a_port_in_use() {
+    let dir = demo_dir("port-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(host_binary())
+        .args(["--plugins", dir.path().to_str().unwrap(), "--bind", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(stderr.to_lowercase().contains("address") && stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn sigterm_with_calls_in_flight_answers_them_all_then_exits_0() {
+    use taskit_plugin_api::frontend::FrontEnd;
+    let dir = demo_dir("sigterm-drain");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fe = FrontEnd::new([addr]);
+        let calls: Vec<_> = (0..10u64)
+            .map(|i| {
+                let fe = fe.clone();
+                tokio::spawn(async move { fe.call::<u64>("wait-double", &(400 + i,)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        signal(&host, libc::SIGTERM);
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), 2 * (400 + i as u64));
+        }
+    });
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = demo_dir("json-logs");
+    let mut host = HostProcess::start(&["--plugins", dir.path().to_str().unwrap(), "--log-format", "json"]);
+    let line = host.expect_line(&["taskit-host ready"]);
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(record["level"], "INFO");
+    assert_eq!(record["fields"]["plugins"], 1);
+}
