@@ -185,8 +185,14 @@ fn the_host_refuses_to_start_on_a_port_in_use() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
-    assert!(stderr.to_lowercase().contains("address") && stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("address") && stderr.contains("in use"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -215,7 +221,12 @@ fn sigterm_with_calls_in_flight_answers_them_all_then_exits_0() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = demo_dir("json-logs");
-    let mut host = HostProcess::start(&["--plugins", dir.path().to_str().unwrap(), "--log-format", "json"]);
+    let mut host = HostProcess::start(&[
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     let line = host.expect_line(&["taskit-host ready"]);
     let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(record["level"], "INFO");

@@ -183,3 +183,44 @@ fn the_init_script_starts_stops_kills_and_restarts_hosts() {
     let (code, _) = script("bogus");
     assert_eq!(code, Some(2));
 }
+
+/// The README's first command, as a newcomer runs it: it builds what it
+/// needs (release) and serves the demo plugin; `taskitctl call … add 4 4`
+/// then prints 8. (On a free port here, not 54543, to run beside anything.)
+#[test]
+fn the_readme_demo_command_serves_add() {
+    use std::io::{BufRead, BufReader};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("sh")
+        .arg(root.join("scripts/demo-host.sh"))
+        .args(["--bind", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut addr = None;
+    let mut seen = Vec::new();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("taskit-host ready") {
+            addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listening="))
+                .map(str::to_owned);
+            break;
+        }
+        seen.push(line);
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let addr =
+        addr.unwrap_or_else(|| panic!("the demo host never got ready:\n{}", seen.join("\n")));
+    let out = Command::new(root.join("target/release/taskitctl"))
+        .args(["call", &addr, "add", "4", "4"])
+        .output()
+        .unwrap();
+    // SAFETY: signalling our own child (the script exec'd into the host).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
