@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,25 +99,11 @@ fn the_host_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
-fn two_free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 65000 && TcpListener::bind(("127.0.0.1", base + 1)).is_ok() {
-            return base;
-        }
-    }
-    panic!("no two consecutive free ports");
-}
-
 #[test]
 fn the_init_script_starts_stops_kills_and_restarts_hosts() {
     let dir = demo_dir("initd");
     let logs = TempDir::new("initd-logs");
-    let base = two_free_ports();
+    let base = consecutive_free_ports(2);
     let ports = format!("{}-{}", base, base + 1);
     let script = |verb: &str| {
         let out = Command::new("bash")

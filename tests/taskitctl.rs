@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -24,30 +23,9 @@ fn taskitctl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Three consecutive free ports.
-fn three_free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 65000 {
-            continue;
-        }
-        let held: Vec<_> = (0..3)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == 3 {
-            return base;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
-
 /// Hosts on `base` and `base + 2`, none on `base + 1`.
 fn hosts_with_a_gap(label: &str, extra: &[&str]) -> (Vec<HostProcess>, u16, Vec<TempDir>) {
-    let base = three_free_ports();
+    let base = consecutive_free_ports(3);
     let mut hosts = Vec::new();
     let mut dirs = Vec::new();
     for port in [base, base + 2] {

@@ -299,3 +299,24 @@ pub fn demo_dir(label: &str) -> TempDir {
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
     dir
 }
+
+/// The first of `n` consecutive free loopback ports (free when checked).
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > 65535 - n {
+            continue;
+        }
+        let held: Vec<_> = (0..n)
+            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
