@@ -259,12 +259,26 @@ fn stop_answers_every_call_in_flight_then_exits_0() {
 #[test]
 fn kill_ends_the_host_at_once() {
     let dir = demo_dir("fe-kill");
-    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let shadow = TempDir::new("fe-kill-shadow");
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--shadow-dir", shadow.path().to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_dir(shadow.path()).unwrap().count(),
+        1,
+        "this run's copies directory"
+    );
     let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
     fe.ignore("wait-double", (1000u64,));
     std::thread::sleep(Duration::from_millis(100));
     fe.send_kill(addr).unwrap();
     assert_eq!(host.wait_exit(), Some(0));
+    assert_eq!(
+        std::fs::read_dir(shadow.path()).unwrap().count(),
+        0,
+        "plugin copies removed even on <kill>"
+    );
 }
 
 #[test]

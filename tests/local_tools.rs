@@ -201,3 +201,23 @@ fn a_resyncer_overlaps_other_work_with_a_running_call() {
     let r: Resyncer<u8, ()> = Resyncer::start(|| Ok(9));
     assert_eq!(rt.block_on(r.wait()), Ok(9));
 }
+
+#[test]
+fn a_file_logger_whose_writer_logs_does_not_deadlock() {
+    let out = Buf::default();
+    let looped = Splitter::new(vec![
+        Box::new(out.clone()),
+        Box::new(OutToLog::new(Level::Info)),
+    ]);
+    let logger = FileLogger::new(looped, 1);
+    let flush = logger.flush_handle();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logger));
+    tracing::dispatcher::with_default(&dispatch, || {
+        log::log(Level::Info, "once");
+        log::log(Level::Info, "twice");
+    });
+    assert_eq!(out.messages(), vec!["once", "twice"]);
+    let before = out.flushes();
+    flush.flush().unwrap();
+    assert_eq!(out.flushes(), before + 1);
+}

@@ -209,3 +209,38 @@ fn the_readme_demo_command_serves_add() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn the_init_script_refuses_bad_ports_and_a_missing_taskitctl() {
+    let run = |ports: &str, ctl: &str| {
+        let out = Command::new("bash")
+            .arg(daemonizing("taskit.init"))
+            .arg("start")
+            .env("PORTS", ports)
+            .env("TASKITCTL", ctl)
+            .env("TASKIT_HOST", "/nonexistent")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ctl = built().join("taskitctl");
+    let ctl = ctl.to_str().unwrap();
+    for bad in [
+        "54546-54543",
+        "abc",
+        "70000",
+        "54543 54544",
+        "1,,2",
+        "$(touch /tmp/x)",
+    ] {
+        let (code, err) = run(bad, ctl);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("bad PORTS"), "{bad}: {err}");
+    }
+    let (code, err) = run("54543", "/nonexistent/taskitctl");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("taskitctl not found"), "{err}");
+}

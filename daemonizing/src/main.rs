@@ -166,11 +166,32 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         .map(|&p| backend(&cli, BackendAddr::new(host.clone(), p)))
         .collect();
     let frontend = FrontEnd::with_config(addrs.clone(), config);
+    // Ask up to 64 ports at once (a long range of dead ports would otherwise
+    // take a connect timeout each), and print in port order.
+    let mut outcomes = Vec::with_capacity(addrs.len());
+    for chunk in addrs.chunks(64) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|addr| {
+                let (frontend, addr) = (frontend.clone(), addr.clone());
+                tokio::spawn(async move {
+                    tokio::time::timeout(timeout, one_signal(&frontend, &addr, signal))
+                        .await
+                        .unwrap_or(Err(FrontendError::Timeout(timeout)))
+                })
+            })
+            .collect();
+        for task in tasks {
+            outcomes.push(task.await.unwrap_or_else(|e| {
+                Err(FrontendError::Protocol {
+                    backend: String::new(),
+                    message: e.to_string(),
+                })
+            }));
+        }
+    }
     let mut worst = 0u8;
-    for addr in addrs {
-        let outcome = tokio::time::timeout(timeout, one_signal(&frontend, &addr, signal))
-            .await
-            .unwrap_or(Err(FrontendError::Timeout(timeout)));
+    for (addr, outcome) in addrs.into_iter().zip(outcomes) {
         let (code, text, value) = describe(signal, outcome);
         worst = worst.max(code);
         if cli.json {
@@ -327,6 +348,7 @@ async fn call(
             Ok(EXIT_REMOTE_ERROR)
         }
         Err(err) if unreachable(&err) => Err(Fail(EXIT_DOWN, format!("{addr} is down: {err}"))),
-        Err(err) => Err(Fail(EXIT_DOWN, format!("{addr}: {err}"))),
+        Err(err @ FrontendError::Timeout(_)) => Err(Fail(EXIT_DOWN, format!("{addr}: {err}"))),
+        Err(err) => Err(Fail(EXIT_REMOTE_ERROR, format!("{addr}: {err}"))),
     }
 }

@@ -18,4 +18,4 @@ pub use registry::{Conflict, PluginInfo, RegisterError, Registry};
 pub use watcher::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
 pub mod server;
 
-pub use server::{Exit, Server, ServerConfig};
+pub use server::{Exit, Server, ServerConfig, ServerHandle};

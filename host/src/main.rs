@@ -136,15 +136,23 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(args.max_tasks.max(1) + 16)
         .build()
         .context("cannot start the async runtime")?;
-    let exit = runtime.block_on(run(args, admin_token))?;
+    let (exit, shadow_dir) = runtime.block_on(run(args, admin_token))?;
     if exit == Exit::Killed {
         // Do not wait for tasks still running: that is what <kill> is for.
+        // Exiting skips destructors, so remove the plugin copies here.
+        let _ = std::fs::remove_dir_all(shadow_dir);
         std::process::exit(0);
     }
     Ok(())
 }
 
-async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
+async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<(Exit, PathBuf)> {
+    // Handlers first: a signal that arrives while plugins load, or right
+    // after readiness is announced, must not kill the process.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
     let mut host_config = HostConfig::new(&args.plugins);
     host_config.shadow_dir = args.shadow_dir.clone();
     host_config.watch = !args.no_watch;
@@ -152,6 +160,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         .await?
         .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
     let registry: Arc<Registry> = Arc::clone(plugins.registry());
+    let shadow_dir = plugins.shadow_dir().to_owned();
 
     if admin_token.is_none() && args.binds.iter().any(|a| !a.ip().is_loopback()) {
         tracing::warn!("listening beyond loopback without --admin-token-file: anyone who can connect can stop this host");
@@ -183,28 +192,30 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         addrs.join(", ")
     ));
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let handle = server.handle();
     loop {
         tokio::select! {
             exit = server.wait() => {
                 tracing::info!(?exit, "taskit-host exiting");
-                return Ok(exit);
+                return Ok((exit, shadow_dir));
             }
             _ = hangup.recv() => {
-                sd_notify::notify("RELOADING=1");
-                let summary = server.reload().await;
-                sd_notify::notify("READY=1");
-                if let Some(summary) = summary {
-                    tracing::info!(
-                        loaded = summary.loaded.len(),
-                        refused = summary.refused.len(),
-                        removed = summary.removed.len(),
-                        unchanged = summary.unchanged,
-                        "SIGHUP: plugins directory rescanned"
-                    );
-                }
+                // In a task of its own: a slow rescan must not hold up SIGTERM.
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    sd_notify::notify("RELOADING=1");
+                    let summary = handle.reload().await;
+                    sd_notify::notify("READY=1");
+                    if let Some(summary) = summary {
+                        tracing::info!(
+                            loaded = summary.loaded.len(),
+                            refused = summary.refused.len(),
+                            removed = summary.removed.len(),
+                            unchanged = summary.unchanged,
+                            "SIGHUP: plugins directory rescanned"
+                        );
+                    }
+                });
             }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: stopping");

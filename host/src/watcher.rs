@@ -122,6 +122,7 @@ type Subscribers = Arc<Mutex<Vec<SyncSender<PluginEvent>>>>;
 /// A registry kept in step with a plugins directory.
 pub struct PluginHost {
     registry: Arc<Registry>,
+    shadow_dir: PathBuf,
     control: SyncSender<Msg>,
     subscribers: Subscribers,
     thread: Option<JoinHandle<()>>,
@@ -151,6 +152,7 @@ impl PluginHost {
         let mut loader =
             Loader::new(config.shadow_dir.clone(), state).map_err(StartError::ShadowDir)?;
         loader.set_max_bytes(config.max_plugin_bytes);
+        let shadow_dir = loader.shadow_dir().to_owned();
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let overflowed = Arc::new(AtomicBool::new(false));
 
@@ -183,6 +185,7 @@ impl PluginHost {
             .map_err(StartError::ShadowDir)?;
         Ok(Self {
             registry,
+            shadow_dir,
             control: tx,
             subscribers,
             thread: Some(thread),
@@ -193,6 +196,11 @@ impl PluginHost {
     /// The registry the directory feeds.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// This run's private directory of plugin copies (removed on drop).
+    pub fn shadow_dir(&self) -> &Path {
+        &self.shadow_dir
     }
 
     /// Rescans the directory now (SIGHUP, `<reload>`): loads new and changed

@@ -63,7 +63,10 @@ enum Slot<T, E> {
 
 struct State<T, E> {
     slot: Slot<T, E>,
-    wakers: Vec<Waker>,
+    /// Wakers of pending `wait` futures, by the key each future holds (a
+    /// future dropped before completion removes its own).
+    wakers: Vec<(u64, Waker)>,
+    next_key: u64,
 }
 
 struct Inner<T, E> {
@@ -99,6 +102,7 @@ impl<T, E> Mediator<T, E> {
                 state: Mutex::new(State {
                     slot: Slot::Empty,
                     wakers: Vec::new(),
+                    next_key: 0,
                 }),
                 ready: Condvar::new(),
             }),
@@ -122,7 +126,7 @@ impl<T, E> Mediator<T, E> {
             std::mem::take(&mut state.wakers)
         };
         self.inner.ready.notify_all();
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.into_iter().for_each(|(_, w)| w.wake());
         Ok(())
     }
 
@@ -187,28 +191,57 @@ impl<T, E> Mediator<T, E> {
     /// Waits from async code (any executor). Takes the value. Wrap it in
     /// your runtime's timeout for a deadline.
     pub fn wait(&self) -> Wait<'_, T, E> {
-        Wait { mediator: self }
+        Wait {
+            mediator: self,
+            key: None,
+        }
     }
 }
 
 /// The future of [`Mediator::wait`].
 pub struct Wait<'a, T, E> {
     mediator: &'a Mediator<T, E>,
+    /// Its entry among the mediator's wakers, once it has waited.
+    key: Option<u64>,
 }
 
 impl<T, E> Future for Wait<'_, T, E> {
     type Output = Result<T, ResyncError<E>>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.mediator.lock();
-        match Mediator::take(&mut state) {
-            Some(result) => Poll::Ready(result),
-            None => {
-                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.wakers.push(cx.waker().clone());
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mediator = self.mediator;
+        let mut state = mediator.lock();
+        if let Some(result) = Mediator::take(&mut state) {
+            drop(state);
+            self.key = None;
+            return Poll::Ready(result);
+        }
+        match self.key {
+            Some(key) => {
+                if let Some(entry) = state.wakers.iter_mut().find(|(k, _)| *k == key) {
+                    if !entry.1.will_wake(cx.waker()) {
+                        entry.1 = cx.waker().clone();
+                    }
                 }
-                Poll::Pending
             }
+            None => {
+                let key = state.next_key;
+                state.next_key += 1;
+                state.wakers.push((key, cx.waker().clone()));
+                drop(state);
+                self.key = Some(key);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<T, E> Drop for Wait<'_, T, E> {
+    /// A future given up on (a timeout, a cancelled task) takes its waker
+    /// away, so abandoned waits do not pile up.
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.mediator.lock().wakers.retain(|(k, _)| *k != key);
         }
     }
 }
@@ -292,6 +325,28 @@ mod tests {
             p.set_result("late").unwrap();
         });
         assert_eq!(m.get(None), Ok("late"));
+    }
+
+    #[test]
+    fn abandoned_waits_leave_no_wakers_behind() {
+        use std::task::Wake;
+        struct Nop;
+        impl Wake for Nop {
+            fn wake(self: Arc<Self>) {}
+        }
+        let m: Mediator<u8, ()> = Mediator::new();
+        let waker = Waker::from(Arc::new(Nop));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..100 {
+            let mut w = m.wait();
+            assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+            assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+        }
+        assert_eq!(m.lock().wakers.len(), 0);
+        let mut w = m.wait();
+        assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+        m.set_result(3).unwrap();
+        assert_eq!(Pin::new(&mut w).poll(&mut cx), Poll::Ready(Ok(3)));
     }
 
     #[test]

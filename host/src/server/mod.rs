@@ -257,6 +257,13 @@ impl Server {
         self.shared.begin_stop();
     }
 
+    /// A handle for reloading and stopping from another task.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Waits until the server has stopped or been killed.
     pub async fn wait(&mut self) -> Exit {
         loop {
@@ -267,6 +274,24 @@ impl Server {
                 return Exit::Killed;
             }
         }
+    }
+}
+
+/// Reloads and stops a [`Server`] from anywhere.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// See [`Server::reload`].
+    pub async fn reload(&self) -> Option<crate::ReloadSummary> {
+        dispatch::reload(&self.shared).await
+    }
+
+    /// See [`Server::stop`].
+    pub fn stop(&self) {
+        self.shared.begin_stop();
     }
 }
 

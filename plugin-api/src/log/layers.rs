@@ -1,7 +1,7 @@
 //! TaskIt's loggers as `tracing-subscriber` layers.
 
 use std::io::Write;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Filter, Layer};
@@ -40,20 +40,49 @@ where
 }
 
 /// TaskIt's `FileLogger`: writes `LEVEL (time)\tmessage` lines to any
-/// `Write`, flushing every `flush_every` lines (never, with 0, until
-/// dropped).
+/// `Write`, flushing every `flush_every` lines (never, with 0, until dropped
+/// or flushed through [`FileLogger::flush_handle`]: a subscriber installed
+/// globally is never dropped, so keep a handle to flush a buffered writer
+/// before the program ends).
+///
+/// A record logged by the writer itself (an [`OutToLog`](super::OutToLog)
+/// inside it, say) is dropped rather than written back into the writer.
 pub struct FileLogger<W: Write + Send + 'static> {
-    out: Mutex<(W, usize)>,
+    out: Arc<Mutex<(W, usize)>>,
     flush_every: usize,
+}
+
+/// Flushes a [`FileLogger`]'s writer from anywhere.
+#[derive(Clone)]
+pub struct FlushHandle(Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
+
+impl FlushHandle {
+    pub fn flush(&self) -> std::io::Result<()> {
+        (self.0)()
+    }
 }
 
 impl<W: Write + Send + 'static> FileLogger<W> {
     pub fn new(out: W, flush_every: usize) -> Self {
         Self {
-            out: Mutex::new((out, 0)),
+            out: Arc::new(Mutex::new((out, 0))),
             flush_every,
         }
     }
+
+    /// A handle that flushes this logger's writer.
+    pub fn flush_handle(&self) -> FlushHandle {
+        let out = Arc::clone(&self.out);
+        FlushHandle(Arc::new(move || {
+            out.lock().unwrap_or_else(PoisonError::into_inner).0.flush()
+        }))
+    }
+}
+
+thread_local! {
+    /// Set while this thread writes a record, so a record logged by the
+    /// writer is dropped instead of deadlocking on the logger's lock.
+    static WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl<W: Write + Send + 'static> Drop for FileLogger<W> {
@@ -65,6 +94,22 @@ impl<W: Write + Send + 'static> Drop for FileLogger<W> {
 
 impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for FileLogger<W> {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if WRITING.with(|w| w.replace(true)) {
+            return;
+        }
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                WRITING.with(|w| w.set(false));
+            }
+        }
+        let _done = Done;
+        self.write_event(event);
+    }
+}
+
+impl<W: Write + Send + 'static> FileLogger<W> {
+    fn write_event(&self, event: &Event<'_>) {
         let mut message = crate::fields::Message::default();
         event.record(&mut message);
         let line = format_line(

@@ -149,18 +149,25 @@ impl Splitter {
 }
 
 impl Write for Splitter {
+    /// Writes to every output even if one fails; reports the first failure.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut first_error = None;
         for out in &mut self.outputs {
-            out.write_all(buf)?;
+            if let Err(e) = out.write_all(buf) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(buf.len())
+        first_error.map_or(Ok(buf.len()), Err)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        let mut first_error = None;
         for out in &mut self.outputs {
-            out.flush()?;
+            if let Err(e) = out.flush() {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -216,7 +223,7 @@ fn format_time(time: std::time::SystemTime) -> String {
 #[cfg(feature = "log")]
 mod layers;
 #[cfg(feature = "log")]
-pub use layers::{node, Allowed, FileLogger, NullLogger};
+pub use layers::{node, Allowed, FileLogger, FlushHandle, NullLogger};
 
 #[cfg(test)]
 mod tests {
