@@ -232,3 +232,33 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(record["level"], "INFO");
     assert_eq!(record["fields"]["plugins"], 1);
 }
+
+#[test]
+fn the_load_test_runs_and_ends_with_a_summary_line() {
+    let load = built().join("taskit-load");
+    let out = Command::new(&load)
+        .args([
+            "--connections",
+            "20",
+            "--calls",
+            "2000",
+            "--taskit4-percent",
+            "10",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", load.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    for part in [
+        "load: sent=2000 answered=2000 wrong=0 lost=0",
+        "expected_errors=200",
+        "host_rss_kib_peak=",
+    ] {
+        assert!(summary.contains(part), "{part:?} missing from {summary}");
+    }
+}

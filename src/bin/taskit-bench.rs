@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let addr = match args.host {
         Some(addr) => addr,
         None => {
-            let started = SelfHost::start()?;
+            let started = taskit::harness::SelfHost::start()?;
             let addr = started.addr;
             host = Some(started);
             addr
@@ -285,66 +285,6 @@ async fn throughput(backend: BackendAddr, in_flight: usize, seconds: f64) -> any
         total += w.await??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
-}
-
-/// A `taskit-host` started for the run, with the demo plugin.
-struct SelfHost {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl SelfHost {
-    fn start() -> anyhow::Result<Self> {
-        let bin_dir = std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("bench directory")?;
-        let host_bin = bin_dir.join("taskit-host");
-        let demo = bin_dir.join("libtaskit_demo.so");
-        if !host_bin.is_file() || !demo.is_file() {
-            bail!(
-                "{} or {} is missing: run `cargo build --release -p taskit-host -p taskit-demo` first (or pass --host)",
-                host_bin.display(),
-                demo.display()
-            );
-        }
-        let dir = std::env::temp_dir().join(format!("taskit-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::copy(&demo, dir.join("demo.so"))?;
-        let mut child = Command::new(host_bin)
-            .args([
-                "--plugins",
-                dir.to_str().context("utf-8 path")?,
-                "--bind",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "warn,taskit_host=info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let stderr = child.stderr.take().context("host stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .context("the host exited before it was ready")??;
-            if let Some(rest) = line.split("listening=").nth(1) {
-                break rest.split_whitespace().next().context("address")?.parse()?;
-            }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Ok(Self { child, addr, dir })
-    }
-}
-
-impl Drop for SelfHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Times `calls` waited `add(4, 4)` calls of the original Python client;

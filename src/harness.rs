@@ -1,0 +1,93 @@
+//! What the measuring binaries share: a `taskit-host` started for the run,
+//! and reading a process's resident memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+/// A `taskit-host` started for the run, with the demo plugin, found next
+/// to the running executable.
+pub struct SelfHost {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl SelfHost {
+    /// Starts it on a free loopback port; extra flags go to the host.
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("bench directory")?;
+        let host_bin = bin_dir.join("taskit-host");
+        let demo = bin_dir.join("libtaskit_demo.so");
+        if !host_bin.is_file() || !demo.is_file() {
+            bail!(
+                "{} or {} is missing: run `cargo build --release -p taskit-host -p taskit-demo` first (or pass --host)",
+                host_bin.display(),
+                demo.display()
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("taskit-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&demo, dir.join("demo.so"))?;
+        let mut child = Command::new(host_bin)
+            .args([
+                "--plugins",
+                dir.to_str().context("utf-8 path")?,
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn,taskit_host=info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let stderr = child.stderr.take().context("host stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .context("the host exited before it was ready")??;
+            if let Some(rest) = line.split("listening=").nth(1) {
+                break rest.split_whitespace().next().context("address")?.parse()?;
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Ok(Self { child, addr, dir })
+    }
+}
+
+impl Drop for SelfHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl SelfHost {
+    /// Starts it with default flags.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
