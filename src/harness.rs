@@ -81,6 +81,28 @@ impl SelfHost {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Its plugins directory (holding `demo.so`).
+    pub fn plugins_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A library built next to the running executable, e.g.
+/// `built_library("taskit_demo_next")`.
+pub fn built_library(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("executable directory")?;
+    let lib = dir.join(format!("lib{name}.so"));
+    if !lib.is_file() {
+        bail!(
+            "{} is missing: build it first (cargo build -p ...)",
+            lib.display()
+        );
+    }
+    Ok(lib)
 }
 
 /// The resident set size of process `pid`, in KiB.

@@ -262,3 +262,23 @@ fn the_load_test_runs_and_ends_with_a_summary_line() {
         assert!(summary.contains(part), "{part:?} missing from {summary}");
     }
 }
+
+#[test]
+fn the_load_test_with_faults_loses_nothing() {
+    let load = built().join("taskit-load");
+    let out = Command::new(&load)
+        .args(["--connections", "20", "--calls", "4000", "--faults", "5"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", load.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("load: sent=4000 answered=4000 wrong=0 lost=0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("faults: reloads=5"), "{stdout}");
+}

@@ -50,6 +50,13 @@ struct Args {
     /// Seconds a single call may take before it counts as lost.
     #[arg(long, default_value_t = 60.0)]
     call_timeout: f64,
+    /// Faults while the load runs (needs the self-started host and the
+    /// libraries taskit-demo-next and taskit-fixture-faulty built): the demo
+    /// plugin replaced this many times, a plugin whose task panics called
+    /// by every connection, clients vanishing mid-message, and a client that
+    /// stops reading its replies.
+    #[arg(long, value_name = "RELOADS")]
+    faults: Option<u32>,
 }
 
 #[derive(Default)]
@@ -67,11 +74,17 @@ enum Call {
     Echo(String),
     Greet(String, bool),
     GetError,
+    /// The faulty plugin's task that panics with this message.
+    Panic(String),
 }
 
-/// The `n`th call of connection `c`: a deterministic mix.
-fn plan(c: usize, n: u64) -> Call {
+/// The `n`th call of connection `c`: a deterministic mix (with faults, one
+/// call in 20 panics on purpose).
+fn plan(c: usize, n: u64, faults: bool) -> Call {
     let i = (c as i64) * 1_000_003 + n as i64;
+    if faults && n % 20 == 19 {
+        return Call::Panic(format!("boom {c}-{n}"));
+    }
     match n % 10 {
         0..=5 => Call::Add(i, 7),
         6 | 7 => Call::Echo(format!("{c}-{n}-{}", "é".repeat((n % 40) as usize))),
@@ -105,6 +118,16 @@ async fn make(fe: &FrontEnd, call: &Call, timeout: Duration) -> Result<bool, Fro
             Err(e) => Err(e),
             Ok(()) => Ok(false),
         },
+        Call::Panic(message) => match fe
+            .call_with::<bool>("panic", &(message.as_str(),), &plain)
+            .await
+        {
+            Err(FrontendError::BackendProcessing { kind, args }) => {
+                Ok(kind == "Panic" && args == vec![Value::from(message.as_str())])
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(false),
+        },
     }
 }
 
@@ -115,12 +138,13 @@ async fn connection(
     tally: Arc<Tally>,
     timeout: Duration,
     examples: Arc<std::sync::Mutex<Vec<String>>>,
+    faults: bool,
 ) {
     let fe = FrontEnd::new([backend.clone()]);
     for n in 0..calls {
-        let call = plan(c, n);
+        let call = plan(c, n, faults);
         tally.sent.fetch_add(1, Ordering::Relaxed);
-        if matches!(call, Call::GetError) {
+        if matches!(call, Call::GetError | Call::Panic(_)) {
             tally.errors_expected.fetch_add(1, Ordering::Relaxed);
         }
         let outcome = make(&fe, &call, timeout).await;
@@ -168,6 +192,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let faults = match (args.faults, &own) {
+        (None, _) => None,
+        (Some(reloads), Some(host)) => Some(Faults::prepare(host, addr, reloads)?),
+        (Some(_), None) => anyhow::bail!("--faults needs the self-started host (no --host)"),
+    };
     let rss_before = pid.and_then(rss_kib);
     let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
     let done = Arc::new(AtomicBool::new(false));
@@ -189,6 +218,7 @@ fn main() -> anyhow::Result<()> {
     let per_conn = args.calls / args.connections.max(1) as u64;
     let extra = args.calls % args.connections.max(1) as u64;
     let started = Instant::now();
+    let fault_threads = faults.map(|f| f.start(Arc::clone(&done)));
     runtime.block_on(async {
         let mut tasks = Vec::with_capacity(args.connections);
         for c in 0..args.connections {
@@ -208,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                 Arc::clone(&tally),
                 timeout,
                 Arc::clone(&examples),
+                args.faults.is_some(),
             )));
         }
         for t in tasks {
@@ -216,6 +247,7 @@ fn main() -> anyhow::Result<()> {
     });
     let seconds = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
+    let fault_counts = fault_threads.map(FaultThreads::join);
     if let Some(s) = sampler {
         let _ = s.join();
     }
@@ -244,8 +276,144 @@ fn main() -> anyhow::Result<()> {
         peak.load(Ordering::Relaxed),
         kib(rss_after),
     );
+    if let Some(f) = fault_counts {
+        println!(
+            "faults: reloads={} vanished_clients={} stalled_clients={} (calls above include panicking ones)",
+            f.reloads, f.vanished, f.stalled
+        );
+    }
     if wrong > 0 || lost > 0 || answered != sent {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// What `--faults` does while the load runs.
+struct Faults {
+    dir: std::path::PathBuf,
+    versions: [std::path::PathBuf; 2],
+    addr: SocketAddr,
+    reloads: u32,
+}
+
+struct FaultThreads {
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+struct FaultCounts {
+    reloads: u64,
+    vanished: u64,
+    stalled: u64,
+}
+
+impl Faults {
+    /// Installs the panicking plugin beside the demo one and waits for it.
+    fn prepare(host: &SelfHost, addr: SocketAddr, reloads: u32) -> anyhow::Result<Self> {
+        let dir = host.plugins_dir().to_owned();
+        let versions = [
+            taskit::harness::built_library("taskit_demo_next")?,
+            taskit::harness::built_library("taskit_demo")?,
+        ];
+        let faulty = taskit::harness::built_library("taskit_fixture_faulty")?;
+        std::fs::copy(&faulty, dir.join(".faulty.so.tmp"))?;
+        std::fs::rename(dir.join(".faulty.so.tmp"), dir.join("faulty.so"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let fe = FrontEnd::new([BackendAddr::from(addr)]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rt.block_on(fe.call::<String>("fine", &())).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the faulty plugin never loaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            dir,
+            versions,
+            addr,
+            reloads,
+        })
+    }
+
+    fn start(self, done: Arc<AtomicBool>) -> FaultThreads {
+        let mut threads = Vec::new();
+        // Reload storm: replace demo.so, alternating versions, by rename.
+        {
+            let (dir, versions, reloads) = (self.dir.clone(), self.versions.clone(), self.reloads);
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0u64;
+                for i in 0..reloads {
+                    let tmp = dir.join(".demo.so.tmp");
+                    if std::fs::copy(&versions[i as usize % 2], &tmp).is_ok()
+                        && std::fs::rename(&tmp, dir.join("demo.so")).is_ok()
+                    {
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+                n
+            }));
+        }
+        // Clients that vanish mid-message, in both protocols.
+        {
+            let (addr, done) = (self.addr, Arc::clone(&done));
+            threads.push(std::thread::spawn(move || {
+                use std::io::Write;
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    let partial: &[u8] = if n.is_multiple_of(2) {
+                        b"TKIT\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00"
+                    } else {
+                        b"00100[\"add\", [1,"
+                    };
+                    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                        let _ = s.write_all(partial);
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                n
+            }));
+        }
+        // A client that pipelines calls and never reads a reply.
+        {
+            let (addr, done) = (self.addr, done);
+            threads.push(std::thread::spawn(move || {
+                use std::io::Write;
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                        let mut out =
+                            taskit_plugin_api::wire::native::client_hello(CodecKind::Json).to_vec();
+                        let payload = format!("[\"{}\"]", "z".repeat(4000));
+                        for id in 0..500 {
+                            taskit_plugin_api::wire::native::encode_call(
+                                &mut out,
+                                id,
+                                "echo",
+                                payload.as_bytes(),
+                                b"",
+                            );
+                        }
+                        let _ = s.write_all(&out);
+                        n += 1;
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                n
+            }));
+        }
+        FaultThreads { threads }
+    }
+}
+
+impl FaultThreads {
+    fn join(self) -> FaultCounts {
+        let mut counts = self.threads.into_iter().map(|t| t.join().unwrap_or(0));
+        FaultCounts {
+            reloads: counts.next().unwrap_or(0),
+            vanished: counts.next().unwrap_or(0),
+            stalled: counts.next().unwrap_or(0),
+        }
+    }
 }
