@@ -118,16 +118,9 @@ fn a_relative_plugins_dir_is_watched() {
 
 #[test]
 fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
-    let bench = built().join("taskit-bench");
-    let out = Command::new(&bench)
-        .args(["--calls", "200", "--seconds", "0.2", "--in-flight", "1,8"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bench.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_successfully(
+        "taskit-bench",
+        &["--calls", "200", "--seconds", "0.2", "--in-flight", "1,8"],
     );
     assert!(stdout.contains("raw TCP ping-pong"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
@@ -235,23 +228,16 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn the_load_test_runs_and_ends_with_a_summary_line() {
-    let load = built().join("taskit-load");
-    let out = Command::new(&load)
-        .args([
+    let stdout = run_successfully(
+        "taskit-load",
+        &[
             "--connections",
             "20",
             "--calls",
             "2000",
             "--taskit4-percent",
             "10",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", load.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let summary = stdout.lines().last().unwrap_or_default();
     for part in [
@@ -265,20 +251,30 @@ fn the_load_test_runs_and_ends_with_a_summary_line() {
 
 #[test]
 fn the_load_test_with_faults_loses_nothing() {
-    let load = built().join("taskit-load");
-    let out = Command::new(&load)
-        .args(["--connections", "20", "--calls", "4000", "--faults", "5"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", load.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_successfully(
+        "taskit-load",
+        &["--connections", "20", "--calls", "4000", "--faults", "5"],
     );
     assert!(
         stdout.contains("load: sent=4000 answered=4000 wrong=0 lost=0"),
         "{stdout}"
     );
     assert!(stdout.contains("faults: reloads=5"), "{stdout}");
+}
+
+/// Runs one of the built binaries with `args`, checks it succeeded, and
+/// returns what it printed.
+fn run_successfully(binary: &str, args: &[&str]) -> String {
+    let path = built().join(binary);
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
