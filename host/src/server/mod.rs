@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) timings: dispatch::Timings,
     /// Request bytes held, in KiB units (see `ServerConfig::max_buffered`).
     pub(crate) budget: Arc<Semaphore>,
+    /// The budget's size, in KiB.
+    budget_kib: u32,
     stopping: watch::Sender<bool>,
     /// Set once a drain has answered everything: connections say `Stopping`
     /// (nothing unanswered was run) and close.
@@ -143,20 +145,11 @@ impl Shared {
     /// Reserves room for `bytes`, whatever their number.
     pub(crate) async fn reserve_exact(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        let limit = self.budget_kib();
+        // Never ask for more than the whole budget, or the wait never ends.
         Arc::clone(&self.budget)
-            .acquire_many_owned(kib.min(limit))
+            .acquire_many_owned(kib.min(self.budget_kib))
             .await
             .ok()
-    }
-
-    fn budget_kib(&self) -> u32 {
-        let bytes = self
-            .config
-            .max_buffered
-            .max(self.config.max_message)
-            .max(1024);
-        u32::try_from(bytes / 1024).unwrap_or(u32::MAX)
     }
 
     pub(crate) fn kill(&self) {
@@ -205,13 +198,18 @@ impl Server {
         let (stopping, _) = watch::channel(false);
         let (closing, _) = watch::channel(false);
         let (exit_tx, exit) = watch::channel(None);
-        let budget_kib = config.max_buffered.max(config.max_message).max(1024) / 1024;
+        // The budget in KiB: at least one largest message, at most what a
+        // semaphore can count and `acquire_many` can ask for.
+        let budget_bytes = config.max_buffered.max(config.max_message).max(1024);
+        let budget_kib =
+            u32::try_from((budget_bytes / 1024).min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
         let shared = Arc::new(Shared {
             registry,
             plugins,
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
             timings: dispatch::Timings::default(),
-            budget: Arc::new(Semaphore::new(budget_kib.min(Semaphore::MAX_PERMITS))),
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
             config,
             stopping,
             closing,
