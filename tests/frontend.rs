@@ -229,6 +229,51 @@ fn two_hosts_one_killed_mid_run_loses_no_call() {
 }
 
 #[test]
+fn idempotent_calls_in_flight_on_a_killed_host_are_retried_on_the_other() {
+    let dir_a = demo_dir("fe-idem-a");
+    let dir_b = demo_dir("fe-idem-b");
+    let (mut host_a, addr_a) = HostProcess::serving(dir_a.path(), &[]);
+    let (_host_b, addr_b) = HostProcess::serving(dir_b.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fe = FrontEnd::new([BackendAddr::from(addr_a), BackendAddr::from(addr_b)]);
+        let mut calls = Vec::new();
+        // Slow calls spread over both hosts in turn (the least loaded, ties
+        // taken in turn), half of those on each idempotent.
+        for i in 0..40u64 {
+            let fe = fe.clone();
+            let idempotent = i % 4 < 2;
+            calls.push(tokio::spawn(async move {
+                let options = if idempotent {
+                    CallOptions::default().idempotent()
+                } else {
+                    CallOptions::default()
+                };
+                let result = fe
+                    .call_with::<u64>("wait-double", &(600 + i,), &options)
+                    .await;
+                (i, idempotent, result)
+            }));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        host_a.child.kill().unwrap();
+        host_a.child.wait().unwrap();
+        let mut lost_plain = 0;
+        for call in calls {
+            let (i, idempotent, result) = call.await.unwrap();
+            match result {
+                Ok(v) => assert_eq!(v, 2 * (600 + i)),
+                Err(FrontendError::ConnectionLost(_)) if !idempotent => lost_plain += 1,
+                Err(e) => panic!("call {i} (idempotent: {idempotent}): {e}"),
+            }
+        }
+        // The kill did catch calls in flight: the plain ones on it are lost.
+        assert!(lost_plain > 0, "no call was in flight on the killed host");
+    });
+}
+
+#[test]
 fn stop_answers_every_call_in_flight_then_exits_0() {
     let dir = demo_dir("fe-stop");
     let (mut host, addr) = HostProcess::serving(dir.path(), &[]);

@@ -24,6 +24,7 @@ const BUILT_PACKAGES: &[&str] = &[
     "taskit-demo",
     "taskit-demo-next",
     "taskit-fixture-faulty",
+    "taskit-fixture-removable",
     "taskit-fixture-init-panic",
     "taskit-fixture-conflict",
     "taskit-fixture-no-root",

@@ -213,6 +213,10 @@ pub struct CallOptions {
     pub kwargs: Option<Value>,
     /// Give up (and ask the backend to cancel) after this long.
     pub timeout: Option<Duration>,
+    /// The task may safely run twice: a call whose connection breaks after
+    /// it was sent is retried on the next backend instead of failing with
+    /// [`FrontendError::ConnectionLost`].
+    pub idempotent: bool,
 }
 
 impl CallOptions {
@@ -230,6 +234,13 @@ impl CallOptions {
     /// Sets the timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the call as safe to run twice (the [`idempotent`](CallOptions#structfield.idempotent)
+    /// field): a backend dying with the call in flight sends it to the next one.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 }
@@ -393,6 +404,11 @@ impl FrontEnd {
             let _counted = InFlight::new(&backend.in_flight);
             match self.attempt(backend, task, &encoded, &kwargs).await {
                 Attempt::Skip => continue,
+                // It may have run there; the caller said running twice is fine.
+                Attempt::Done(Err(FrontendError::ConnectionLost(lost))) if options.idempotent => {
+                    tracing::debug!(backend = %lost, task, "connection lost in flight; idempotent call retried");
+                    continue;
+                }
                 Attempt::Done(result) => return result.map(|bytes| (codec, bytes)),
             }
         }
