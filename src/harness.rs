@@ -32,7 +32,9 @@ impl SelfHost {
                 demo.display()
             );
         }
-        let dir = std::env::temp_dir().join(format!("taskit-bench-{}", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("taskit-bench-{}-{nth}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(&demo, dir.join("demo.so"))?;
         let mut child = Command::new(host_bin)
@@ -57,8 +59,23 @@ impl SelfHost {
                 break rest.split_whitespace().next().context("address")?.parse()?;
             }
         };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        // Keep draining its log so it never blocks on a full pipe; keep it
+        // in the file TASKIT_HOST_LOG names, if any.
+        let mut keep = std::env::var_os("TASKIT_HOST_LOG").and_then(|path| {
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Ok(Self { child, addr, dir })
     }
 }
@@ -86,6 +103,27 @@ impl SelfHost {
     pub fn plugins_dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(drop)
+    }
+
+    /// Waits up to `limit` for it to exit by itself; `None` if it did not
+    /// (it is then killed when dropped).
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// A library built next to the running executable, e.g.
@@ -112,4 +150,41 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A process's memory, in KiB: resident in all, and the anonymous part
+/// (heap, stacks); the rest is file-backed pages (code, mapped libraries).
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anonymous_kib: u64,
+}
+
+/// Reads `/proc/<pid>/smaps_rollup`.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Memory {
+        rss_kib: field("Rss:")?,
+        anonymous_kib: field("Anonymous:")?,
+    })
+}
+
+/// How many distinct deleted files ending in `.so` process `pid` still maps:
+/// retired plugin copies whose file is gone.
+pub fn retired_plugin_mappings(pid: u32) -> Option<usize> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut paths: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.strip_suffix(" (deleted)"))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.ends_with(".so"))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    Some(paths.len())
 }

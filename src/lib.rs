@@ -3,3 +3,4 @@
 //! `taskit-load`). The libraries are `taskit-plugin-api` and `taskit-host`.
 
 pub mod harness;
+pub mod plot;

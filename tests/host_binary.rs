@@ -241,7 +241,7 @@ fn the_load_test_runs_and_ends_with_a_summary_line() {
     );
     let summary = stdout.lines().last().unwrap_or_default();
     for part in [
-        "load: sent=2000 answered=2000 wrong=0 lost=0",
+        "load: sent=2000 answered=2000 refused=0 wrong=0 lost=0",
         "expected_errors=200",
         "host_rss_kib_peak=",
     ] {
@@ -253,13 +253,57 @@ fn the_load_test_runs_and_ends_with_a_summary_line() {
 fn the_load_test_with_faults_loses_nothing() {
     let stdout = run_successfully(
         "taskit-load",
-        &["--connections", "20", "--calls", "4000", "--faults", "5"],
+        &["--connections", "20", "--calls", "12000", "--faults", "5"],
     );
-    assert!(
-        stdout.contains("load: sent=4000 answered=4000 wrong=0 lost=0"),
+    let load = summary(&stdout, "load:");
+    assert_eq!(load["sent"], load["answered"], "{stdout}");
+    assert!(load["sent"] >= 12000, "{stdout}");
+    assert_eq!(
+        (load["wrong"], load["lost"], load["refused"]),
+        (0, 0, 0),
         "{stdout}"
     );
-    assert!(stdout.contains("faults: reloads=5"), "{stdout}");
+    let faults = summary(&stdout, "faults:");
+    assert_eq!(faults["reloads"], 5, "{stdout}");
+    // The removed plugin's calls outlived its removal at least once.
+    assert!(faults["removals_with_calls_in_flight"] >= 1, "{stdout}");
+}
+
+#[test]
+fn the_load_test_drains_on_stop_and_the_host_exits_0() {
+    let stdout = run_successfully(
+        "taskit-load",
+        &[
+            "--connections",
+            "20",
+            "--calls",
+            "4000",
+            "--taskit4-percent",
+            "30",
+            "--stop-at",
+            "50",
+        ],
+    );
+    let load = summary(&stdout, "load:");
+    assert_eq!(load["sent"], load["answered"] + load["refused"], "{stdout}");
+    assert_eq!((load["wrong"], load["lost"]), (0, 0), "{stdout}");
+    assert!(
+        load["refused"] > 0,
+        "nothing was refused after <stop>: {stdout}"
+    );
+    assert!(stdout.contains("host_exit=0"), "{stdout}");
+}
+
+/// The numeric `key=value` fields of the line starting with `prefix`.
+fn summary(stdout: &str, prefix: &str) -> std::collections::HashMap<String, u64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line in {stdout}"));
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
 }
 
 /// Runs one of the built binaries with `args`, checks it succeeded, and
@@ -277,4 +321,42 @@ fn run_successfully(binary: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+#[test]
+fn a_call_waiting_for_a_task_slot_runs_on_the_plugin_live_when_it_arrived() {
+    use taskit_plugin_api::frontend::{BlockingFrontEnd, FrontendError};
+    let dir = demo_dir("queued-removal");
+    install_by_rename(
+        &plugin("taskit_fixture_removable"),
+        dir.path(),
+        "removable.so",
+    );
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--max-tasks", "1"]);
+    let fe = std::sync::Arc::new(BlockingFrontEnd::new([addr]).unwrap());
+    // The only task slot, busy for a second.
+    let busy = {
+        let fe = std::sync::Arc::clone(&fe);
+        std::thread::spawn(move || fe.work::<u64>("wait-double", &(1000u64,)))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Accepted now, but waiting for the slot when its plugin goes away.
+    let queued = {
+        let fe = std::sync::Arc::clone(&fe);
+        std::thread::spawn(move || fe.work::<String>("hold", &(0u64, "kept")))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(dir.join("removable.so")).unwrap();
+    host.expect_line(&["removed plugin", "plugin=removable"]);
+    assert!(
+        !busy.is_finished(),
+        "the slot was still taken at the removal"
+    );
+    assert_eq!(queued.join().unwrap().unwrap(), "kept");
+    assert_eq!(busy.join().unwrap().unwrap(), 2000);
+    // Calls arriving after the removal find the task gone.
+    match fe.work::<String>("hold", &(0u64, "late")) {
+        Err(FrontendError::BackendProcessing { kind, .. }) => assert_eq!(kind, "KeyError"),
+        other => panic!("{other:?}"),
+    }
 }

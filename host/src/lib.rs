@@ -14,7 +14,7 @@ pub mod services;
 pub mod watcher;
 
 pub use loader::{LoadError, PluginVersion};
-pub use registry::{Conflict, PluginInfo, RegisterError, Registry};
+pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Resolved};
 pub use watcher::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
 pub mod server;
 

@@ -37,6 +37,43 @@ enum Route {
     Local(Arc<LocalTask>),
 }
 
+/// A task id resolved to what serves it (see [`Registry::resolve`]); holds
+/// that plugin version alive.
+pub struct Resolved(Route);
+
+impl Resolved {
+    /// Runs the task, as [`Registry::call`] does.
+    pub fn call(
+        &self,
+        registry: &Registry,
+        codec: CodecKind,
+        args: &[u8],
+        kwargs: &[u8],
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<u8>, TaskError> {
+        match &self.0 {
+            Route::Plugin { version, index } => {
+                version.call(*index, codec, args, kwargs, cancelled)
+            }
+            Route::Local(local) => {
+                let _running = registry.state.enter();
+                let ctx = TaskContext::new(registry.local_services, cancelled);
+                let call = Invocation {
+                    task: &local.id,
+                    args,
+                    kwargs,
+                };
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (local.run)(&ctx, &call, codec)
+                }))
+                .unwrap_or_else(|payload| {
+                    Err(TaskError::msg(kind::PANIC, panic_message(payload.as_ref())))
+                })
+            }
+        }
+    }
+}
+
 /// Why an in-process task could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
@@ -124,27 +161,17 @@ impl Registry {
         kwargs: &[u8],
         cancelled: &AtomicBool,
     ) -> Result<Vec<u8>, TaskError> {
-        match self
-            .route(task)
-            .ok_or_else(|| TaskError::msg(kind::UNKNOWN_TASK, task))?
-        {
-            Route::Plugin { version, index } => version.call(index, codec, args, kwargs, cancelled),
-            Route::Local(local) => {
-                let _running = self.state.enter();
-                let ctx = TaskContext::new(self.local_services, cancelled);
-                let call = Invocation {
-                    task: &local.id,
-                    args,
-                    kwargs,
-                };
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (local.run)(&ctx, &call, codec)
-                }))
-                .unwrap_or_else(|payload| {
-                    Err(TaskError::msg(kind::PANIC, panic_message(payload.as_ref())))
-                })
-            }
-        }
+        self.resolve(task)?
+            .call(self, codec, args, kwargs, cancelled)
+    }
+
+    /// What serves `task` right now, held for a later [`Resolved::call`]:
+    /// a call accepted before a reload or removal runs on the version that
+    /// was live when it was accepted, even if it waits for a task slot.
+    pub fn resolve(&self, task: &str) -> Result<Resolved, TaskError> {
+        self.route(task)
+            .map(Resolved)
+            .ok_or_else(|| TaskError::msg(kind::UNKNOWN_TASK, task))
     }
 
     /// Serves `f` in-process under `id`: TaskIt's "use almost any function

@@ -10,7 +10,12 @@
 //! the demo plugin, unless `--host ADDR` names a running one. With
 //! `--python PY` (a Python with `taskit==4.0.0`), it also times the
 //! original TaskIt 4.0 client against the original backend and against
-//! this host. It prints a table, then one JSON line of every figure.
+//! this host. With the self-started host it also replaces the demo plugin
+//! `--reloads` times under continuous calls (time from rename to the first
+//! call answered by the new version, failed calls, memory before and
+//! after). It prints a table, then one JSON line of every figure, and
+//! writes two SVG plots into `--plots`: the latency distribution and
+//! throughput against calls in flight.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
+use taskit::harness::{memory, retired_plugin_mappings, Memory, SelfHost};
+use taskit::plot::{Chart, Series};
 use taskit_plugin_api::frontend::{BackendAddr, FrontEnd};
 use taskit_plugin_api::wire::native;
 use taskit_plugin_api::CodecKind;
@@ -38,8 +45,15 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Calls in flight for the throughput measurements (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256,1024")]
     in_flight: Vec<usize>,
+    /// Plugin replacements to time under load (needs taskit-demo-next
+    /// built; 0 to skip; skipped with --host).
+    #[arg(long, default_value_t = 100)]
+    reloads: u32,
+    /// Where to write latency.svg and throughput.svg.
+    #[arg(long, default_value = "target/taskit-bench")]
+    plots: PathBuf,
     /// A Python with taskit==4.0.0 installed, to time the original too.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -57,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     let addr = match args.host {
         Some(addr) => addr,
         None => {
-            let started = taskit::harness::SelfHost::start()?;
+            let started = SelfHost::start()?;
             let addr = started.addr;
             host = Some(started);
             addr
@@ -65,6 +79,16 @@ fn main() -> anyhow::Result<()> {
     };
     let mut figures = serde_json::Map::new();
     let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(host) = &host {
+        // Idle: loaded, listening, nothing called yet.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(m) = memory(host.pid()) {
+            rows.push(("host memory, idle".into(), describe_memory(&m)));
+            figures.insert("idle_rss_kib".into(), json!(m.rss_kib));
+        }
+    }
+    let mut distributions: Vec<(String, Latency)> = Vec::new();
+    let mut curves: Vec<Series> = Vec::new();
 
     // The floor: the same sizes as a native JSON add(4, 4) and its reply.
     let mut request = Vec::new();
@@ -74,6 +98,8 @@ fn main() -> anyhow::Result<()> {
     let floor = ping_pong(request.len(), reply.len(), args.calls)?;
     rows.push(("raw TCP ping-pong (2 processes)".into(), floor.describe()));
     figures.insert("floor".into(), floor.json());
+    let floor_median = floor.median_us();
+    distributions.push(("raw TCP ping-pong".into(), floor));
 
     // One thread for the client: no cross-thread wake-ups on its side.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -96,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         rows.push((format!("{name}: waited add(4, 4)"), lat.describe()));
         let key = name.replace(' ', "_");
         figures.insert(format!("{key}_latency"), lat.json());
+        distributions.push((name.to_owned(), lat));
         if name != "native json" && name != "native bincode" {
             // TaskIt 4.0 opens a connection per call: one measurement at 16.
             let tput = rt.block_on(throughput(backend, 16, args.seconds))?;
@@ -107,6 +134,10 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let mut by_depth = serde_json::Map::new();
+        let mut curve = Series {
+            name: name.to_owned(),
+            points: Vec::new(),
+        };
         for &depth in &args.in_flight {
             let tput = rt.block_on(throughput(backend.clone(), depth, args.seconds))?;
             rows.push((
@@ -114,13 +145,15 @@ fn main() -> anyhow::Result<()> {
                 format!("{tput:.0} calls/s"),
             ));
             by_depth.insert(depth.to_string(), json!(tput));
+            curve.points.push((depth as f64, tput));
         }
         figures.insert(format!("{key}_throughput"), Value::Object(by_depth));
+        curves.push(curve);
     }
     let native_lat = figures["native_bincode_latency"]["median_us"]
         .as_f64()
         .unwrap_or(0.0);
-    let ratio = native_lat / floor.median_us();
+    let ratio = native_lat / floor_median;
     rows.push((
         "native bincode median / floor median".into(),
         format!("{ratio:.2}x"),
@@ -148,7 +181,20 @@ fn main() -> anyhow::Result<()> {
             json!(theirs / native_lat),
         );
     }
+    if let Some(host) = &host {
+        if let Some(m) = memory(host.pid()) {
+            rows.push((
+                "host memory, after the calls above".into(),
+                describe_memory(&m),
+            ));
+            figures.insert("after_load_rss_kib".into(), json!(m.rss_kib));
+        }
+        if args.reloads > 0 {
+            reload_figures(host, args.reloads, &mut rows, &mut figures)?;
+        }
+    }
     drop(host);
+    write_plots(&args.plots, distributions, curves)?;
 
     let width = rows
         .iter()
@@ -160,6 +206,175 @@ fn main() -> anyhow::Result<()> {
         println!("{k:width$}  {v}");
     }
     println!("{}", Value::Object(figures));
+    Ok(())
+}
+
+fn describe_memory(m: &Memory) -> String {
+    format!(
+        "RSS {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed)",
+        m.rss_kib as f64 / 1024.0,
+        m.anonymous_kib as f64 / 1024.0,
+        m.rss_kib.saturating_sub(m.anonymous_kib) as f64 / 1024.0
+    )
+}
+
+/// Replaces the demo plugin `reloads` times, alternating 0.2.0 and 0.1.0 by
+/// rename, while a thread calls `add` without pause: the time from each
+/// rename to the first call answered by the new version, calls failed, and
+/// memory before and after.
+fn reload_figures(
+    host: &SelfHost,
+    reloads: u32,
+    rows: &mut Vec<(String, String)>,
+    figures: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let versions = [
+        (taskit::harness::built_library("taskit_demo_next")?, "0.2.0"),
+        (taskit::harness::built_library("taskit_demo")?, "0.1.0"),
+    ];
+    let before = memory(host.pid()).context("host memory")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let addr = host.addr;
+    let load = {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let fe = FrontEnd::new([BackendAddr::from(addr)]);
+            rt.block_on(async {
+                let mut i = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    match fe.call::<i64>("add", &(i, 1i64)).await {
+                        Ok(v) if v == i + 1 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            });
+            Ok(())
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fe = FrontEnd::new([BackendAddr::from(addr)]);
+    let dir = host.plugins_dir();
+    let mut times = Vec::with_capacity(reloads as usize);
+    for i in 0..reloads {
+        let (lib, version) = &versions[i as usize % 2];
+        let tmp = dir.join(".demo.so.tmp");
+        std::fs::copy(lib, &tmp)?;
+        let renamed = Instant::now();
+        std::fs::rename(&tmp, dir.join("demo.so"))?;
+        loop {
+            if rt.block_on(fe.call::<String>("version", &()))? == *version {
+                break;
+            }
+            if renamed.elapsed() > Duration::from_secs(30) {
+                bail!("reload {i} to {version} not live after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        times.push(renamed.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    // Retired copies' shadow files are deleted once their calls end.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = memory(host.pid()).context("host memory")?;
+    let times = Latency::from(times);
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    rows.push((
+        format!("hot reload: rename to first call on the new version ({reloads} reloads)"),
+        format!(
+            "median {:.1} ms, max {:.1} ms",
+            times.median_us() / 1e3,
+            times.pct(1.0) / 1e3
+        ),
+    ));
+    rows.push((
+        "calls during the reloads".into(),
+        format!("{ok} answered, {failed} failed"),
+    ));
+    rows.push((
+        "host memory, before the reloads".into(),
+        describe_memory(&before),
+    ));
+    rows.push((
+        format!("host memory, after {reloads} reloads"),
+        describe_memory(&after),
+    ));
+    let grow = |a: u64, b: u64| (a as f64 - b as f64) / f64::from(reloads);
+    let per_rss = grow(after.rss_kib, before.rss_kib);
+    let per_anon = grow(after.anonymous_kib, before.anonymous_kib);
+    let mapped = retired_plugin_mappings(host.pid());
+    rows.push((
+        "memory growth per reload".into(),
+        format!(
+            "{per_rss:.0} KiB RSS ({per_anon:.0} KiB anonymous); retired copies still mapped: {}",
+            mapped.map_or("?".into(), |n| n.to_string())
+        ),
+    ));
+    figures.insert(
+        "reload".into(),
+        json!({
+            "reloads": reloads,
+            "median_ms": times.median_us() / 1e3,
+            "max_ms": times.pct(1.0) / 1e3,
+            "calls_answered": ok,
+            "calls_failed": failed,
+            "rss_kib_before": before.rss_kib,
+            "rss_kib_after": after.rss_kib,
+            "anonymous_kib_before": before.anonymous_kib,
+            "anonymous_kib_after": after.anonymous_kib,
+            "rss_kib_per_reload": per_rss,
+            "anonymous_kib_per_reload": per_anon,
+            "retired_copies_mapped": mapped,
+        }),
+    );
+    Ok(())
+}
+
+/// Writes latency.svg (distribution of waited-call latency, the floor
+/// included) and throughput.svg (calls per second against calls in flight).
+fn write_plots(
+    dir: &Path,
+    distributions: Vec<(String, Latency)>,
+    curves: Vec<Series>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let latency = Chart {
+        title: "Waited add(4, 4): latency distribution".into(),
+        x_label: "latency (µs, log scale)".into(),
+        y_label: "fraction of calls at most this slow".into(),
+        x_log: true,
+        series: distributions
+            .into_iter()
+            .map(|(name, lat)| Series {
+                name,
+                points: lat.cdf(200),
+            })
+            .collect(),
+        references: Vec::new(),
+    };
+    let throughput = Chart {
+        title: "add throughput from one client process".into(),
+        x_label: "calls in flight (log scale)".into(),
+        y_label: "calls per second".into(),
+        x_log: true,
+        series: curves,
+        references: vec![("target 200k/s".into(), 200_000.0)],
+    };
+    for (name, chart) in [("latency.svg", latency), ("throughput.svg", throughput)] {
+        let path = dir.join(name);
+        std::fs::write(&path, chart.svg()).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -180,6 +395,16 @@ impl Latency {
     }
     fn median_us(&self) -> f64 {
         self.pct(0.5)
+    }
+    /// The distribution at `steps + 1` evenly spaced fractions:
+    /// `(latency, fraction of calls at most that slow)`.
+    fn cdf(&self, steps: usize) -> Vec<(f64, f64)> {
+        (0..=steps)
+            .map(|i| {
+                let p = i as f64 / steps as f64;
+                (self.pct(p), p)
+            })
+            .collect()
     }
     fn describe(&self) -> String {
         format!(

@@ -11,7 +11,7 @@ use taskit_plugin_api::wire::{self, kind, PluginSummary, ReloadReport};
 use taskit_plugin_api::{CodecKind, TaskError};
 
 use super::Shared;
-use crate::registry::EMBEDDED;
+use crate::registry::{Resolved, EMBEDDED};
 use crate::ReloadSummary;
 
 /// What the connection must do once a reply is written.
@@ -98,13 +98,16 @@ pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>,
         return None;
     }
     let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
-    Some(tokio::task::block_in_place(|| timed_call(shared, call)))
+    Some(tokio::task::block_in_place(|| {
+        let resolved = shared.registry.resolve(&call.task)?;
+        timed_call(shared, &resolved, call)
+    }))
 }
 
-fn timed_call(shared: &Shared, call: &Call) -> Result<Vec<u8>, TaskError> {
+fn timed_call(shared: &Shared, resolved: &Resolved, call: &Call) -> Result<Vec<u8>, TaskError> {
     let started = Instant::now();
-    let result = shared.registry.call(
-        &call.task,
+    let result = resolved.call(
+        &shared.registry,
         call.codec,
         &call.args,
         &call.kwargs,
@@ -117,7 +120,8 @@ fn timed_call(shared: &Shared, call: &Call) -> Result<Vec<u8>, TaskError> {
 }
 
 /// Runs `call` on the blocking pool (or, for a signal, here) and returns
-/// its reply.
+/// its reply. The task is resolved first: if it waits for a slot, it still
+/// runs on the plugin version live when it arrived.
 pub(crate) async fn execute(
     shared: &Arc<Shared>,
     call: Call,
@@ -125,6 +129,10 @@ pub(crate) async fn execute(
     if wire::is_signal(&call.task) {
         return signal(shared, &call).await;
     }
+    let resolved = match shared.registry.resolve(&call.task) {
+        Ok(resolved) => resolved,
+        Err(unknown) => return (Err(unknown), After::Nothing),
+    };
     let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
         return (
             Err(TaskError::msg(kind::STOPPING, &call.task)),
@@ -134,7 +142,7 @@ pub(crate) async fn execute(
     let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        timed_call(&shared, &call)
+        timed_call(&shared, &resolved, &call)
     });
     let result = match task.await {
         Ok(result) => result,

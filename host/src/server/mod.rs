@@ -213,7 +213,9 @@ impl Server {
             config,
             stopping,
             closing,
-            open_connections: AtomicUsize::new(0),
+            // Each listener counts as one until it has handed over the
+            // connections queued at the stop.
+            open_connections: AtomicUsize::new(listeners.len()),
             connection_closed: Notify::new(),
             exit: exit_tx,
             in_flight: AtomicUsize::new(0),
@@ -300,30 +302,56 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Ar
             _ = stopping.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        match accepted {
+            Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer),
             Err(err) => {
                 // Out of file descriptors, most likely: pause rather than spin.
                 tracing::warn!(%err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; closing a new one");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
-        shared.open_connections.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            serve_connection(Arc::clone(&shared), stream, peer).await;
-            drop(permit);
-            shared.open_connections.fetch_sub(1, Ordering::AcqRel);
-            shared.connection_closed.notify_waiters();
-        });
+        }
     }
-    tracing::debug!(addr = ?listener.local_addr().ok(), "stopped accepting");
+    // Connections the kernel completed before the stop are still queued:
+    // take them (they are told `Stopping`) rather than reset them unanswered
+    // when the listener closes.
+    let addr = listener.local_addr().ok();
+    if let Ok(listener) = listener.into_std() {
+        let mut queued = 0;
+        while let Ok((stream, peer)) = listener.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                spawn_connection(&shared, &connections, stream, peer);
+                queued += 1;
+            }
+        }
+        tracing::debug!(?addr, queued, "stopped accepting");
+    }
+    shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+    shared.connection_closed.notify_waiters();
+}
+
+/// Serves one accepted connection on its own task, within the limit.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    connections: &Arc<Semaphore>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
+        tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; closing a new one");
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let shared = Arc::clone(shared);
+    shared.open_connections.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        serve_connection(Arc::clone(&shared), stream, peer).await;
+        drop(permit);
+        shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        shared.connection_closed.notify_waiters();
+    });
 }
 
 /// Reads the first byte and hands the connection to its protocol.
