@@ -707,9 +707,13 @@ impl Removal {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Each on a connection of its own: a quick task may run inline on
+        // its connection's thread, and the host reads no further call from
+        // that connection meanwhile (see docs/plugins.md); calls it has not
+        // read when the plugin goes away rightly find it gone.
         let holds: Vec<_> = (0..HOLDS)
             .map(|j| {
-                let fe = self.fe.clone();
+                let fe = FrontEnd::new(self.fe.backends());
                 let token = format!("hold {round}-{j}");
                 self.tally.sent.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
