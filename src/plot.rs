@@ -47,8 +47,19 @@ impl Axis {
             (lo, hi) = (1.0, 10.0);
         }
         if log {
-            lo = 10f64.powf(lo.log10().floor());
-            hi = 10f64.powf(hi.log10().ceil());
+            // The nearest 1, 2 or 5 times a power of ten outside the data.
+            let decade = |v: f64| 10f64.powf(v.log10().floor());
+            let (dlo, dhi) = (decade(lo), decade(hi));
+            lo = [5.0, 2.0, 1.0]
+                .into_iter()
+                .map(|m| m * dlo)
+                .find(|t| *t <= lo)
+                .unwrap_or(dlo);
+            hi = [1.0, 2.0, 5.0, 10.0]
+                .into_iter()
+                .map(|m| m * dhi)
+                .find(|t| *t >= hi)
+                .unwrap_or(10.0 * dhi);
         } else {
             if from_zero {
                 lo = lo.min(0.0);
@@ -76,11 +87,11 @@ impl Axis {
     fn ticks(&self) -> Vec<f64> {
         if self.log {
             let mut ticks = Vec::new();
-            let mut decade = self.lo;
+            let mut decade = 10f64.powf(self.lo.log10().floor());
             while decade <= self.hi * 1.0001 {
                 for m in [1.0, 2.0, 5.0] {
                     let t = decade * m;
-                    if t <= self.hi * 1.0001 {
+                    if t >= self.lo * 0.9999 && t <= self.hi * 1.0001 {
                         ticks.push(t);
                     }
                 }
@@ -277,9 +288,13 @@ mod tests {
     }
 
     #[test]
-    fn log_axes_span_whole_decades_and_linear_ones_round_steps() {
+    fn axes_end_on_round_numbers_outside_the_data() {
         let log = Axis::new([3.0, 420.0].into_iter(), true, false);
-        assert_eq!((log.lo, log.hi), (1.0, 1000.0));
+        assert_eq!((log.lo, log.hi), (2.0, 500.0));
+        assert_eq!(
+            log.ticks(),
+            vec![2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        );
         let lin = Axis::new([0.0, 383_000.0].into_iter(), false, true);
         assert_eq!((lin.lo, lin.hi), (0.0, 400_000.0));
         assert_eq!(label(200_000.0), "200k");

@@ -118,9 +118,21 @@ fn a_relative_plugins_dir_is_watched() {
 
 #[test]
 fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
+    let plots = TempDir::new("bench-plots");
     let stdout = run_successfully(
         "taskit-bench",
-        &["--calls", "200", "--seconds", "0.2", "--in-flight", "1,8"],
+        &[
+            "--calls",
+            "200",
+            "--seconds",
+            "0.2",
+            "--in-flight",
+            "1,8",
+            "--reloads",
+            "4",
+            "--plots",
+            plots.path().to_str().unwrap(),
+        ],
     );
     assert!(stdout.contains("raw TCP ping-pong"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
@@ -134,6 +146,15 @@ fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
         assert!(figures.get(key).is_some(), "{key} missing from {last}");
     }
     assert!(figures["native_bincode_throughput"]["8"].as_f64().unwrap() > 0.0);
+    let reload = &figures["reload"];
+    assert_eq!(reload["reloads"], 4, "{reload}");
+    assert_eq!(reload["calls_failed"], 0, "{reload}");
+    assert!(reload["calls_answered"].as_u64().unwrap() > 0, "{reload}");
+    assert!(figures["idle_rss_kib"].as_u64().unwrap() > 0);
+    for (plot, lines) in [("latency.svg", 4), ("throughput.svg", 2)] {
+        let svg = std::fs::read_to_string(plots.join(plot)).expect(plot);
+        assert_eq!(svg.matches("<polyline").count(), lines, "{plot}");
+    }
 }
 
 #[test]

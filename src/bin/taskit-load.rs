@@ -126,16 +126,22 @@ enum Call {
     Echo(String),
     Greet(String, bool),
     GetError,
+    /// `wait-double(ms)`: a call that stays in flight a while.
+    WaitDouble(u64),
     /// The faulty plugin's task that panics with this message.
     Panic(String),
 }
 
 /// The `n`th call of connection `c`: a deterministic mix (with faults, one
-/// call in 20 panics on purpose).
-fn plan(c: usize, n: u64, faults: bool) -> Call {
+/// call in 20 panics on purpose, and on connections shared with the second
+/// host one in 10 waits 20 ms, so that host has calls in flight when killed).
+fn plan(c: usize, n: u64, faults: bool, shared: bool) -> Call {
     let i = (c as i64) * 1_000_003 + n as i64;
     if faults && n % 20 == 19 {
         return Call::Panic(format!("boom {c}-{n}"));
+    }
+    if shared && n % 10 == 7 {
+        return Call::WaitDouble(20);
     }
     match n % 10 {
         0..=5 => Call::Add(i, 7),
@@ -161,6 +167,9 @@ async fn make(fe: &FrontEnd, call: &Call, plain: &CallOptions) -> Result<bool, F
                 .call_with::<String>("greet", &(name.as_str(),), &options)
                 .await?
                 == format!("Hi, {name}{end}"))
+        }
+        Call::WaitDouble(ms) => {
+            Ok(fe.call_with::<u64>("wait-double", &(*ms,), plain).await? == 2 * ms)
         }
         Call::GetError => expect_error(
             fe.call_with::<()>("get-error", &(), plain).await,
@@ -209,7 +218,7 @@ async fn connection(
 ) {
     let tally = &shared.tally;
     for n in 0..calls {
-        let call = plan(c, n, shared.faults);
+        let call = plan(c, n, shared.faults, fe.backends().len() > 1);
         tally.sent.fetch_add(1, Ordering::Relaxed);
         if matches!(call, Call::GetError | Call::Panic(_)) {
             tally.errors_expected.fetch_add(1, Ordering::Relaxed);
@@ -491,7 +500,8 @@ fn send_stop(addr: SocketAddr) -> anyhow::Result<()> {
 /// What `--faults` does while the load runs.
 struct Faults {
     dir: PathBuf,
-    versions: [PathBuf; 2],
+    /// The demo plugin's two builds and the version each reports.
+    versions: [(PathBuf, &'static str); 2],
     removable: PathBuf,
     addr: SocketAddr,
     reloads: u32,
@@ -527,8 +537,8 @@ impl Faults {
     fn prepare(host: &SelfHost, addr: SocketAddr, reloads: u32) -> anyhow::Result<Self> {
         let dir = host.plugins_dir().to_owned();
         let versions = [
-            built_library("taskit_demo_next")?,
-            built_library("taskit_demo")?,
+            (built_library("taskit_demo_next")?, "0.2.0"),
+            (built_library("taskit_demo")?, "0.1.0"),
         ];
         let removable = built_library("taskit_fixture_removable")?;
         let second = SelfHost::start_with(&["--max-tasks", "64"])?;
@@ -565,24 +575,40 @@ impl Faults {
             let (done, tally) = (Arc::clone(&done), Arc::clone(&tally));
             move || done.load(Ordering::Acquire) || tally.stop_sent.load(Ordering::Acquire)
         };
-        // Reload storm: replace demo.so, alternating versions, by rename.
+        // Reload storm: replace demo.so, alternating versions, by rename;
+        // each swap counted once a call is answered by the new version.
         let reloads = {
-            let (dir, versions, reloads, quit) = (
+            let (dir, versions, reloads, quit, addr) = (
                 self.dir.clone(),
                 self.versions.clone(),
                 self.reloads,
                 quit.clone(),
+                self.addr,
             );
             std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return 0;
+                };
+                let fe = FrontEnd::new([BackendAddr::from(addr)]);
                 let mut n = 0u64;
                 for i in 0..reloads {
-                    if quit() {
+                    let (lib, version) = &versions[i as usize % 2];
+                    if quit() || install(lib, &dir, "demo.so").is_err() {
                         break;
                     }
-                    if install(&versions[i as usize % 2], &dir, "demo.so").is_ok() {
-                        n += 1;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !quit() && Instant::now() < deadline {
+                        if matches!(rt.block_on(fe.call::<String>("version", &())), Ok(v) if v == *version)
+                        {
+                            n += 1;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 n
             })
