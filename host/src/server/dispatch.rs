@@ -35,12 +35,13 @@ pub(crate) struct Call {
 /// decays slowly downward (1/8 of each faster call) and jumps at once to any
 /// slower call.
 ///
-/// Calls to a task that has been quick run on the connection's own thread,
-/// inside `block_in_place` (which hands that thread's other work to another
-/// thread, so even a misjudged slow call holds up nothing but its own
-/// connection): a hand-off to the blocking pool and back costs two thread
-/// wake-ups, far more than an `add`. Anything unknown or slower runs on the
-/// blocking pool. Only successful calls count: a task failing fast on bad
+/// Calls to a task that has been quick run on the connection's own thread:
+/// a hand-off to the blocking pool and back costs two thread wake-ups, far
+/// more than an `add`. While at least one other async thread is free, the
+/// call runs directly; otherwise inside `block_in_place` (which hands that
+/// thread's other work to another thread). Either way a misjudged slow call
+/// holds up its own connection, never all of them. Anything unknown or
+/// slower runs on the blocking pool. Only successful calls count: a task failing fast on bad
 /// arguments says nothing about how long it takes to work.
 #[derive(Default)]
 pub(crate) struct Timings {
@@ -98,10 +99,17 @@ pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>,
         return None;
     }
     let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
-    Some(tokio::task::block_in_place(|| {
+    let run = || {
         let resolved = shared.registry.resolve(&call.task)?;
         timed_call(shared, &resolved, call)
-    }))
+    };
+    // Right here, while another async thread stays free to serve everyone
+    // else should this call turn out slow; beyond that, `block_in_place`
+    // first hands this thread's other work to a new thread (a few µs).
+    Some(match shared.direct_inline.try_acquire() {
+        Ok(_direct) => run(),
+        Err(_) => tokio::task::block_in_place(run),
+    })
 }
 
 fn timed_call(shared: &Shared, resolved: &Resolved, call: &Call) -> Result<Vec<u8>, TaskError> {

@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     pub(crate) plugins: Option<PluginHost>,
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<Semaphore>,
+    /// Quick calls that may run directly on an async thread at once: one
+    /// fewer than there are such threads, so one always stays free.
+    pub(crate) direct_inline: Semaphore,
     pub(crate) timings: dispatch::Timings,
     /// Request bytes held, in KiB units (see `ServerConfig::max_buffered`).
     pub(crate) budget: Arc<Semaphore>,
@@ -207,6 +210,12 @@ impl Server {
             registry,
             plugins,
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
+            direct_inline: Semaphore::new(
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_workers()
+                    .saturating_sub(1),
+            ),
             timings: dispatch::Timings::default(),
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
