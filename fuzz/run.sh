@@ -4,7 +4,9 @@
 # runs, not committed); prints libFuzzer's final stats line per target.
 #   cargo install cargo-fuzz && fuzz/run.sh 300
 # Crashes land in fuzz/artifacts/<target>/; reproduce with
-#   cargo fuzz run <target> fuzz/artifacts/<target>/<file>
+#   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
+# and, once fixed, keep the input in fuzz/regressions/<target>/, which
+# `cargo test` replays (tests/fuzz_corpus.rs) along with fuzz/corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
