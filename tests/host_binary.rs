@@ -132,7 +132,13 @@ fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
             "4",
             "--plots",
             plots.path().to_str().unwrap(),
+            "--awake-cores",
         ],
+    );
+    assert_eq!(
+        spinners_left(),
+        0,
+        "the core-waking spinners outlived the bench"
     );
     assert!(stdout.contains("raw TCP ping-pong"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
@@ -313,6 +319,19 @@ fn the_load_test_drains_on_stop_and_the_host_exits_0() {
         "nothing was refused after <stop>: {stdout}"
     );
     assert!(stdout.contains("host_exit=0"), "{stdout}");
+}
+
+/// Processes still running `taskit-bench --spin`.
+fn spinners_left() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"taskit-bench"))
+                && args.contains(&&b"--spin"[..])
+        })
+        .count()
 }
 
 /// The numeric `key=value` fields of the line starting with `prefix`.

@@ -57,9 +57,49 @@ struct Args {
     /// A Python with taskit==4.0.0 installed, to time the original too.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Keep every core busy with an idle-priority spinner (SCHED_IDLE)
+    /// while measuring, so no message waits for a sleeping core to wake.
+    #[arg(long)]
+    awake_cores: bool,
     /// Internal: run as the echo server of the ping-pong floor.
     #[arg(long, hide = true)]
     echo_server: bool,
+    /// Internal: spin at idle priority until killed.
+    #[arg(long, hide = true)]
+    spin: bool,
+}
+
+/// Idle-priority spinners, one per core, killed when dropped.
+struct Spinners(Vec<Child>);
+
+impl Spinners {
+    fn start() -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let exe = std::env::current_exe()?;
+        let children = (0..cores)
+            .map(|_| Command::new(&exe).arg("--spin").spawn())
+            .collect::<Result<_, _>>()?;
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs only when nothing else wants the core.
+fn spin() -> ! {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on this process, with a valid parameter.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    loop {
+        std::hint::spin_loop();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +107,14 @@ fn main() -> anyhow::Result<()> {
     if args.echo_server {
         return echo_server();
     }
+    if args.spin {
+        spin();
+    }
+    let _spinners = if args.awake_cores {
+        Some(Spinners::start()?)
+    } else {
+        None
+    };
     let mut host = None;
     let addr = match args.host {
         Some(addr) => addr,
