@@ -6,8 +6,11 @@ use taskit_plugin_api::wire::firstbytes::{self, Decoder};
 use taskit_plugin_api::wire::{compat, native};
 use taskit_plugin_api::{decode_args, Bincode, Json};
 
+/// One target's checks: panics on a failure.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("firstbytes", firstbytes),
     ("native_frames", native_frames),
     ("compat_envelopes", compat_envelopes),
