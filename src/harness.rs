@@ -104,6 +104,11 @@ impl SelfHost {
         &self.dir
     }
 
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills it at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill()?;

@@ -294,6 +294,7 @@ fn the_load_test_with_faults_loses_nothing() {
     assert_eq!(faults["reloads"], 5, "{stdout}");
     // The removed plugin's calls outlived its removal at least once.
     assert!(faults["removals_with_calls_in_flight"] >= 1, "{stdout}");
+    assert!(stdout.contains("host: up_after_load=yes"), "{stdout}");
 }
 
 #[test]

@@ -365,6 +365,8 @@ fn main() -> anyhow::Result<()> {
             ("host_rss_kib_after", pid.and_then(rss_kib))
         }
     };
+    // Without a stop, the host must have come through everything running.
+    let up_after = own.as_mut().map(SelfHost::is_running);
     let exit = control
         .stop_sent_at
         .is_some()
@@ -382,17 +384,6 @@ fn main() -> anyhow::Result<()> {
         count(&tally.wrong),
         count(&tally.lost),
     );
-    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
-    println!(
-        "load: sent={sent} answered={answered} refused={refused} wrong={wrong} lost={lost} expected_errors={} \
-         connections={connections} seconds={seconds:.1} calls_per_second={:.0} host_rss_kib_before={} \
-         host_rss_kib_peak={} {rss_after_label}={}",
-        count(&tally.errors_expected),
-        sent as f64 / seconds,
-        kib(rss_before),
-        peak.load(Ordering::Relaxed),
-        kib(rss_after),
-    );
     if let Some(f) = fault_counts {
         println!(
             "faults: reloads={} removals={} removals_with_calls_in_flight={} vanished_clients={} \
@@ -408,15 +399,21 @@ fn main() -> anyhow::Result<()> {
                 .map_or("no".to_owned(), |n| n.to_string()),
         );
     }
-    let mut drained = true;
+    if control.stop_sent_at.is_none() {
+        if let Some(up) = up_after {
+            println!("host: up_after_load={}", if up { "yes" } else { "no" });
+        }
+    }
+    // Up after the load, or (with a stop) drained and exited 0.
+    let mut healthy = up_after != Some(false) || control.stop_sent_at.is_some();
     if let Some(at) = control.stop_sent_at {
         let status = match exit.flatten() {
             Some(Some(status)) => {
-                drained = status.code() == Some(0);
+                healthy = status.code() == Some(0);
                 status.code().map_or("signal".to_owned(), |c| c.to_string())
             }
             Some(None) => {
-                drained = false;
+                healthy = false;
                 "none-within-60s".to_owned()
             }
             // Not ours to wait for.
@@ -424,7 +421,19 @@ fn main() -> anyhow::Result<()> {
         };
         println!("stop: sent_after_calls={at} host_exit={status}");
     }
-    if wrong > 0 || lost > 0 || answered + refused != sent || !drained {
+    // Last: the line scripts check.
+    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+    println!(
+        "load: sent={sent} answered={answered} refused={refused} wrong={wrong} lost={lost} expected_errors={} \
+         connections={connections} seconds={seconds:.1} calls_per_second={:.0} host_rss_kib_before={} \
+         host_rss_kib_peak={} {rss_after_label}={}",
+        count(&tally.errors_expected),
+        sent as f64 / seconds,
+        kib(rss_before),
+        peak.load(Ordering::Relaxed),
+        kib(rss_after),
+    );
+    if wrong > 0 || lost > 0 || answered + refused != sent || !healthy {
         std::process::exit(1);
     }
     Ok(())
