@@ -136,7 +136,7 @@ fn the_bench_runs_and_ends_with_a_json_line_of_figures() {
         ],
     );
     assert_eq!(
-        spinners_left(),
+        spinners_left(&built().join("taskit-bench")),
         0,
         "the core-waking spinners outlived the bench"
     );
@@ -322,15 +322,15 @@ fn the_load_test_drains_on_stop_and_the_host_exits_0() {
     assert!(stdout.contains("host_exit=0"), "{stdout}");
 }
 
-/// Processes still running `taskit-bench --spin`.
-fn spinners_left() -> usize {
+/// Processes still running `<bench> --spin`.
+fn spinners_left(bench: &std::path::Path) -> usize {
+    let bench = bench.as_os_str().as_encoded_bytes();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"taskit-bench"))
-                && args.contains(&&b"--spin"[..])
+            args.first() == Some(&bench) && args.contains(&&b"--spin"[..])
         })
         .count()
 }
@@ -375,10 +375,10 @@ fn a_call_waiting_for_a_task_slot_runs_on_the_plugin_live_when_it_arrived() {
     );
     let (mut host, addr) = HostProcess::serving(dir.path(), &["--max-tasks", "1"]);
     let fe = std::sync::Arc::new(BlockingFrontEnd::new([addr]).unwrap());
-    // The only task slot, busy for a second.
+    // The only task slot, busy for three seconds.
     let busy = {
         let fe = std::sync::Arc::clone(&fe);
-        std::thread::spawn(move || fe.work::<u64>("wait-double", &(1000u64,)))
+        std::thread::spawn(move || fe.work::<String>("hold", &(3000u64, "busy")))
     };
     std::thread::sleep(Duration::from_millis(200));
     // Accepted now, but waiting for the slot when its plugin goes away.
@@ -394,10 +394,48 @@ fn a_call_waiting_for_a_task_slot_runs_on_the_plugin_live_when_it_arrived() {
         "the slot was still taken at the removal"
     );
     assert_eq!(queued.join().unwrap().unwrap(), "kept");
-    assert_eq!(busy.join().unwrap().unwrap(), 2000);
+    assert_eq!(busy.join().unwrap().unwrap(), "busy");
     // Calls arriving after the removal find the task gone.
     match fe.work::<String>("hold", &(0u64, "late")) {
         Err(FrontendError::BackendProcessing { kind, .. }) => assert_eq!(kind, "KeyError"),
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_quick_plugin_task_turning_slow_does_not_hold_up_other_connections() {
+    use taskit_plugin_api::frontend::BlockingFrontEnd;
+    let dir = demo_dir("quick-turns-slow");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    // Learned as quick...
+    for _ in 0..50 {
+        assert_eq!(fe.work::<u64>("wait-double", &(0u64,)).unwrap(), 0);
+    }
+    // ...then slow on as many connections as the host has async threads
+    // (one per core of this machine, where it runs).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // A connection made before, and one made while they run.
+    let early = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(early.work::<i64>("add", &(1i64, 2i64)).unwrap(), 3);
+    let slow: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let fe = BlockingFrontEnd::new([addr]).unwrap();
+                fe.work::<u64>("wait-double", &(1000u64,))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Other connections are still served while they all run.
+    assert_eq!(early.work::<i64>("add", &(1i64, 2i64)).unwrap(), 3);
+    let other = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(other.work::<i64>("add", &(2i64, 2i64)).unwrap(), 4);
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "answered only after the slow calls"
+    );
+    for s in slow {
+        assert_eq!(s.join().unwrap().unwrap(), 2000);
     }
 }

@@ -23,6 +23,13 @@ fn sleeper_registry() -> Arc<Registry> {
         })
         .unwrap();
     registry.register("add", |x: i64, y: i64| x + y).unwrap();
+    // An in-process task may use the host's runtime, even once it is
+    // judged quick enough to run inline.
+    registry
+        .register("nested", |x: i64| {
+            tokio::runtime::Handle::current().block_on(async move { x * 2 })
+        })
+        .unwrap();
     registry
 }
 
@@ -140,6 +147,24 @@ fn a_quick_task_turning_slow_does_not_hold_up_other_connections() {
         );
         for s in slow {
             assert_eq!(s.await.unwrap().unwrap(), 1500);
+        }
+    });
+}
+
+#[test]
+fn an_in_process_task_may_block_on_the_host_runtime_when_run_inline() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_server, addr) = start(ServerConfig::default()).await;
+        let fe = FrontEnd::new([BackendAddr::from(addr)]);
+        // The first calls teach the server the task is quick; the rest run
+        // inline, and must still be inside `block_in_place`.
+        for i in 0..50i64 {
+            assert_eq!(fe.call::<i64>("nested", &(i,)).await.unwrap(), 2 * i);
         }
     });
 }

@@ -77,7 +77,14 @@ impl Spinners {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let exe = std::env::current_exe()?;
         let children = (0..cores)
-            .map(|_| Command::new(&exe).arg("--spin").spawn())
+            .map(|_| {
+                Command::new(&exe)
+                    .arg("--spin")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self(children))
     }
@@ -92,11 +99,19 @@ impl Drop for Spinners {
     }
 }
 
-/// Runs only when nothing else wants the core.
-fn spin() -> ! {
+/// Runs only when nothing else wants the core, and dies with the bench.
+fn spin() -> anyhow::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system call on this process, with a valid parameter.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // SAFETY: plain system calls on this process, with valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            bail!("prctl: {}", std::io::Error::last_os_error());
+        }
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            // At normal priority it would compete with what it measures.
+            bail!("SCHED_IDLE: {}", std::io::Error::last_os_error());
+        }
+    }
     loop {
         std::hint::spin_loop();
     }
@@ -108,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         return echo_server();
     }
     if args.spin {
-        spin();
+        return spin();
     }
     let _spinners = if args.awake_cores {
         Some(Spinners::start()?)

@@ -46,7 +46,7 @@ struct Args {
     /// Calls in all.
     #[arg(long, default_value_t = 1_000_000)]
     calls: u64,
-    /// Out of every 100 connections, how many speak TaskIt 4.0 (one TCP
+    /// The share of connections, in percent, that speak TaskIt 4.0 (one TCP
     /// connection per call) instead of the native protocol.
     #[arg(long, default_value_t = 2)]
     taskit4_percent: usize,
@@ -65,7 +65,7 @@ struct Args {
     /// Send `<stop>` once this percentage of the calls has been sent: calls
     /// in flight must still be answered, later ones refused, and the host
     /// must exit 0.
-    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(0..=100))]
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=99))]
     stop_at: Option<u64>,
 }
 
@@ -282,7 +282,7 @@ fn main() -> anyhow::Result<()> {
     for c in 0..connections {
         let pick = |addr: SocketAddr| {
             let base = BackendAddr::from(addr);
-            if c % 100 < args.taskit4_percent {
+            if c * 100 / connections < args.taskit4_percent {
                 base.taskit4()
             } else if c % 2 == 0 {
                 base

@@ -1,7 +1,6 @@
 //! A TaskIt 4.0 connection: one FirstBytes message in, one out, then close.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -51,13 +50,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8,
                 shared.replies_done(1);
                 return;
             }
-            let call = Call {
-                task: request.task,
-                codec: CodecKind::Json,
-                args: request.args.get().as_bytes().to_vec(),
-                kwargs: request.kwargs.get().as_bytes().to_vec(),
-                cancelled: Arc::new(AtomicBool::new(false)),
-            };
+            let call = Call::new(
+                &shared,
+                request.task,
+                CodecKind::Json,
+                request.args.get().as_bytes().to_vec(),
+                request.kwargs.get().as_bytes().to_vec(),
+            );
             let (result, after) = match try_inline(&shared, &call) {
                 Some(result) => (result, After::Nothing),
                 None => execute(&shared, call).await,

@@ -99,9 +99,6 @@ pub(crate) struct Shared {
     pub(crate) plugins: Option<PluginHost>,
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<Semaphore>,
-    /// Quick calls that may run directly on an async thread at once: one
-    /// fewer than there are such threads, so one always stays free.
-    pub(crate) direct_inline: Semaphore,
     pub(crate) timings: dispatch::Timings,
     /// Request bytes held, in KiB units (see `ServerConfig::max_buffered`).
     pub(crate) budget: Arc<Semaphore>,
@@ -210,12 +207,7 @@ impl Server {
             registry,
             plugins,
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
-            direct_inline: Semaphore::new(
-                tokio::runtime::Handle::current()
-                    .metrics()
-                    .num_workers()
-                    .saturating_sub(1),
-            ),
+
             timings: dispatch::Timings::default(),
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
@@ -335,6 +327,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Ar
                 queued += 1;
             }
         }
+        // Closed at once: a connection arriving from now on is refused.
+        drop(listener);
         tracing::debug!(?addr, queued, "stopped accepting");
     }
     shared.open_connections.fetch_sub(1, Ordering::AcqRel);
@@ -363,10 +357,31 @@ fn spawn_connection(
     });
 }
 
+/// How long a silent connection may still send its first byte once the
+/// host is closing.
+const CLOSING_GRACE: Duration = Duration::from_millis(250);
+
 /// Reads the first byte and hands the connection to its protocol.
 async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(shared.config.read_timeout, stream.read(&mut first)).await {
+    // A connection that has said nothing when the host closes holds no call
+    // yet: it gets a moment to send one (to be told `Stopping`), not the
+    // whole read timeout.
+    let mut closing = shared.closing();
+    let read = tokio::time::timeout(shared.config.read_timeout, stream.read(&mut first));
+    tokio::pin!(read);
+    let before_closing = tokio::select! {
+        read = &mut read => Some(read),
+        _ = async { let _ = closing.wait_for(|c| *c).await; } => None,
+    };
+    let read = match before_closing {
+        Some(read) => read,
+        None => match tokio::time::timeout(CLOSING_GRACE, &mut read).await {
+            Ok(read) => read,
+            Err(_) => return,
+        },
+    };
+    match read {
         Ok(Ok(1)) => {}
         Ok(Ok(_)) => return,
         Ok(Err(err)) => {

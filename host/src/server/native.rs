@@ -204,8 +204,16 @@ impl Connection {
                 args,
                 kwargs,
             }) => {
-                // Counted before any wait, so a drain waits for it.
+                // Counted before any wait, so a drain waits for it; resolved
+                // now, so it runs on the plugin version live when it was read.
                 self.shared.accept_call();
+                let call = Call::new(
+                    &self.shared,
+                    task.to_owned(),
+                    self.codec,
+                    args.to_vec(),
+                    kwargs.to_vec(),
+                );
                 // Back-pressure: a client with too many calls in flight (or
                 // not reading its replies) is not read from.
                 let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
@@ -220,13 +228,6 @@ impl Connection {
                     self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, true, held);
                     return true;
                 }
-                let call = Call {
-                    task: task.to_owned(),
-                    codec: self.codec,
-                    args: args.to_vec(),
-                    kwargs: kwargs.to_vec(),
-                    cancelled: Arc::new(AtomicBool::new(false)),
-                };
                 if let Some(result) = try_inline(&self.shared, &call) {
                     send_reply(&self.tx, id, result, After::Nothing, held);
                     return true;

@@ -394,6 +394,9 @@ impl FrontEnd {
             Some(kw) => serde_json::to_vec(kw).map_err(|e| FrontendError::Encode(e.to_string()))?,
             None => Vec::new(),
         };
+        // Where an idempotent call was lost last, if it was: the answer
+        // when no backend is left to try.
+        let mut lost = None;
         for backend in self.by_load() {
             let codec = backend.addr.codec;
             let encoded = match codec {
@@ -405,14 +408,19 @@ impl FrontEnd {
             match self.attempt(backend, task, &encoded, &kwargs).await {
                 Attempt::Skip => continue,
                 // It may have run there; the caller said running twice is fine.
-                Attempt::Done(Err(FrontendError::ConnectionLost(lost))) if options.idempotent => {
-                    tracing::debug!(backend = %lost, task, "connection lost in flight; idempotent call retried");
+                Attempt::Done(Err(FrontendError::ConnectionLost(at))) if options.idempotent => {
+                    tracing::debug!(backend = %at, task, "connection lost in flight; idempotent call retried");
+                    lost = Some(at);
                     continue;
                 }
                 Attempt::Done(result) => return result.map(|bytes| (codec, bytes)),
             }
         }
-        Err(FrontendError::BackendNotAvailable)
+        // It may have run where it was lost: not "not available".
+        Err(lost.map_or(
+            FrontendError::BackendNotAvailable,
+            FrontendError::ConnectionLost,
+        ))
     }
 
     async fn attempt(&self, backend: &Backend, task: &str, args: &[u8], kwargs: &[u8]) -> Attempt {
