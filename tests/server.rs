@@ -45,6 +45,15 @@ async fn start(config: ServerConfig) -> (Server, SocketAddr) {
     (server, addr)
 }
 
+/// A host runtime with two async threads, as on the 2-core machine.
+fn two_threads() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 type Reply = (u64, Result<Vec<u8>, (String, ErrorStatus)>);
 
 /// Reads reply frames until the server closes the connection.
@@ -117,12 +126,7 @@ fn stop_waits_for_calls_queued_behind_a_full_connection() {
 
 #[test]
 fn a_quick_task_turning_slow_does_not_hold_up_other_connections() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_threads().block_on(async {
         let (_server, addr) = start(ServerConfig::default()).await;
         let fe = FrontEnd::new([BackendAddr::from(addr)]);
         // Learned as quick...
@@ -153,12 +157,7 @@ fn a_quick_task_turning_slow_does_not_hold_up_other_connections() {
 
 #[test]
 fn an_in_process_task_may_block_on_the_host_runtime_when_run_inline() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_threads().block_on(async {
         let (_server, addr) = start(ServerConfig::default()).await;
         let fe = FrontEnd::new([BackendAddr::from(addr)]);
         // The first calls teach the server the task is quick; the rest run
