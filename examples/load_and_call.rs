@@ -7,10 +7,8 @@
 //! cargo run --example load_and_call -- plugins.d add 4 4
 //! ```
 
-use std::sync::atomic::AtomicBool;
-
-use taskit_host::{HostConfig, PluginHost};
-use taskit_plugin_api::{CodecKind, Json};
+use taskit_host::{HostConfig, PluginHost, TaskCall};
+use taskit_plugin_api::CodecKind;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -30,12 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             plugin.tasks.join(", ")
         );
     }
-    let encoded = taskit_plugin_api::encode_args::<Json, _>(&values)?;
-    let not_cancelled = AtomicBool::new(false);
-    match host
-        .registry()
-        .call(&task, CodecKind::Json, &encoded, b"", &not_cancelled)
-    {
+    let call = TaskCall::with_args(&task, CodecKind::Json, &values)?;
+    match host.registry().call(&call) {
         Ok(reply) => println!("{task} -> {}", String::from_utf8_lossy(&reply)),
         Err(err) => {
             println!("{task} failed: {err}");

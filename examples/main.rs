@@ -10,8 +10,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use taskit_plugin_api::callback::OnError;
 use taskit_plugin_api::frontend::{BackendAddr, BlockingFrontEnd, FrontendError};
+use taskit_plugin_api::OnError;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: BackendAddr = std::env::args()

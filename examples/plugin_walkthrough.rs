@@ -74,13 +74,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("taskit-walkthrough-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
-    let registry = Arc::new(Registry::new(Default::default()));
+    let registry = Arc::new(Registry::new());
     let plugins = PluginHost::start_with(HostConfig::new(&dir), Arc::clone(&registry))?;
     let config = ServerConfig {
         binds: vec!["127.0.0.1:0".parse()?],
         ..ServerConfig::default()
     };
-    let server = Server::start(config, registry, Some(plugins)).await?;
+    let server = Server::start(config, plugins).await?;
     let addr = server.local_addrs()[0];
     println!("2. a host is running on {addr}, serving {}", dir.display());
 

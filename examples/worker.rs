@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:54543".into());
-    let registry = Arc::new(Registry::new(Default::default()));
+    let registry = Arc::new(Registry::new());
     registry.register("add", add)?;
     registry.register("echo", echo)?;
     registry.register("wait-double", wait_double)?;
@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         binds: vec![addr.parse()?],
         ..ServerConfig::default()
     };
-    let mut server = Server::start(config, registry, None).await?;
+    let mut server = Server::start(config, registry).await?;
     println!("worker listening on {}", server.local_addrs()[0]);
     let exit = server.wait().await;
     println!("worker exiting: {exit:?}");

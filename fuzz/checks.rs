@@ -3,7 +3,7 @@
 //! crash on each `cargo test` (`tests/fuzz_corpus.rs`).
 
 use taskit_plugin_api::wire::firstbytes::{self, Decoder};
-use taskit_plugin_api::wire::{compat, native};
+use taskit_plugin_api::wire::{native, taskit4};
 use taskit_plugin_api::{decode_args, Bincode, Json};
 
 /// One target's checks: panics on a failure.
@@ -13,7 +13,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: [(&str, Check); 4] = [
     ("firstbytes", firstbytes),
     ("native_frames", native_frames),
-    ("compat_envelopes", compat_envelopes),
+    ("taskit4_envelopes", taskit4_envelopes),
     ("codecs", codecs),
 ];
 
@@ -86,21 +86,21 @@ pub fn native_frames(data: &[u8]) {
 
 /// TaskIt 4.0 envelopes: requests as the host reads them, replies as the
 /// frontend reads them, and the ASCII escaping of everything we write.
-pub fn compat_envelopes(data: &[u8]) {
-    if let Ok(request) = compat::parse_request(data) {
-        let again = compat::encode_request(
+pub fn taskit4_envelopes(data: &[u8]) {
+    if let Ok(request) = taskit4::parse_request(data) {
+        let again = taskit4::encode_request(
             &request.task,
             request.args.get().as_bytes(),
             request.kwargs.get().as_bytes(),
         );
         assert!(again.is_ascii());
-        let reparsed = compat::parse_request(&again).expect("our own request parses");
+        let reparsed = taskit4::parse_request(&again).expect("our own request parses");
         assert_eq!(reparsed.task, request.task);
     }
-    let _ = compat::parse_reply(data);
+    let _ = taskit4::parse_reply(data);
     if let Ok(text) = std::str::from_utf8(data) {
         if serde_json::from_str::<serde_json::Value>(text).is_ok() {
-            let escaped = compat::ascii_json(data);
+            let escaped = taskit4::ascii_json(data);
             assert!(escaped.is_ascii());
             let a: serde_json::Value = serde_json::from_slice(&escaped).unwrap();
             let b: serde_json::Value = serde_json::from_str(text).unwrap();

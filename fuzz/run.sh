@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 # cargo-fuzz wants a nightly compiler; the stable one will do with this.
 export RUSTC_BOOTSTRAP=1
-for target in firstbytes native_frames compat_envelopes codecs; do
+for target in firstbytes native_frames taskit4_envelopes codecs; do
     mkdir -p "fuzz/work/$target"
     echo "== $target ($seconds s)"
     cargo fuzz run "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 \

@@ -2,15 +2,13 @@
 //! documented error reply or a clean close, and other clients keep being
 //! served.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
-use taskit_plugin_api::wire::{compat, firstbytes, native};
+use taskit_harness::*;
+use taskit_plugin_api::wire::{firstbytes, native, taskit4};
 use taskit_plugin_api::CodecKind;
 
 /// A host with small limits, so the tests can reach them quickly.
@@ -65,7 +63,7 @@ fn compat_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Result<Value, (String, V
     let (message, _) = firstbytes::decode(&reply, 1 << 20)
         .unwrap()
         .expect("a whole reply");
-    Some(match compat::parse_reply(&message).unwrap() {
+    Some(match taskit4::parse_reply(&message).unwrap() {
         Ok(raw) => Ok(serde_json::from_str(raw.get()).unwrap()),
         Err(e) => Err((e.kind().to_owned(), e.args().to_vec())),
     })
@@ -126,7 +124,7 @@ fn a_message_over_max_message_is_refused_before_its_payload_arrives() {
     s.write_all(b"1ffff").unwrap();
     let reply = read_to_close(&mut s);
     let (message, _) = firstbytes::decode(&reply, 1 << 20).unwrap().unwrap();
-    let err = compat::parse_reply(&message).unwrap().unwrap_err();
+    let err = taskit4::parse_reply(&message).unwrap().unwrap_err();
     assert_eq!(err.kind(), "MessageTooLarge");
     // Within the limit across articles is fine; over it in total is not.
     let just_over =

@@ -1,15 +1,13 @@
 //! Wire compatibility with the original TaskIt 4.0 (Python, from PyPI):
 //! its frontend calls our host, and our frontend calls its backend.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
+use taskit_harness::*;
 use taskit_plugin_api::frontend::{BackendAddr, BlockingFrontEnd, CallOptions, FrontendError};
 
 /// A virtualenv with `taskit==4.0.0`, made once under the target directory.

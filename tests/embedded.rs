@@ -1,12 +1,10 @@
 //! A Rust program serving its own functions, beside plugins, with the same
 //! server: the embedded backend.
 
-mod support;
-
 use std::sync::Arc;
 
 use serde::Deserialize;
-use support::*;
+use taskit_harness::*;
 use taskit_host::{HostConfig, PluginHost, RegisterError, Registry, Server, ServerConfig};
 use taskit_plugin_api::frontend::{BackendAddr, FrontEnd};
 use taskit_plugin_api::{CodecKind, Kw, TaskContext, TaskError};
@@ -24,7 +22,7 @@ fn one() -> i64 {
 #[test]
 fn own_functions_and_plugins_are_served_together() {
     let dir = demo_dir("embedded");
-    let registry = Arc::new(Registry::new(Default::default()));
+    let registry = Arc::new(Registry::new());
     // Ordinary functions and closures, unchanged.
     registry.register("mul", |x: i64, y: i64| x * y).unwrap();
     registry
@@ -60,9 +58,7 @@ fn own_functions_and_plugins_are_served_together() {
             binds: vec!["127.0.0.1:0".parse().unwrap()],
             ..ServerConfig::default()
         };
-        let mut server = Server::start(config, Arc::clone(&registry), Some(plugins))
-            .await
-            .unwrap();
+        let mut server = Server::start(config, plugins).await.unwrap();
         let addr = server.local_addrs()[0];
         for backend in [
             BackendAddr::from(addr),

@@ -1,11 +1,9 @@
 //! Every example runs, and says what its README line promises.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use support::*;
+use taskit_harness::*;
 
 fn run(name: &str, args: &[&str]) -> (String, String) {
     let Output {

@@ -1,17 +1,16 @@
 //! The frontend against real `taskit-host` processes over real sockets.
 
-mod support;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::*;
-use taskit_plugin_api::callback::OnError;
+use taskit_harness::*;
 use taskit_plugin_api::frontend::{
     BackendAddr, BlockingFrontEnd, CallOptions, FrontEnd, FrontendConfig, FrontendError,
 };
+use taskit_plugin_api::wire::admin::Signal;
 use taskit_plugin_api::CodecKind;
+use taskit_plugin_api::OnError;
 
 fn backends(addr: std::net::SocketAddr) -> Vec<BackendAddr> {
     let base = BackendAddr::from(addr);
@@ -343,8 +342,8 @@ fn the_admin_token_is_required_when_configured() {
 
     for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
         let without = BlockingFrontEnd::new([backend.clone()]).unwrap();
-        for signal in ["<status>", "<tasks>", "<reload>", "<stop>", "<kill>"] {
-            let err = without.send_signal::<Value>(addr, signal).unwrap_err();
+        for signal in Signal::ALL {
+            let err = without.send_signal(addr, signal).unwrap_err();
             assert_eq!(err.remote_type(), Some("Unauthorized"), "{signal}: {err}");
         }
         let wrong = BlockingFrontEnd::with_config(

@@ -1,14 +1,12 @@
 //! The `taskit-host` binary itself: what it says about loading, refusing,
 //! reloading and removing plugins, and how it refuses to start.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::*;
+use taskit_harness::*;
 
 #[test]
 fn the_host_logs_what_it_loads_refuses_reloads_and_removes() {

@@ -1,11 +1,10 @@
 //! Loading plugins from a directory and calling their tasks through the
 //! registry: real `.so` files built by cargo, loaded by the host library.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::*;
-use taskit_plugin_api::{Bincode, Json};
+use taskit_harness::*;
+use taskit_host::TaskCall;
+use taskit_plugin_api::{Bincode, CodecKind, Json};
 
 #[test]
 fn every_demo_task_answers_in_json_and_bincode() {
@@ -99,16 +98,8 @@ fn errors_arrive_as_type_and_args() {
     assert_eq!(err.kind(), "TypeError", "{err}");
 
     // Bytes that are not valid JSON at all.
-    let not_cancelled = std::sync::atomic::AtomicBool::new(false);
-    let err = reg
-        .call(
-            "add",
-            taskit_plugin_api::CodecKind::Json,
-            b"[4, ",
-            b"",
-            &not_cancelled,
-        )
-        .unwrap_err();
+    let broken = TaskCall::new("add", CodecKind::Json, b"[4, ".to_vec(), Vec::new());
+    let err = reg.call(&broken).unwrap_err();
     assert_eq!(err.kind(), "DecodeError", "{err}");
 }
 
@@ -138,19 +129,14 @@ fn the_context_reports_running_tasks_and_counts_subtasks() {
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
     let host = start_host(dir.path());
     let reg = host.registry();
-    let state = reg.state();
 
     // A call counts itself, as TaskIt's status does.
     assert_eq!(call::<u64>(reg, "running", &()).unwrap(), 1);
-    assert_eq!(state.running_tasks(), 0);
+    assert_eq!(reg.running_tasks(), 0);
     assert!(call::<bool>(reg, "background", &(300,)).unwrap());
-    assert_eq!(
-        state.running_tasks(),
-        1,
-        "the background subtask is counted"
-    );
+    assert_eq!(reg.running_tasks(), 1, "the background subtask is counted");
     assert_eq!(call::<u64>(reg, "running", &()).unwrap(), 2);
-    wait_until("the subtask to end", || state.running_tasks() == 0);
+    wait_until("the subtask to end", || reg.running_tasks() == 0);
 }
 
 /// Collects what a `fmt` subscriber writes.

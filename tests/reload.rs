@@ -1,8 +1,6 @@
 //! Hot reload against a real directory: replacing, refusing, removing and
 //! conflicting plugin files while calls run.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +8,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use taskit_harness::*;
 use taskit_host::{HostConfig, LoadError, PluginEvent, PluginHost};
 
 /// The next event about `file`, skipping others.
@@ -79,7 +77,7 @@ fn a_call_running_during_a_swap_finishes_on_the_old_version() {
         std::thread::spawn(move || call::<String>(host.registry(), "wait-version", &(800,)))
     };
     wait_until("the slow call to start", || {
-        host.registry().state().running_tasks() == 1
+        host.registry().running_tasks() == 1
     });
     install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
     assert_eq!(expect_loaded(&events, &dir.join("demo.so")), "0.2.0");
@@ -89,7 +87,7 @@ fn a_call_running_during_a_swap_finishes_on_the_old_version() {
         "new calls run the new version"
     );
     assert_eq!(
-        host.registry().state().running_tasks(),
+        host.registry().running_tasks(),
         1,
         "the old call is still running"
     );
@@ -278,7 +276,7 @@ fn removing_the_file_unregisters_its_tasks_after_running_calls_end() {
         std::thread::spawn(move || call::<u64>(host.registry(), "wait-double", &(500,)))
     };
     wait_until("the slow call to start", || {
-        host.registry().state().running_tasks() == 1
+        host.registry().running_tasks() == 1
     });
     std::fs::remove_file(dir.join("demo.so")).unwrap();
     assert!(matches!(
@@ -395,8 +393,8 @@ fn a_reload_storm_loses_no_call() {
         install_by_rename(src, dir.path(), "demo.so");
         expect_loaded(&events, &file);
     }
-    let rss_before = rss_kib();
-    let (anon_before, file_before) = (status_kib("RssAnon"), status_kib("RssFile"));
+    let rss_before = own_kib("VmRSS");
+    let (anon_before, file_before) = (own_kib("RssAnon"), own_kib("RssFile"));
     let mut latencies = Vec::with_capacity(SWAPS);
     for i in 0..SWAPS {
         let started = std::time::Instant::now();
@@ -412,8 +410,8 @@ fn a_reload_storm_loses_no_call() {
         latencies.push(started.elapsed());
     }
     latencies.sort();
-    let rss_after = rss_kib();
-    let (anon_after, file_after) = (status_kib("RssAnon"), status_kib("RssFile"));
+    let rss_after = own_kib("VmRSS");
+    let (anon_after, file_after) = (own_kib("RssAnon"), own_kib("RssFile"));
     stop.store(true, Ordering::Relaxed);
     let failures = caller.join().unwrap();
     let total = calls.load(Ordering::Relaxed);
@@ -471,7 +469,7 @@ fn touching_or_recopying_the_same_bytes_does_not_reload() {
     let host = start_host(dir.path());
     let events = host.subscribe();
     let file = dir.join("demo.so");
-    let generation = host.registry().loaded_from(&file).unwrap().generation();
+    let generation = host.registry().loaded_from(&file).unwrap().generation;
 
     std::fs::File::options()
         .write(true)
@@ -483,7 +481,7 @@ fn touching_or_recopying_the_same_bytes_does_not_reload() {
     // The next event must be the real change below, not a reload of the same bytes.
     install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
     assert_eq!(expect_loaded(&events, &file), "0.2.0");
-    let now = host.registry().loaded_from(&file).unwrap().generation();
+    let now = host.registry().loaded_from(&file).unwrap().generation;
     assert!(now > generation);
     assert_eq!(host.reload().unchanged, 1);
 }
@@ -582,4 +580,9 @@ fn the_shadow_dir_may_be_the_plugins_dir() {
     // Copies in the private subdirectory are not plugin files: no further loads.
     assert_eq!(host.reload().loaded.len(), 0);
     assert_eq!(host.registry().plugins().len(), 1);
+}
+
+/// A line of this process's `/proc/self/status`, in KiB.
+fn own_kib(field: &str) -> u64 {
+    status_kib(std::process::id(), field).unwrap_or(0)
 }

@@ -1,8 +1,6 @@
 //! The server's guarantees under pressure, with an embedded server whose
 //! limits the tests set: drain ordering, slow tasks, connection reuse.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +13,7 @@ use taskit_plugin_api::wire::native::{self, ErrorStatus, Response};
 use taskit_plugin_api::CodecKind;
 
 fn sleeper_registry() -> Arc<Registry> {
-    let registry = Arc::new(Registry::new(Default::default()));
+    let registry = Arc::new(Registry::new());
     registry
         .register("sleep", |ms: u64| {
             std::thread::sleep(Duration::from_millis(ms));
@@ -38,9 +36,7 @@ async fn start(config: ServerConfig) -> (Server, SocketAddr) {
         binds: vec!["127.0.0.1:0".parse().unwrap()],
         ..config
     };
-    let server = Server::start(config, sleeper_registry(), None)
-        .await
-        .unwrap();
+    let server = Server::start(config, sleeper_registry()).await.unwrap();
     let addr = server.local_addrs()[0];
     (server, addr)
 }

@@ -1,14 +1,12 @@
 //! The service files: the systemd unit, readiness notification, and the
 //! init.d script driving real hosts.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use taskit_harness::*;
 
 fn daemonizing(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

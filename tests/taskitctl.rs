@@ -1,11 +1,9 @@
 //! `taskitctl` against real hosts.
 
-mod support;
-
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::*;
+use taskit_harness::*;
 
 fn taskitctl(args: &[&str]) -> (i32, String, String) {
     let Output {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use taskit_plugin_api::frontend::{
     BackendAddr, CallOptions, FrontEnd, FrontendConfig, FrontendError,
 };
-use taskit_plugin_api::wire::{self, PluginSummary, ReloadReport};
+use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file, Reply, Signal};
 
 /// Controls TaskIt hosts: status, stop, kill, tasks and reload over a list
 /// or range of ports, or calls one task.
@@ -35,8 +35,8 @@ struct Cli {
     command: Command,
 
     /// Speak the TaskIt 4.0 protocol (for original Python backends).
-    #[arg(long, global = true)]
-    compat: bool,
+    #[arg(long, global = true, visible_alias = "compat")]
+    taskit4: bool,
 
     /// File holding the admin token, for hosts started with one.
     #[arg(long, global = true, value_name = "FILE")]
@@ -47,8 +47,8 @@ struct Cli {
     json: bool,
 
     /// Seconds to wait for each answer.
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
-    timeout: f64,
+    #[arg(long, global = true, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,39 +105,21 @@ fn main() -> ExitCode {
 }
 
 fn config(cli: &Cli) -> Result<FrontendConfig, Fail> {
-    let admin_token = match &cli.token_file {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Fail(
-                    EXIT_USAGE,
-                    format!("cannot read the token file {}: {e}", path.display()),
-                )
-            })?;
-            Some(text.trim_end_matches(['\n', '\r']).to_owned())
-        }
-    };
-    let timeout = Duration::try_from_secs_f64(cli.timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            Fail(
-                EXIT_USAGE,
-                format!(
-                    "--timeout must be a positive number of seconds, not {}",
-                    cli.timeout
-                ),
-            )
-        })?;
+    let admin_token = cli
+        .token_file
+        .as_deref()
+        .map(|path| read_token_file(path, false))
+        .transpose()
+        .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
     Ok(FrontendConfig {
         admin_token,
-        connect_timeout: timeout.min(Duration::from_secs(5)),
+        connect_timeout: cli.timeout.min(Duration::from_secs(5)),
         ..FrontendConfig::default()
     })
 }
 
 fn backend(cli: &Cli, addr: BackendAddr) -> BackendAddr {
-    if cli.compat {
+    if cli.taskit4 {
         addr.taskit4()
     } else {
         addr
@@ -146,7 +128,7 @@ fn backend(cli: &Cli, addr: BackendAddr) -> BackendAddr {
 
 async fn run(cli: Cli) -> Result<u8, Fail> {
     let config = config(&cli)?;
-    let timeout = Duration::from_secs_f64(cli.timeout);
+    let timeout = cli.timeout;
     let (signal, host, spec) = match &cli.command {
         Command::Call {
             target,
@@ -154,11 +136,11 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             args,
             kwargs,
         } => return call(&cli, config, timeout, target, task, args, kwargs).await,
-        Command::Status { host, ports } => (wire::STATUS, host, ports),
-        Command::Stop { host, ports } => (wire::STOP, host, ports),
-        Command::Kill { host, ports } => (wire::KILL, host, ports),
-        Command::Tasks { host, ports } => (wire::TASKS, host, ports),
-        Command::Reload { host, ports } => (wire::RELOAD, host, ports),
+        Command::Status { host, ports } => (Signal::Status, host, ports),
+        Command::Stop { host, ports } => (Signal::Stop, host, ports),
+        Command::Kill { host, ports } => (Signal::Kill, host, ports),
+        Command::Tasks { host, ports } => (Signal::Tasks, host, ports),
+        Command::Reload { host, ports } => (Signal::Reload, host, ports),
     };
     let ports = ports::expand(spec).map_err(|e| Fail(EXIT_USAGE, format!("bad PORTS: {e}")))?;
     let addrs: Vec<BackendAddr> = ports
@@ -175,7 +157,7 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             .map(|addr| {
                 let (frontend, addr) = (frontend.clone(), addr.clone());
                 tokio::spawn(async move {
-                    tokio::time::timeout(timeout, one_signal(&frontend, &addr, signal))
+                    tokio::time::timeout(timeout, frontend.send_signal(addr, signal))
                         .await
                         .unwrap_or(Err(FrontendError::Timeout(timeout)))
                 })
@@ -207,33 +189,6 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
     Ok(worst)
 }
 
-/// What a signal answered, decoded for its kind.
-enum Answer {
-    Status(String),
-    Done,
-    Tasks(Vec<PluginSummary>),
-    Reload(ReloadReport),
-}
-
-async fn one_signal(
-    fe: &FrontEnd,
-    addr: &BackendAddr,
-    signal: &str,
-) -> Result<Answer, FrontendError> {
-    match signal {
-        wire::STATUS => fe
-            .send_signal::<String>(addr.clone(), signal)
-            .await
-            .map(Answer::Status),
-        wire::TASKS => fe.tasks(addr.clone()).await.map(Answer::Tasks),
-        wire::RELOAD => fe.reload(addr.clone()).await.map(Answer::Reload),
-        _ => fe
-            .send_signal::<Option<()>>(addr.clone(), signal)
-            .await
-            .map(|_| Answer::Done),
-    }
-}
-
 fn unreachable(err: &FrontendError) -> bool {
     matches!(
         err,
@@ -244,18 +199,18 @@ fn unreachable(err: &FrontendError) -> bool {
 }
 
 /// Exit code, text line, and JSON fields for one port's outcome.
-fn describe(signal: &str, outcome: Result<Answer, FrontendError>) -> (u8, String, Value) {
+fn describe(signal: Signal, outcome: Result<Reply, FrontendError>) -> (u8, String, Value) {
     match outcome {
-        Ok(Answer::Status(n)) => (
+        Ok(Reply::Status(n)) => (
             0,
             format!("up, {n} jobs running"),
             json!({"state": "up", "running": n.parse::<u64>().ok()}),
         ),
-        Ok(Answer::Done) if signal == wire::KILL => {
+        Ok(Reply::Done) if signal == Signal::Kill => {
             (0, "terminated".into(), json!({"state": "terminated"}))
         }
-        Ok(Answer::Done) => (0, "stopped".into(), json!({"state": "stopped"})),
-        Ok(Answer::Tasks(plugins)) => {
+        Ok(Reply::Done) => (0, "stopped".into(), json!({"state": "stopped"})),
+        Ok(Reply::Tasks(plugins)) => {
             let text = plugins
                 .iter()
                 .map(|p| format!("{} {} [{}]", p.name, p.version, p.tasks.join(", ")))
@@ -268,7 +223,7 @@ fn describe(signal: &str, outcome: Result<Answer, FrontendError>) -> (u8, String
             };
             (0, text, json!({"state": "up", "plugins": plugins}))
         }
-        Ok(Answer::Reload(r)) => (
+        Ok(Reply::Reload(r)) => (
             0,
             format!(
                 "reloaded: {} loaded, {} refused, {} removed, {} unchanged",

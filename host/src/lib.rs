@@ -1,21 +1,52 @@
 //! The TaskIt host: loads task plugins (`.so` files exporting
 //! `taskit_plugin_api::export_plugin!`), keeps them in step with a watched
-//! directory, and routes calls by task id.
+//! directory, and serves their tasks by id over TCP, in both protocols.
 //!
-//! - [`loader`]: one plugin version, from file to checked root module.
-//! - [`registry`]: task id → version, swapped atomically on reload.
-//! - [`watcher`]: the directory, watched; [`PluginHost`] ties it together.
-//! - [`services`]: what plugins can ask of the host across the ABI.
+//! # Layout
+//!
+//! A call travels down this table: the server reads it off the wire as a
+//! [`TaskCall`], the registry resolves its id to a [`Route`], the route runs
+//! it on a plugin version (or an in-process function) and counts it running.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `server` | [`Server`]: listeners, both protocols, limits, the drain; dispatching calls and admin signals |
+//! | `call` | [`TaskCall`]: one call, the same from the wire to the task |
+//! | `registry` | [`Registry`]: task id → [`Route`], swapped atomically on reload; conflict ranking |
+//! | `plugin_host` | [`PluginHost`]: a registry kept in step with a plugins directory |
+//! | `watcher` | the thread applying changes: debouncing file events, the load policy |
+//! | `loader` | one plugin version: shadow copy, ELF check, `dlopen`, ABI checks, `init` |
+//! | `services` | what plugins may ask of the host across the ABI: the running count, logging |
+//!
+//! Embedding: serve your own functions with [`Registry::register`] and
+//! [`Server::start`], with or without a [`PluginHost`] (see
+//! `examples/worker.rs`). The `taskit-host` binary is this library plus a
+//! command line (the `cli` feature, on by default; embedders may turn it
+//! off to leave out its dependencies).
 
-mod elf;
-pub mod loader;
-pub mod registry;
-pub mod services;
-pub mod watcher;
+#![warn(missing_docs)]
 
-pub use loader::{LoadError, PluginVersion};
-pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Resolved};
-pub use watcher::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
-pub mod server;
+mod call;
+mod loader;
+mod plugin_host;
+mod registry;
+mod server;
+mod services;
+mod watcher;
 
-pub use server::{Exit, Server, ServerConfig, ServerHandle};
+pub use call::TaskCall;
+pub use loader::LoadError;
+pub use plugin_host::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
+pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDED};
+pub use server::{Exit, Served, Server, ServerConfig, ServerHandle};
+pub use services::PLUGIN_LOG_TARGET;
+pub use watcher::is_plugin_file;
+
+/// Ends the process now with `code`, without waiting for running tasks
+/// (what `<kill>` asks for), after removing the shadow directories of this
+/// process's plugin hosts, which an exit skipping destructors would leave
+/// behind.
+pub fn exit_now(code: i32) -> ! {
+    loader::remove_shadow_dirs();
+    std::process::exit(code)
+}

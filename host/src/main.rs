@@ -4,13 +4,13 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use taskit_host::{Exit, HostConfig, PluginHost, Registry, Server, ServerConfig};
+use taskit_host::{Exit, HostConfig, PluginHost, Server, ServerConfig};
+use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -46,18 +46,18 @@ struct Args {
 
     /// Seconds a client may take to send its first bytes, its hello, or a
     /// whole TaskIt 4.0 message before it is disconnected.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    read_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    read_timeout: Duration,
 
     /// Seconds a reply may wait for a client that does not read before the
     /// connection is dropped.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    write_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    write_timeout: Duration,
 
     /// Seconds a native connection with no call in flight may stay silent
     /// before it is closed (clients reconnect by themselves).
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-    idle_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    idle_timeout: Duration,
 
     /// Bytes of requests held at once across all connections; beyond that
     /// the host stops reading until calls finish (at least --max-message).
@@ -96,57 +96,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Reads the admin token, refusing a file other users can read.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
-        bail!(
-            "the admin token file {} is readable by every user; run `chmod o-r {}` first",
-            path.display(),
-            path.display()
-        );
-    }
-    let token =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let token = token.trim_end_matches(['\n', '\r']).to_owned();
-    if token.is_empty() {
-        bail!("the admin token file {} is empty", path.display());
-    }
-    Ok(token)
-}
-
-fn seconds(value: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let admin_token = args
         .admin_token_file
         .as_deref()
-        .map(read_token)
+        .map(|path| read_token_file(path, true))
         .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(args.max_tasks.max(1) + 16)
         .build()
         .context("cannot start the async runtime")?;
-    let (exit, shadow_dir) = runtime.block_on(run(args, admin_token))?;
+    let exit = runtime.block_on(run(args, admin_token))?;
     if exit == Exit::Killed {
         // Do not wait for tasks still running: that is what <kill> is for.
-        // Exiting skips destructors, so remove the plugin copies here.
-        let _ = std::fs::remove_dir_all(shadow_dir);
-        std::process::exit(0);
+        taskit_host::exit_now(0);
     }
     Ok(())
 }
 
-async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<(Exit, PathBuf)> {
+async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     // Handlers first: a signal that arrives while plugins load, or right
     // after readiness is announced, must not kill the process.
     let mut hangup = signal(SignalKind::hangup())?;
@@ -159,8 +130,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<(Exit, P
     let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
         .await?
         .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
-    let registry: Arc<Registry> = Arc::clone(plugins.registry());
-    let shadow_dir = plugins.shadow_dir().to_owned();
+    let registry = std::sync::Arc::clone(plugins.registry());
 
     if admin_token.is_none() && args.binds.iter().any(|a| !a.ip().is_loopback()) {
         tracing::warn!("listening beyond loopback without --admin-token-file: anyone who can connect can stop this host");
@@ -170,13 +140,13 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<(Exit, P
         max_message: args.max_message,
         max_tasks: args.max_tasks,
         admin_token,
-        read_timeout: seconds(args.read_timeout, "--read-timeout")?,
-        write_timeout: seconds(args.write_timeout, "--write-timeout")?,
-        idle_timeout: seconds(args.idle_timeout, "--idle-timeout")?,
+        read_timeout: args.read_timeout,
+        write_timeout: args.write_timeout,
+        idle_timeout: args.idle_timeout,
         max_buffered: args.max_buffered,
         ..ServerConfig::default()
     };
-    let mut server = Server::start(config, Arc::clone(&registry), Some(plugins)).await?;
+    let mut server = Server::start(config, plugins).await?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(
         listening = %addrs.join(", "),
@@ -197,7 +167,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<(Exit, P
         tokio::select! {
             exit = server.wait() => {
                 tracing::info!(?exit, "taskit-host exiting");
-                return Ok((exit, shadow_dir));
+                return Ok(exit);
             }
             _ = hangup.recv() => {
                 // In a task of its own: a slow rescan must not hold up SIGTERM.

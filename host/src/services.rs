@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use abi_stable::prefix_type::WithMetadata;
 use abi_stable::std_types::RStr;
-use taskit_plugin_api::abi::{HostServices, HostVTable, HostVTableRef, LogLevel};
+use taskit_plugin_api::host_side::abi::{HostServices, HostVTable, HostVTableRef, LogLevel};
 use tracing::Level;
 
 /// Counters shared by everything one host runs.
 #[derive(Debug, Default)]
-pub struct HostState {
+pub(crate) struct HostState {
     running: AtomicU64,
 }
 
@@ -31,7 +31,7 @@ impl HostState {
 
 /// One running task, counted until dropped.
 #[derive(Debug)]
-pub struct RunningGuard(Arc<HostState>);
+pub(crate) struct RunningGuard(Arc<HostState>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {

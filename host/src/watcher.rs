@@ -1,288 +1,49 @@
-//! The plugins directory, watched: one thread owns every load and unload,
-//! fed by `notify` events and by forced reloads, so changes are applied one
-//! at a time and in order.
+//! The thread that owns every load and unload of a [`PluginHost`], fed by
+//! `notify` events and by forced reloads, so changes are applied one at a
+//! time and in order.
 //!
-//! A file is loaded once it has stopped changing. Each event about a file
-//! (re)arms a timer for it: short after events that mark the end of a write
-//! (close after writing, rename into place), longer after anything else (a
-//! write in progress, a removal). When the timer fires the file's metadata is
-//! compared with what it was at the last event; if it moved, the file is
-//! still being written and the timer is armed again.
+//! A file is loaded once it has stopped changing ([`Debouncer`]). Each event
+//! about a file (re)arms a timer for it: short after events that mark the
+//! end of a write (close after writing, rename into place), longer after
+//! anything else (a write in progress, a removal). When the timer fires the
+//! file's metadata is compared with what it was at the last event; if it
+//! moved, the file is still being written and the timer is armed again.
+//!
+//! [`PluginHost`]: crate::PluginHost
 
 use std::collections::HashMap;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use notify::EventKind;
 
-use crate::loader::{Fingerprint, LoadError, Loaded, Loader, DEFAULT_MAX_PLUGIN_BYTES};
-use crate::registry::{Conflict, Registry};
-use crate::services::HostState;
+use crate::loader::{Fingerprint, Loaded, Loader};
+use crate::plugin_host::{HostConfig, PluginEvent, ReloadSummary};
+use crate::registry::{Plugin, Registry};
 
-/// How the plugin host is set up.
-#[derive(Debug, Clone)]
-pub struct HostConfig {
-    /// The directory watched for plugin files (`*.so`, not hidden).
-    pub plugins_dir: PathBuf,
-    /// Where the private directory of shadow copies is made (default: the
-    /// system temporary directory).
-    pub shadow_dir: Option<PathBuf>,
-    /// Wait after an event that ends a write (close after writing, rename).
-    pub settle: Duration,
-    /// Wait after any other change (a write in progress, a removal).
-    pub quiet: Duration,
-    /// Watch the directory for changes. Without it, plugins are loaded at
-    /// start and on forced reloads only (for file systems where inotify
-    /// sees nothing, such as NFS).
-    pub watch: bool,
-    /// Plugin files larger than this are refused.
-    pub max_plugin_bytes: u64,
-}
-
-impl HostConfig {
-    /// Defaults for watching `plugins_dir`.
-    pub fn new(plugins_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            plugins_dir: plugins_dir.into(),
-            shadow_dir: None,
-            settle: Duration::from_millis(25),
-            quiet: Duration::from_millis(250),
-            watch: true,
-            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
-        }
-    }
-}
-
-/// Something that happened to a plugin file.
-#[derive(Debug, Clone)]
-pub enum PluginEvent {
-    /// A version was loaded and now serves its tasks.
-    Loaded {
-        file: PathBuf,
-        name: String,
-        version: String,
-        generation: u64,
-        /// The version it replaced, if the file was loaded before.
-        replaced: Option<String>,
-        /// Ids of this plugin served by another one, or the reverse.
-        conflicts: Vec<Conflict>,
-    },
-    /// A file was refused; the version loaded before (if any) keeps serving.
-    Refused { file: PathBuf, error: LoadError },
-    /// A file went away and its tasks were unregistered.
-    Removed {
-        file: PathBuf,
-        name: String,
-        version: String,
-    },
-}
-
-/// What a forced reload did.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadSummary {
-    pub loaded: Vec<PathBuf>,
-    pub refused: Vec<PathBuf>,
-    pub removed: Vec<PathBuf>,
-    pub unchanged: usize,
-}
-
-/// Why the plugin host could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("plugins directory {0} does not exist or is not a directory")]
-    NoPluginsDir(PathBuf),
-    #[error("cannot create the shadow directory: {0}")]
-    ShadowDir(io::Error),
-    #[error("cannot watch {dir}: {source}")]
-    Watch { dir: PathBuf, source: notify::Error },
-}
-
-enum Msg {
+/// What the thread is told.
+pub(crate) enum Msg {
+    /// A file-system event.
     Fs(notify::Result<notify::Event>),
+    /// Rescan now, and answer with what it did.
     Reload(SyncSender<ReloadSummary>),
+    /// End the thread.
     Shutdown,
 }
 
-/// File-system events waiting for the worker; beyond this many, events are
+/// File-system events waiting for the thread; beyond this many, events are
 /// dropped and the directory is rescanned instead.
-const EVENT_QUEUE: usize = 4096;
+pub(crate) const EVENT_QUEUE: usize = 4096;
 
 /// Events kept for a subscriber that is not reading; later ones are dropped
 /// for it.
-const SUBSCRIBER_QUEUE: usize = 1024;
+pub(crate) const SUBSCRIBER_QUEUE: usize = 1024;
 
-type Subscribers = Arc<Mutex<Vec<SyncSender<PluginEvent>>>>;
-
-/// A registry kept in step with a plugins directory.
-pub struct PluginHost {
-    registry: Arc<Registry>,
-    shadow_dir: PathBuf,
-    control: SyncSender<Msg>,
-    subscribers: Subscribers,
-    thread: Option<JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl PluginHost {
-    /// Loads every plugin in the directory into a new registry, then
-    /// watches it.
-    pub fn start(config: HostConfig) -> Result<Self, StartError> {
-        Self::start_with(
-            config,
-            Arc::new(Registry::new(Arc::new(HostState::default()))),
-        )
-    }
-
-    /// As [`start`](Self::start), into `registry` (which may already serve
-    /// in-process tasks).
-    pub fn start_with(mut config: HostConfig, registry: Arc<Registry>) -> Result<Self, StartError> {
-        // notify reports absolute paths: compare events with the canonical
-        // directory, whatever form it was given in.
-        config.plugins_dir = match std::fs::canonicalize(&config.plugins_dir) {
-            Ok(dir) if dir.is_dir() => dir,
-            _ => return Err(StartError::NoPluginsDir(config.plugins_dir)),
-        };
-        let state = Arc::clone(registry.state());
-        let mut loader =
-            Loader::new(config.shadow_dir.clone(), state).map_err(StartError::ShadowDir)?;
-        loader.set_max_bytes(config.max_plugin_bytes);
-        let shadow_dir = loader.shadow_dir().to_owned();
-        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
-        let overflowed = Arc::new(AtomicBool::new(false));
-
-        // Watch before the first scan, so nothing written in between is missed.
-        let watcher = if config.watch {
-            Some(watch(
-                &config.plugins_dir,
-                tx.clone(),
-                Arc::clone(&overflowed),
-            )?)
-        } else {
-            None
-        };
-
-        let subscribers = Subscribers::default();
-        let mut worker = Worker {
-            config,
-            loader,
-            registry: Arc::clone(&registry),
-            subscribers: Arc::clone(&subscribers),
-            pending: HashMap::new(),
-            attempts: HashMap::new(),
-            overflowed,
-            rx,
-        };
-        worker.rescan();
-        let thread = std::thread::Builder::new()
-            .name("taskit-plugins".into())
-            .spawn(move || worker.run())
-            .map_err(StartError::ShadowDir)?;
-        Ok(Self {
-            registry,
-            shadow_dir,
-            control: tx,
-            subscribers,
-            thread: Some(thread),
-            _watcher: watcher,
-        })
-    }
-
-    /// The registry the directory feeds.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    /// This run's private directory of plugin copies (removed on drop).
-    pub fn shadow_dir(&self) -> &Path {
-        &self.shadow_dir
-    }
-
-    /// Rescans the directory now (SIGHUP, `<reload>`): loads new and changed
-    /// files, retries refused ones, unregisters removed ones. Returns when done.
-    pub fn reload(&self) -> ReloadSummary {
-        let (tx, rx) = mpsc::sync_channel(1);
-        if self.control.send(Msg::Reload(tx)).is_err() {
-            return ReloadSummary::default();
-        }
-        rx.recv().unwrap_or_default()
-    }
-
-    /// A stream of what happens to plugin files from now on. A subscriber
-    /// that falls more than 1024 events behind misses the later ones.
-    pub fn subscribe(&self) -> Receiver<PluginEvent> {
-        let (tx, rx) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(tx);
-        rx
-    }
-}
-
-fn watch(
-    dir: &Path,
-    tx: SyncSender<Msg>,
-    overflowed: Arc<AtomicBool>,
-) -> Result<notify::RecommendedWatcher, StartError> {
-    let failed = |source| StartError::Watch {
-        dir: dir.to_owned(),
-        source,
-    };
-    let mut watcher = notify::recommended_watcher(move |event| {
-        if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Fs(event)) {
-            overflowed.store(true, Ordering::Release);
-        }
-    })
-    .map_err(failed)?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(failed)?;
-    Ok(watcher)
-}
-
-impl Drop for PluginHost {
-    fn drop(&mut self) {
-        let _ = self.control.send(Msg::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A file waiting to settle.
-struct Pending {
-    due: Instant,
-    /// The last event ended a write (close, rename): nothing more is coming.
-    ends_write: bool,
-    /// Its metadata at the last event; `None` if it did not exist then.
-    seen: Option<Fingerprint>,
-}
-
-/// The last load attempt of a file: its metadata then, and whether it was
-/// refused.
-#[derive(Clone, Copy)]
-struct Attempt {
-    fingerprint: Fingerprint,
-    refused: bool,
-}
-
-struct Worker {
-    config: HostConfig,
-    loader: Loader,
-    registry: Arc<Registry>,
-    subscribers: Subscribers,
-    pending: HashMap<PathBuf, Pending>,
-    /// Per file: not tried again while its metadata stays the same.
-    attempts: HashMap<PathBuf, Attempt>,
-    overflowed: Arc<AtomicBool>,
-    rx: Receiver<Msg>,
-}
+pub(crate) type Subscribers = Arc<Mutex<Vec<SyncSender<PluginEvent>>>>;
 
 /// Plugin files are `*.so` files whose name does not start with a dot (so a
 /// writer can prepare `.demo.so.tmp` and rename it into place).
@@ -293,11 +54,165 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !name.starts_with('.') && name.ends_with(".so")
 }
 
+/// What an event says about a file's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Closed after writing, or renamed into place: nothing more is coming.
+    EndsWrite,
+    /// A write in progress, a removal, anything else.
+    Other,
+}
+
+/// A file waiting to settle.
+struct Pending<F> {
+    due: Instant,
+    change: Change,
+    /// Its metadata at the last event; `None` if it did not exist then.
+    seen: Option<F>,
+}
+
+/// Files waiting to settle. `F` is what a look at a file gives (its
+/// metadata, or anything comparable in tests).
+pub(crate) struct Debouncer<F> {
+    settle: Duration,
+    quiet: Duration,
+    pending: HashMap<PathBuf, Pending<F>>,
+}
+
+impl<F: PartialEq + Copy> Debouncer<F> {
+    /// Waits `settle` after a write ends, `quiet` after any other change.
+    pub(crate) fn new(settle: Duration, quiet: Duration) -> Self {
+        Self {
+            settle,
+            quiet,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Notes a change to `path` at `now`, when a look at it gave `seen`.
+    pub(crate) fn note(&mut self, path: PathBuf, change: Change, seen: Option<F>, now: Instant) {
+        let delay = match change {
+            Change::EndsWrite => self.settle,
+            Change::Other => self.quiet,
+        };
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        self.pending.insert(path, Pending { due, change, seen });
+    }
+
+    /// Stops waiting for `path` (a rescan looked at it already).
+    pub(crate) fn forget(&mut self, path: &Path) {
+        self.pending.remove(path);
+    }
+
+    /// When the next file is due, if any is waiting.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.due).min()
+    }
+
+    /// The files settled at `now`, in name order, with what `look` gives for
+    /// each now (`None`: gone). A file whose look differs from the last
+    /// event's is still being written: it waits one more settle time.
+    ///
+    /// Files whose writes ended within one settle time of each other come
+    /// out together, so a conflict between files installed together
+    /// resolves the same way every time.
+    pub(crate) fn take_due(
+        &mut self,
+        now: Instant,
+        mut look: impl FnMut(&Path) -> Option<F>,
+    ) -> Vec<(PathBuf, Option<F>)> {
+        if !self.pending.values().any(|p| p.due <= now) {
+            return Vec::new();
+        }
+        let batch_end = now.checked_add(self.settle).unwrap_or(now);
+        let mut due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due <= now || (p.change == Change::EndsWrite && p.due <= batch_end))
+            .map(|(path, _)| path.clone())
+            .collect();
+        due.sort();
+        let mut settled = Vec::new();
+        for path in due {
+            let now_seen = look(&path);
+            let Some(pending) = self.pending.get_mut(&path) else {
+                continue;
+            };
+            if now_seen != pending.seen {
+                pending.seen = now_seen;
+                pending.due = now.checked_add(self.settle).unwrap_or(now);
+                continue;
+            }
+            self.pending.remove(&path);
+            settled.push((path, now_seen));
+        }
+        settled
+    }
+}
+
+/// The last load attempt of a file: its metadata then, and whether it was
+/// refused.
+#[derive(Clone, Copy)]
+struct LastTry {
+    fingerprint: Fingerprint,
+    refused: bool,
+}
+
+/// What one look at a file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadOutcome {
+    /// A new version serves its tasks.
+    Loaded,
+    /// Refused; the version loaded before, if any, keeps serving.
+    Refused,
+    /// Not tried again (same metadata as the last try), or the same bytes
+    /// as the version loaded.
+    Unchanged,
+}
+
+/// The thread's state: the loader, and what it knows of each file.
+pub(crate) struct Worker {
+    config: HostConfig,
+    loader: Loader,
+    registry: Arc<Registry>,
+    subscribers: Subscribers,
+    debouncer: Debouncer<Fingerprint>,
+    /// Per file: not tried again while its metadata stays the same.
+    tries: HashMap<PathBuf, LastTry>,
+    /// Per file: the content hash of the version serving it.
+    loaded: HashMap<PathBuf, u64>,
+    overflowed: Arc<AtomicBool>,
+    rx: Receiver<Msg>,
+}
+
 impl Worker {
-    fn run(mut self) {
+    pub(crate) fn new(
+        config: HostConfig,
+        loader: Loader,
+        registry: Arc<Registry>,
+        subscribers: Subscribers,
+        overflowed: Arc<AtomicBool>,
+        rx: Receiver<Msg>,
+    ) -> Self {
+        Self {
+            debouncer: Debouncer::new(config.settle, config.quiet),
+            config,
+            loader,
+            registry,
+            subscribers,
+            tries: HashMap::new(),
+            loaded: HashMap::new(),
+            overflowed,
+            rx,
+        }
+    }
+
+    /// Applies changes until told to stop.
+    pub(crate) fn run(mut self) {
         loop {
-            let next_due = self.pending.values().map(|p| p.due).min();
-            let msg = match next_due {
+            let msg = match self.debouncer.next_due() {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(due) => self
                     .rx
@@ -334,75 +249,11 @@ impl Worker {
             tracing::warn!("too many file events at once; rescanning the plugins directory");
             self.rescan();
         }
-        self.process_due();
-    }
-
-    fn on_event(&mut self, event: notify::Event) {
-        if event.need_rescan() {
-            // The kernel's queue overflowed: events were lost.
-            self.rescan();
-            return;
-        }
-        let (delay, ends_write) = match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(_)) => (self.config.settle, true),
-            // Reads (ours included) change nothing.
-            EventKind::Access(_) => return,
-            // A removal waits as long as a write in progress: `rm` then `cp`
-            // is a common way to deploy, and should not leave the tasks
-            // unregistered in between.
-            _ => (self.config.quiet, false),
-        };
-        let now = Instant::now();
-        let due = now
-            .checked_add(delay)
-            .unwrap_or(now + Duration::from_secs(86_400));
-        for path in event.paths {
-            if !is_plugin_file(&path) || path.parent() != Some(self.config.plugins_dir.as_path()) {
-                continue;
-            }
-            let seen = Fingerprint::of(&path).ok();
-            self.pending.insert(
-                path,
-                Pending {
-                    due,
-                    ends_write,
-                    seen,
-                },
-            );
-        }
-    }
-
-    fn process_due(&mut self) {
-        let now = Instant::now();
-        if !self.pending.values().any(|p| p.due <= now) {
-            return;
-        }
-        // Files whose writes ended within one settle time of each other form
-        // one batch, applied in file-name order as at start, so a conflict
-        // between files installed together resolves the same way every time.
-        let batch_end = now.checked_add(self.config.settle).unwrap_or(now);
-        let mut due: Vec<PathBuf> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.due <= now || (p.ends_write && p.due <= batch_end))
-            .map(|(path, _)| path.clone())
-            .collect();
-        due.sort();
-        for path in due {
-            let now_seen = Fingerprint::of(&path).ok();
-            let Some(pending) = self.pending.get_mut(&path) else {
-                continue;
-            };
-            if now_seen != pending.seen {
-                // Changed since the last event without telling us: still
-                // being written. Look again a little later.
-                pending.seen = now_seen;
-                pending.due = now.checked_add(self.config.settle).unwrap_or(now);
-                continue;
-            }
-            self.pending.remove(&path);
-            match now_seen {
+        let settled = self
+            .debouncer
+            .take_due(Instant::now(), |p| Fingerprint::of(p).ok());
+        for (path, seen) in settled {
+            match seen {
                 Some(fingerprint) => {
                     self.load_if_changed(&path, fingerprint, false);
                 }
@@ -413,25 +264,49 @@ impl Worker {
         }
     }
 
+    fn on_event(&mut self, event: notify::Event) {
+        if event.need_rescan() {
+            // The kernel's queue overflowed: events were lost.
+            self.rescan();
+            return;
+        }
+        let change = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_)) => Change::EndsWrite,
+            // Reads (ours included) change nothing.
+            EventKind::Access(_) => return,
+            // A removal waits as long as a write in progress: `rm` then `cp`
+            // is a common way to deploy, and should not leave the tasks
+            // unregistered in between.
+            _ => Change::Other,
+        };
+        let now = Instant::now();
+        for path in event.paths {
+            if !is_plugin_file(&path) || path.parent() != Some(self.config.plugins_dir.as_path()) {
+                continue;
+            }
+            let seen = Fingerprint::of(&path).ok();
+            self.debouncer.note(path, change, seen, now);
+        }
+    }
+
     /// Loads `path` unless it was already tried with this exact metadata
-    /// (and, with `retry_refused`, was not refused). Returns `Some(loaded?)`
-    /// if it loaded or refused a version.
+    /// (and, with `retry_refused`, was not refused).
     fn load_if_changed(
         &mut self,
         path: &Path,
         fingerprint: Fingerprint,
         retry_refused: bool,
-    ) -> Option<bool> {
-        if let Some(last) = self.attempts.get(path) {
+    ) -> LoadOutcome {
+        if let Some(last) = self.tries.get(path) {
             if last.fingerprint == fingerprint && !(last.refused && retry_refused) {
-                return None;
+                return LoadOutcome::Unchanged;
             }
         }
-        let current = self.registry.loaded_from(path);
-        let outcome = self.loader.load(path, current.as_deref());
-        self.attempts.insert(
+        let outcome = self.loader.load(path, self.loaded.get(path).copied());
+        self.tries.insert(
             path.to_owned(),
-            Attempt {
+            LastTry {
                 fingerprint,
                 refused: outcome.is_err(),
             },
@@ -439,49 +314,17 @@ impl Worker {
         match outcome {
             Ok(Loaded::Unchanged) => {
                 tracing::debug!(file = %path.display(), "same contents as the loaded version; not reloaded");
-                None
+                LoadOutcome::Unchanged
             }
             Ok(Loaded::New(version)) => {
-                let (name, ver, generation) = (
-                    version.name().to_owned(),
-                    version.version().to_owned(),
-                    version.generation(),
-                );
-                let tasks = version.tasks().len();
-                let (old, conflicts) = self.registry.install(version);
-                let replaced = old.as_ref().map(|o| o.version().to_owned());
-                match &replaced {
-                    Some(old_version) => tracing::info!(
-                        plugin = %name, from = %old_version, to = %ver, file = %path.display(), tasks,
-                        "reloaded plugin"
-                    ),
-                    None => {
-                        tracing::info!(plugin = %name, version = %ver, file = %path.display(), tasks, "loaded plugin")
-                    }
-                }
-                for c in &conflicts {
-                    tracing::warn!(
-                        task = %c.task,
-                        served_by = %format!("{} ({})", c.winner.0, c.winner.1.display()),
-                        ignored_from = %format!("{} ({})", c.loser.0, c.loser.1.display()),
-                        "task id conflict: the plugin loaded first keeps it"
-                    );
-                }
-                drop(old);
-                self.publish(PluginEvent::Loaded {
-                    file: path.to_owned(),
-                    name,
-                    version: ver,
-                    generation,
-                    replaced,
-                    conflicts,
-                });
-                Some(true)
+                self.loaded.insert(path.to_owned(), version.content_hash());
+                self.install(path, Arc::new(version));
+                LoadOutcome::Loaded
             }
             Err(error) => {
-                match &current {
+                match self.registry.loaded_from(path) {
                     Some(v) => tracing::error!(
-                        file = %path.display(), %error, keeps_serving = %format!("{} {}", v.name(), v.version()),
+                        file = %path.display(), %error, keeps_serving = %format!("{} {}", v.name, v.version),
                         "refused plugin file; the loaded version keeps serving"
                     ),
                     None => tracing::error!(file = %path.display(), %error, "refused plugin file"),
@@ -490,13 +333,51 @@ impl Worker {
                     file: path.to_owned(),
                     error,
                 });
-                Some(false)
+                LoadOutcome::Refused
             }
         }
     }
 
+    /// Makes a new version of `path` serve, and says so.
+    fn install(&mut self, path: &Path, plugin: Arc<dyn Plugin>) {
+        let name = plugin.name().to_owned();
+        let version = plugin.version().to_owned();
+        let generation = plugin.generation();
+        let tasks = plugin.tasks().len();
+        let (old, conflicts) = self.registry.install(plugin);
+        let replaced = old.as_ref().map(|o| o.version().to_owned());
+        match &replaced {
+            Some(old_version) => tracing::info!(
+                plugin = %name, from = %old_version, to = %version, file = %path.display(), tasks,
+                "reloaded plugin"
+            ),
+            None => {
+                tracing::info!(plugin = %name, version = %version, file = %path.display(), tasks, "loaded plugin")
+            }
+        }
+        for c in &conflicts {
+            tracing::warn!(
+                task = %c.task,
+                served_by = %format!("{} ({})", c.winner.0, c.winner.1.display()),
+                ignored_from = %format!("{} ({})", c.loser.0, c.loser.1.display()),
+                "task id conflict: the plugin loaded first keeps it"
+            );
+        }
+        // Released here, outside the registry's lock, if no call holds it.
+        drop(old);
+        self.publish(PluginEvent::Loaded {
+            file: path.to_owned(),
+            name,
+            version,
+            generation,
+            replaced,
+            conflicts,
+        });
+    }
+
     fn unload(&mut self, path: &Path) -> bool {
-        self.attempts.remove(path);
+        self.tries.remove(path);
+        self.loaded.remove(path);
         let Some(old) = self.registry.remove(path) else {
             return false;
         };
@@ -511,7 +392,7 @@ impl Worker {
 
     /// Brings the registry in line with the directory, in file-name order
     /// (which makes conflicts between plugins found together deterministic).
-    fn rescan(&mut self) -> ReloadSummary {
+    pub(crate) fn rescan(&mut self) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.config.plugins_dir) {
             Ok(entries) => entries
@@ -530,14 +411,15 @@ impl Worker {
             }
         }
         for file in files {
-            self.pending.remove(&file);
-            let outcome = Fingerprint::of(&file)
-                .ok()
-                .and_then(|fp| self.load_if_changed(&file, fp, true));
+            self.debouncer.forget(&file);
+            let outcome = match Fingerprint::of(&file) {
+                Ok(fingerprint) => self.load_if_changed(&file, fingerprint, true),
+                Err(_) => LoadOutcome::Unchanged,
+            };
             match outcome {
-                Some(true) => summary.loaded.push(file),
-                Some(false) => summary.refused.push(file),
-                None => summary.unchanged += 1,
+                LoadOutcome::Loaded => summary.loaded.push(file),
+                LoadOutcome::Refused => summary.refused.push(file),
+                LoadOutcome::Unchanged => summary.unchanged += 1,
             }
         }
         summary
@@ -554,5 +436,79 @@ impl Worker {
                 Err(TrySendError::Disconnected(_))
             )
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn debouncer() -> Debouncer<u32> {
+        Debouncer::new(25 * MS, 250 * MS)
+    }
+
+    #[test]
+    fn a_finished_write_settles_after_the_short_wait_a_removal_after_the_long_one() {
+        let t0 = Instant::now();
+        let mut d = debouncer();
+        d.note("/p/a.so".into(), Change::EndsWrite, Some(1), t0);
+        d.note("/p/b.so".into(), Change::Other, None, t0);
+        assert_eq!(d.next_due(), Some(t0 + 25 * MS));
+        assert!(d.take_due(t0 + 24 * MS, |_| Some(1)).is_empty());
+        let due = d.take_due(t0 + 25 * MS, |_| Some(1));
+        assert_eq!(due, [(PathBuf::from("/p/a.so"), Some(1))]);
+        assert_eq!(d.next_due(), Some(t0 + 250 * MS));
+        let due = d.take_due(t0 + 250 * MS, |_| None);
+        assert_eq!(due, [(PathBuf::from("/p/b.so"), None)]);
+        assert_eq!(d.next_due(), None);
+    }
+
+    #[test]
+    fn a_file_that_moved_since_its_last_event_waits_again() {
+        let t0 = Instant::now();
+        let mut d = debouncer();
+        d.note("/p/a.so".into(), Change::EndsWrite, Some(1), t0);
+        // Grown without an event: still being written.
+        assert!(d.take_due(t0 + 25 * MS, |_| Some(2)).is_empty());
+        assert_eq!(d.next_due(), Some(t0 + 50 * MS));
+        assert_eq!(d.take_due(t0 + 50 * MS, |_| Some(2)).len(), 1);
+    }
+
+    #[test]
+    fn writes_ending_within_one_settle_time_come_out_together_in_name_order() {
+        let t0 = Instant::now();
+        let mut d = debouncer();
+        d.note("/p/z.so".into(), Change::EndsWrite, Some(1), t0);
+        d.note("/p/a.so".into(), Change::EndsWrite, Some(1), t0 + 20 * MS);
+        // A write in progress is not pulled into the batch early.
+        d.note("/p/m.so".into(), Change::Other, Some(1), t0 + 20 * MS);
+        let due: Vec<PathBuf> = d
+            .take_due(t0 + 25 * MS, |_| Some(1))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(due, [PathBuf::from("/p/a.so"), PathBuf::from("/p/z.so")]);
+        assert_eq!(d.next_due(), Some(t0 + 270 * MS));
+    }
+
+    #[test]
+    fn a_later_event_rearms_and_forget_drops() {
+        let t0 = Instant::now();
+        let mut d = debouncer();
+        d.note("/p/a.so".into(), Change::EndsWrite, Some(1), t0);
+        d.note("/p/a.so".into(), Change::Other, Some(1), t0 + 10 * MS);
+        assert!(d.take_due(t0 + 25 * MS, |_| Some(1)).is_empty());
+        d.forget(Path::new("/p/a.so"));
+        assert_eq!(d.next_due(), None);
+    }
+
+    #[test]
+    fn plugin_files_are_visible_so_files() {
+        assert!(is_plugin_file(Path::new("/p/demo.so")));
+        assert!(!is_plugin_file(Path::new("/p/.demo.so")));
+        assert!(!is_plugin_file(Path::new("/p/demo.so.tmp")));
+        assert!(!is_plugin_file(Path::new("/p/readme")));
     }
 }

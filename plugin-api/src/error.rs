@@ -5,10 +5,11 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::abi::RTaskError;
+use taskit_plugin_abi::RTaskError;
 
-/// The documented error types the runtime itself produces. Tasks may use any
-/// other name for their own errors.
+/// Every error type the runtime itself answers with, in one place: those a
+/// task call can get (whichever way it travels) and those of the server.
+/// Tasks may use any other name for their own errors.
 pub mod kind {
     /// The task panicked; args: `[message]`.
     pub const PANIC: &str = "Panic";
@@ -25,6 +26,18 @@ pub mod kind {
     pub const ENCODE_ERROR: &str = "EncodeError";
     /// The request named a codec the plugin does not know; args: `[codec]`.
     pub const UNSUPPORTED_CODEC: &str = "UnsupportedCodec";
+
+    /// The message or frame is not well formed (wrong envelope shape,
+    /// unknown frame kind); args: `[message]`.
+    pub const PROTOCOL_ERROR: &str = "ProtocolError";
+    /// A message or frame over the host's `--max-message`; args: `[message]`.
+    pub const MESSAGE_TOO_LARGE: &str = "MessageTooLarge";
+    /// An admin signal without the right token; args: `[signal]`.
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// The host is stopping and accepts no new calls; args: `[task]`.
+    pub const STOPPING: &str = "Stopping";
+    /// An unknown admin signal; args: `[signal]`.
+    pub const UNKNOWN_SIGNAL: &str = "UnknownSignal";
 }
 
 /// An error reply: `type` and `args`, as in TaskIt.
@@ -67,24 +80,47 @@ impl TaskError {
         (self.kind, self.args)
     }
 
+    /// The arguments as the text of a JSON array: how they cross the plugin
+    /// boundary and the native protocol.
+    pub fn args_json(&self) -> Vec<u8> {
+        args_to_json(&self.args)
+    }
+
+    /// An error whose arguments arrive as JSON text. Text that is not a JSON
+    /// array (a misbehaving plugin or peer) is kept as one string argument
+    /// rather than lost.
+    pub fn from_args_json(kind: &str, args_json: &[u8]) -> Self {
+        let args = serde_json::from_slice::<Vec<Value>>(args_json).unwrap_or_else(|_| {
+            vec![Value::String(
+                String::from_utf8_lossy(args_json).into_owned(),
+            )]
+        });
+        Self::new(kind, args)
+    }
+
     /// Converts to the FFI form.
+    #[doc(hidden)]
     pub fn into_ffi(self) -> RTaskError {
-        let args_json = serde_json::to_string(&self.args).unwrap_or_else(|_| "[]".to_owned());
+        let args_json = args_to_json(&self.args);
         RTaskError {
             kind: self.kind.into(),
-            args_json: args_json.into(),
+            args_json: String::from_utf8(args_json)
+                .unwrap_or_else(|_| "[]".to_owned())
+                .into(),
         }
     }
 
-    /// Reads the FFI form. Arguments that are not a JSON array (a misbehaving
-    /// plugin) are kept as one string argument rather than lost.
+    /// Reads the FFI form.
+    #[doc(hidden)]
     pub fn from_ffi(err: &RTaskError) -> Self {
-        let args = match serde_json::from_str::<Vec<Value>>(err.args_json.as_str()) {
-            Ok(args) => args,
-            Err(_) => vec![Value::String(err.args_json.to_string())],
-        };
-        Self::new(err.kind.as_str(), args)
+        Self::from_args_json(err.kind.as_str(), err.args_json.as_bytes())
     }
+}
+
+/// `args` as the text of a JSON array (`[]` should they not encode, which
+/// plain JSON values always do).
+pub(crate) fn args_to_json(args: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(args).unwrap_or_else(|_| b"[]".to_vec())
 }
 
 impl fmt::Display for TaskError {
@@ -103,7 +139,7 @@ impl fmt::Display for TaskError {
 
 /// The text of a panic payload (`panic!` with a message gives a `&str` or a
 /// `String`).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -115,6 +151,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Turns a task's error value into a [`TaskError`].
 pub trait IntoTaskError {
+    /// The error reply this value stands for.
     fn into_task_error(self) -> TaskError;
 }
 

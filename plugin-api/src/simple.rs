@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub use crate::callback::OnError;
+pub use crate::on_error::OnError;
 
 /// Why a local task gave no result.
 #[derive(Debug, Clone, PartialEq, Eq)]

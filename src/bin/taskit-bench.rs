@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde_json::{json, Value};
-use taskit::harness::{memory, retired_plugin_mappings, Memory, SelfHost};
 use taskit::plot::{Chart, Series};
+use taskit_harness::memory::{memory, retired_plugin_mappings, Memory};
+use taskit_harness::process::{built_library, SelfHost};
 use taskit_plugin_api::frontend::{BackendAddr, FrontEnd};
 use taskit_plugin_api::wire::native;
 use taskit_plugin_api::CodecKind;
@@ -294,8 +295,8 @@ fn reload_figures(
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let versions = [
-        (taskit::harness::built_library("taskit_demo_next")?, "0.2.0"),
-        (taskit::harness::built_library("taskit_demo")?, "0.1.0"),
+        (built_library("taskit_demo_next")?, "0.2.0"),
+        (built_library("taskit_demo")?, "0.1.0"),
     ];
     let before = memory(host.pid()).context("host memory")?;
     let stop = Arc::new(AtomicBool::new(false));

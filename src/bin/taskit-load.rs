@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use serde_json::Value;
-use taskit::harness::{built_library, rss_kib, SelfHost};
+use taskit_harness::memory::rss_kib;
+use taskit_harness::process::{built_library, SelfHost};
 use taskit_plugin_api::frontend::{BackendAddr, CallOptions, FrontEnd, FrontendError};
 use taskit_plugin_api::CodecKind;
 

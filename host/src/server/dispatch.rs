@@ -1,17 +1,18 @@
-//! Running one call: a task on the blocking pool, or an admin signal.
+//! Running one call: a task inline or on the blocking pool, or an admin
+//! signal. Both protocols come through here with a [`Job`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use taskit_plugin_api::error::kind as task_kind;
-use taskit_plugin_api::wire::{self, kind, PluginSummary, ReloadReport};
-use taskit_plugin_api::{CodecKind, TaskError};
+use taskit_plugin_api::error::kind;
+use taskit_plugin_api::wire::admin::{is_reserved, Reply, Signal};
+use taskit_plugin_api::TaskError;
 
 use super::Shared;
-use crate::registry::{Resolved, EMBEDDED};
+use crate::call::TaskCall;
+use crate::registry::Route;
 use crate::ReloadSummary;
 
 /// What the connection must do once a reply is written.
@@ -22,37 +23,45 @@ pub(crate) enum After {
     Kill,
 }
 
-/// A call as read off the wire, owned so it can move to a blocking thread.
-pub(crate) struct Call {
-    pub task: String,
-    pub codec: CodecKind,
-    pub args: Vec<u8>,
-    pub kwargs: Vec<u8>,
-    pub cancelled: Arc<AtomicBool>,
-    /// What serves the task, fixed when the call was read (`None` for an
-    /// admin signal).
-    route: Option<Result<Resolved, TaskError>>,
+/// A call and where it goes, decided the moment it was read: a task call
+/// runs on the plugin version live when it arrived, whatever it waits for.
+pub(crate) struct Job {
+    call: TaskCall,
+    target: Target,
 }
 
-impl Call {
-    /// A call read just now: its task is resolved at once, so it runs on
-    /// the plugin version live when it arrived, whatever it waits for.
-    pub(crate) fn new(
-        shared: &Shared,
-        task: String,
-        codec: CodecKind,
-        args: Vec<u8>,
-        kwargs: Vec<u8>,
-    ) -> Self {
-        let route = (!wire::is_signal(&task)).then(|| shared.registry.resolve(&task));
-        Self {
-            task,
-            codec,
-            args,
-            kwargs,
-            cancelled: Arc::new(AtomicBool::new(false)),
-            route,
-        }
+enum Target {
+    Task(Route),
+    /// A reserved id: a signal, or `None` for an unknown one (refused only
+    /// after the token check, so it tells nothing to a caller without one).
+    Signal(Option<Signal>),
+    /// An unknown task: answered with this error.
+    Refused(TaskError),
+}
+
+impl Job {
+    /// Resolves `call` now.
+    pub(crate) fn new(shared: &Shared, call: TaskCall) -> Self {
+        let task = call.task();
+        let target = if is_reserved(task) {
+            Target::Signal(Signal::parse(task))
+        } else {
+            match shared.registry().resolve(task) {
+                Ok(route) => Target::Task(route),
+                Err(unknown) => Target::Refused(unknown),
+            }
+        };
+        Self { call, target }
+    }
+
+    /// The call.
+    pub(crate) fn call(&self) -> &TaskCall {
+        &self.call
+    }
+
+    /// Whether it is `<status>`, the one call a stopping host still answers.
+    pub(crate) fn is_status(&self) -> bool {
+        matches!(self.target, Target::Signal(Some(Signal::Status)))
     }
 }
 
@@ -60,13 +69,10 @@ impl Call {
 /// decays slowly downward (1/8 of each faster call) and jumps at once to any
 /// slower call.
 ///
-/// Calls to a task that has been quick run on the connection's own thread:
-/// a hand-off to the blocking pool and back costs two thread wake-ups, far
-/// more than an `add`. It runs inside `block_in_place`, which first hands
-/// that thread's other work to another thread, so even a misjudged slow call
-/// holds up nothing but its own connection. Anything unknown or slower runs
-/// on the blocking pool. Only successful calls count: a task failing fast on bad
-/// arguments says nothing about how long it takes to work.
+/// Calls to a task that has been quick run on the connection's own thread
+/// (see [`try_inline`]); anything unknown or slower runs on the blocking
+/// pool. Only successful calls count: a task failing fast on bad arguments
+/// says nothing about how long it takes to work.
 #[derive(Default)]
 pub(crate) struct Timings {
     by_task: RwLock<HashMap<String, Arc<AtomicU64>>>,
@@ -107,10 +113,16 @@ impl Timings {
     }
 }
 
-/// Runs a call on the calling thread if its task has been quick and a task
-/// slot is free at once; `None` means "run it with [`execute`]".
-pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>, TaskError>> {
-    let Some(Ok(resolved)) = &call.route else {
+/// Runs a task call on the calling thread if its task has been quick and a
+/// task slot is free at once; `None` means "run it with [`execute`]".
+///
+/// A hand-off to the blocking pool and back costs two thread wake-ups, far
+/// more than an `add`. The call runs inside `block_in_place`, which first
+/// hands this thread's other work (its queue, and the I/O driver's turn) to
+/// another thread: should the call turn out slow, it holds up nothing but
+/// its own connection (tokio-rs/tokio#4730; docs/speed.md has the figures).
+pub(crate) fn try_inline(shared: &Shared, job: &Job) -> Option<Result<Vec<u8>, TaskError>> {
+    let Target::Task(route) = &job.target else {
         return None;
     };
     // `block_in_place` needs the multi-thread runtime.
@@ -118,74 +130,54 @@ pub(crate) fn try_inline(shared: &Shared, call: &Call) -> Option<Result<Vec<u8>,
     if flavor != tokio::runtime::RuntimeFlavor::MultiThread {
         return None;
     }
-    let avg = shared.timings.get(&call.task)?;
+    let avg = shared.timings.get(job.call.task())?;
     if avg.load(Ordering::Relaxed) >= INLINE_BELOW_NS {
         return None;
     }
     let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
-    // `block_in_place` first hands this thread's other work (its queue, and
-    // the I/O driver's turn) to another thread: should the call turn out
-    // slow, it holds up nothing but its own connection. Running it straight
-    // on the async thread is faster (11 µs instead of 15-28 µs per waited
-    // call here) but one slow call then stalls every connection, as no
-    // thread may be left polling for I/O (tokio-rs/tokio#4730).
     Some(tokio::task::block_in_place(|| {
-        timed_call(shared, resolved, call)
+        timed_run(shared, route, &job.call)
     }))
 }
 
-fn timed_call(shared: &Shared, resolved: &Resolved, call: &Call) -> Result<Vec<u8>, TaskError> {
+fn timed_run(shared: &Shared, route: &Route, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
     let started = Instant::now();
-    let result = resolved.call(
-        &shared.registry,
-        call.codec,
-        &call.args,
-        &call.kwargs,
-        &call.cancelled,
-    );
+    let result = route.run(call);
     if result.is_ok() {
-        shared.timings.record(&call.task, started.elapsed());
+        shared.timings.record(call.task(), started.elapsed());
     }
     result
 }
 
-/// Runs `call` on the blocking pool (or, for a signal, here) and returns
+/// Runs `job` on the blocking pool (or, for a signal, here) and returns
 /// its reply.
-pub(crate) async fn execute(
-    shared: &Arc<Shared>,
-    mut call: Call,
-) -> (Result<Vec<u8>, TaskError>, After) {
-    let resolved = match call.route.take() {
-        None => return signal(shared, &call).await,
-        Some(Err(unknown)) => return (Err(unknown), After::Nothing),
-        Some(Ok(resolved)) => resolved,
+pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, TaskError>, After) {
+    let Job { call, target } = job;
+    let route = match target {
+        Target::Signal(signal) => return signal_reply(shared, signal, &call).await,
+        Target::Refused(err) => return (Err(err), After::Nothing),
+        Target::Task(route) => route,
     };
     let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
         return (
-            Err(TaskError::msg(kind::STOPPING, &call.task)),
+            Err(TaskError::msg(kind::STOPPING, call.task())),
             After::Nothing,
         );
     };
     let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        timed_call(&shared, &resolved, &call)
+        timed_run(&shared, &route, &call)
     });
     let result = match task.await {
         Ok(result) => result,
-        // The registry catches task panics; this is the pool itself failing.
+        // `run_task` catches task panics; this is the pool itself failing.
         Err(err) => Err(TaskError::msg(
-            task_kind::PANIC,
+            kind::PANIC,
             format!("task thread failed: {err}"),
         )),
     };
     (result, After::Nothing)
-}
-
-fn encode<T: Serialize + ?Sized>(codec: CodecKind, value: &T) -> Result<Vec<u8>, TaskError> {
-    codec
-        .encode(value)
-        .map_err(|e| TaskError::msg(task_kind::ENCODE_ERROR, e))
 }
 
 /// Compares without an early exit, so the time taken does not tell how much
@@ -202,73 +194,58 @@ fn token_matches(expected: &str, kwargs: &[u8]) -> bool {
     matches!(map.get("token"), Some(serde_json::Value::String(t)) if same_secret(t.as_bytes(), expected.as_bytes()))
 }
 
-async fn signal(shared: &Arc<Shared>, call: &Call) -> (Result<Vec<u8>, TaskError>, After) {
+async fn signal_reply(
+    shared: &Arc<Shared>,
+    signal: Option<Signal>,
+    call: &TaskCall,
+) -> (Result<Vec<u8>, TaskError>, After) {
     if let Some(token) = &shared.config.admin_token {
-        if !token_matches(token, &call.kwargs) {
-            tracing::warn!(signal = %call.task, "admin signal refused: missing or wrong token");
+        if !token_matches(token, call.kwargs()) {
+            tracing::warn!(signal = %call.task(), "admin signal refused: missing or wrong token");
             return (
-                Err(TaskError::msg(kind::UNAUTHORIZED, &call.task)),
+                Err(TaskError::msg(kind::UNAUTHORIZED, call.task())),
                 After::Nothing,
             );
         }
     }
-    let codec = call.codec;
-    let reply = match call.task.as_str() {
-        // As in TaskIt 4.0, the status call counts itself: an idle host says "1".
-        wire::STATUS => encode(
-            codec,
-            &(shared.registry.state().running_tasks() + 1).to_string(),
-        ),
-        wire::TASKS => encode(codec, &summaries(shared)),
-        wire::RELOAD => {
-            let report = reload(shared).await.map(report_of).unwrap_or_default();
-            encode(codec, &report)
-        }
-        wire::STOP => {
-            tracing::info!("<stop> received");
-            shared.begin_stop();
-            encode(codec, &())
-        }
-        wire::KILL => {
-            tracing::warn!("<kill> received: ending now");
-            return (encode(codec, &()), After::Kill);
-        }
-        other => Err(TaskError::msg(kind::UNKNOWN_SIGNAL, other)),
+    let Some(signal) = signal else {
+        return (
+            Err(TaskError::msg(kind::UNKNOWN_SIGNAL, call.task())),
+            After::Nothing,
+        );
     };
-    (reply, After::Nothing)
+    let (reply, after) = match signal {
+        // As in TaskIt 4.0, the status call counts itself: an idle host says "1".
+        Signal::Status => (
+            Reply::Status((shared.registry().running_tasks() + 1).to_string()),
+            After::Nothing,
+        ),
+        Signal::Tasks => (Reply::Tasks(shared.registry().summaries()), After::Nothing),
+        Signal::Reload => {
+            let report = reload(shared).await.map(report_of).unwrap_or_default();
+            (Reply::Reload(report), After::Nothing)
+        }
+        Signal::Stop => {
+            tracing::info!("<stop> received");
+            shared.drain.stop();
+            (Reply::Done, After::Nothing)
+        }
+        Signal::Kill => {
+            tracing::warn!("<kill> received: ending now");
+            (Reply::Done, After::Kill)
+        }
+    };
+    let encoded = reply
+        .encode(call.codec())
+        .map_err(|e| TaskError::msg(kind::ENCODE_ERROR, e));
+    (encoded, after)
 }
 
-fn summaries(shared: &Shared) -> Vec<PluginSummary> {
-    let mut out = Vec::new();
-    let local = shared.registry.local_tasks();
-    if !local.is_empty() {
-        out.push(PluginSummary {
-            name: EMBEDDED.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            file: String::new(),
-            tasks: local,
-        });
-    }
-    out.extend(
-        shared
-            .registry
-            .plugins()
-            .into_iter()
-            .map(|p| PluginSummary {
-                name: p.name,
-                version: p.version,
-                file: p.file.display().to_string(),
-                tasks: p.tasks,
-            }),
-    );
-    out
-}
-
-fn report_of(summary: ReloadSummary) -> ReloadReport {
+fn report_of(summary: ReloadSummary) -> taskit_plugin_api::wire::admin::ReloadReport {
     let names = |files: Vec<std::path::PathBuf>| {
         files.into_iter().map(|f| f.display().to_string()).collect()
     };
-    ReloadReport {
+    taskit_plugin_api::wire::admin::ReloadReport {
         loaded: names(summary.loaded),
         refused: names(summary.refused),
         removed: names(summary.removed),
@@ -276,14 +253,19 @@ fn report_of(summary: ReloadSummary) -> ReloadReport {
     }
 }
 
-/// Rescans the plugins directory on a blocking thread.
+/// Rescans the plugins directory on a blocking thread, if there is one.
 pub(crate) async fn reload(shared: &Arc<Shared>) -> Option<ReloadSummary> {
-    shared.plugins.as_ref()?;
+    if !matches!(shared.served, super::Served::Plugins(_)) {
+        return None;
+    }
     let shared = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || shared.plugins.as_ref().map(|p| p.reload()))
-        .await
-        .ok()
-        .flatten()
+    tokio::task::spawn_blocking(move || match &shared.served {
+        super::Served::Plugins(plugins) => Some(plugins.reload()),
+        super::Served::Registry(_) => None,
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

@@ -1,34 +1,39 @@
 //! The network server: one listener per address, both protocols on each
-//! port (told apart by the first byte), plugin tasks run on a bounded pool of
+//! port (told apart by the first byte), tasks run on a bounded pool of
 //! blocking threads.
 //!
-//! - [`compat`]: TaskIt 4.0 connections (one call each).
-//! - [`native`]: native connections (many calls in flight).
-//! - [`dispatch`]: running a call or an admin signal.
+//! | file | |
+//! |---|---|
+//! | `mod.rs` | [`Server`]: listeners, limits, accepting connections |
+//! | `drain.rs` | the server's phases and the guards a drain waits on |
+//! | `budget.rs` | the byte budget of requests held for peers |
+//! | `native.rs` | native connections (many calls in flight) |
+//! | `taskit4.rs` | TaskIt 4.0 connections (one call each) |
+//! | `dispatch.rs` | running a call, inline or on the pool; admin signals |
 //!
-//! Shutdown is explicit: `<stop>` (or SIGTERM in the daemon) flips a watch
-//! channel; listeners close, connections answer new calls with `Stopping`,
-//! and the server reports itself stopped once every accepted call has been
-//! answered and no task (subtasks included) is running.
+//! Shutdown is explicit: `<stop>` (or SIGTERM in the daemon) moves the
+//! drain to `Stopping`; listeners close, connections answer new calls with
+//! `Stopping`, and the server reports itself stopped once every accepted
+//! call has been answered and no task (subtasks included) is running.
 
-mod compat;
+mod budget;
 mod dispatch;
+mod drain;
 mod native;
+mod taskit4;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
+use crate::plugin_host::{PluginHost, ReloadSummary};
 use crate::registry::Registry;
-use crate::watcher::PluginHost;
-
-/// Requests up to this size are not counted against the byte budget.
-pub(crate) const SMALL_REQUEST: usize = 64 << 10;
+use budget::Budget;
+use drain::{Drain, OpenConnection, Phase};
 
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
@@ -93,78 +98,50 @@ pub enum Exit {
     Killed,
 }
 
+/// What a server serves: a plugins directory kept loaded (whose registry may
+/// also hold in-process tasks), or a registry of in-process tasks alone (the
+/// embedded backend).
+pub enum Served {
+    /// Plugins, reloadable with `<reload>` and SIGHUP.
+    Plugins(PluginHost),
+    /// In-process tasks only; `<reload>` has nothing to rescan.
+    Registry(Arc<Registry>),
+}
+
+impl Served {
+    fn registry(&self) -> &Arc<Registry> {
+        match self {
+            Self::Plugins(plugins) => plugins.registry(),
+            Self::Registry(registry) => registry,
+        }
+    }
+}
+
+impl From<PluginHost> for Served {
+    fn from(plugins: PluginHost) -> Self {
+        Self::Plugins(plugins)
+    }
+}
+
+impl From<Arc<Registry>> for Served {
+    fn from(registry: Arc<Registry>) -> Self {
+        Self::Registry(registry)
+    }
+}
+
 /// State shared by every connection of one server.
 pub(crate) struct Shared {
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) plugins: Option<PluginHost>,
+    pub(crate) served: Served,
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<Semaphore>,
     pub(crate) timings: dispatch::Timings,
-    /// Request bytes held, in KiB units (see `ServerConfig::max_buffered`).
-    pub(crate) budget: Arc<Semaphore>,
-    /// The budget's size, in KiB.
-    budget_kib: u32,
-    stopping: watch::Sender<bool>,
-    /// Set once a drain has answered everything: connections say `Stopping`
-    /// (nothing unanswered was run) and close.
-    closing: watch::Sender<bool>,
-    open_connections: AtomicUsize,
-    connection_closed: Notify,
-    exit: watch::Sender<Option<Exit>>,
-    /// Calls accepted whose reply is not yet written.
-    in_flight: AtomicUsize,
-    replies_written: Notify,
+    pub(crate) budget: Budget,
+    pub(crate) drain: Arc<Drain>,
 }
 
 impl Shared {
-    pub(crate) fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
-    /// Starts a drain: no more connections, new calls refused.
-    pub(crate) fn begin_stop(&self) {
-        self.stopping.send_replace(true);
-    }
-
-    /// A watch that turns true when connections must close.
-    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
-        self.closing.subscribe()
-    }
-
-    /// Reserves room for a request of `bytes`, released with the permit.
-    /// Requests up to [`SMALL_REQUEST`] need none (they are bounded by the
-    /// connection limit instead), so large requests, even stalled ones,
-    /// can never hold up ordinary calls.
-    pub(crate) async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        if bytes <= SMALL_REQUEST {
-            return None;
-        }
-        self.reserve_exact(bytes).await
-    }
-
-    /// Reserves room for `bytes`, whatever their number.
-    pub(crate) async fn reserve_exact(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        // Never ask for more than the whole budget, or the wait never ends.
-        Arc::clone(&self.budget)
-            .acquire_many_owned(kib.min(self.budget_kib))
-            .await
-            .ok()
-    }
-
-    pub(crate) fn kill(&self) {
-        self.exit.send_replace(Some(Exit::Killed));
-    }
-
-    pub(crate) fn accept_call(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// `n` accepted calls have been answered (or their connection died).
-    pub(crate) fn replies_done(&self, n: usize) {
-        if n > 0 && self.in_flight.fetch_sub(n, Ordering::AcqRel) == n {
-            self.replies_written.notify_waiters();
-        }
+    pub(crate) fn registry(&self) -> &Registry {
+        self.served.registry()
     }
 }
 
@@ -172,18 +149,13 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
-    exit: watch::Receiver<Option<Exit>>,
 }
 
 impl Server {
-    /// Binds every address of `config` and starts serving `registry` (and
-    /// reloading through `plugins`, if given). Must be called inside a tokio
-    /// runtime.
-    pub async fn start(
-        config: ServerConfig,
-        registry: Arc<Registry>,
-        plugins: Option<PluginHost>,
-    ) -> std::io::Result<Self> {
+    /// Binds every address of `config` and starts serving what `served`
+    /// holds: a [`PluginHost`] or an `Arc<Registry>`. Must be called inside
+    /// a tokio runtime.
+    pub async fn start(config: ServerConfig, served: impl Into<Served>) -> std::io::Result<Self> {
         let mut listeners = Vec::new();
         for addr in &config.binds {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -195,47 +167,29 @@ impl Server {
             .iter()
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
-        let (stopping, _) = watch::channel(false);
-        let (closing, _) = watch::channel(false);
-        let (exit_tx, exit) = watch::channel(None);
-        // The budget in KiB: at least one largest message, at most what a
-        // semaphore can count and `acquire_many` can ask for.
-        let budget_bytes = config.max_buffered.max(config.max_message).max(1024);
-        let budget_kib =
-            u32::try_from((budget_bytes / 1024).min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let drain = Drain::new();
         let shared = Arc::new(Shared {
-            registry,
-            plugins,
+            served: served.into(),
             task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
-
             timings: dispatch::Timings::default(),
-            budget: Arc::new(Semaphore::new(budget_kib as usize)),
-            budget_kib,
+            budget: Budget::new(config.max_buffered.max(config.max_message)),
+            drain: Arc::clone(&drain),
             config,
-            stopping,
-            closing,
-            // Each listener counts as one until it has handed over the
-            // connections queued at the stop.
-            open_connections: AtomicUsize::new(listeners.len()),
-            connection_closed: Notify::new(),
-            exit: exit_tx,
-            in_flight: AtomicUsize::new(0),
-            replies_written: Notify::new(),
         });
         let connections = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
         for listener in listeners {
+            // Each listener counts as a connection until it has handed over
+            // the connections queued at the stop.
+            let open = drain.open_connection();
             tokio::spawn(accept_loop(
                 Arc::clone(&shared),
                 listener,
                 Arc::clone(&connections),
+                open,
             ));
         }
         tokio::spawn(drain_when_stopping(Arc::clone(&shared)));
-        Ok(Self {
-            shared,
-            addrs,
-            exit,
-        })
+        Ok(Self { shared, addrs })
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -245,17 +199,17 @@ impl Server {
 
     /// The registry served.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.shared.registry
+        self.shared.served.registry()
     }
 
     /// Rescans the plugins directory (SIGHUP), if there is one.
-    pub async fn reload(&self) -> Option<crate::ReloadSummary> {
-        dispatch::reload(&self.shared).await
+    pub async fn reload(&self) -> Option<ReloadSummary> {
+        self.handle().reload().await
     }
 
     /// Starts a drain, as `<stop>` does.
     pub fn stop(&self) {
-        self.shared.begin_stop();
+        self.shared.drain.stop();
     }
 
     /// A handle for reloading and stopping from another task.
@@ -267,14 +221,7 @@ impl Server {
 
     /// Waits until the server has stopped or been killed.
     pub async fn wait(&mut self) -> Exit {
-        loop {
-            if let Some(exit) = *self.exit.borrow_and_update() {
-                return exit;
-            }
-            if self.exit.changed().await.is_err() {
-                return Exit::Killed;
-            }
-        }
+        self.shared.drain.ended().await
     }
 }
 
@@ -286,21 +233,25 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// See [`Server::reload`].
-    pub async fn reload(&self) -> Option<crate::ReloadSummary> {
+    pub async fn reload(&self) -> Option<ReloadSummary> {
         dispatch::reload(&self.shared).await
     }
 
     /// See [`Server::stop`].
     pub fn stop(&self) {
-        self.shared.begin_stop();
+        self.shared.drain.stop();
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Arc<Semaphore>) {
-    let mut stopping = shared.stopping.subscribe();
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    _open: OpenConnection,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = stopping.wait_for(|s| *s) => break,
+            _ = shared.drain.reached(Phase::Stopping) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -331,8 +282,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, connections: Ar
         drop(listener);
         tracing::debug!(?addr, queued, "stopped accepting");
     }
-    shared.open_connections.fetch_sub(1, Ordering::AcqRel);
-    shared.connection_closed.notify_waiters();
 }
 
 /// Serves one accepted connection on its own task, within the limit.
@@ -347,13 +296,12 @@ fn spawn_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
+    let open = shared.drain.open_connection();
     let shared = Arc::clone(shared);
-    shared.open_connections.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
-        serve_connection(Arc::clone(&shared), stream, peer).await;
+        serve_connection(shared, stream, peer).await;
         drop(permit);
-        shared.open_connections.fetch_sub(1, Ordering::AcqRel);
-        shared.connection_closed.notify_waiters();
+        drop(open);
     });
 }
 
@@ -367,12 +315,11 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     // A connection that has said nothing when the host closes holds no call
     // yet: it gets a moment to send one (to be told `Stopping`), not the
     // whole read timeout.
-    let mut closing = shared.closing();
     let read = tokio::time::timeout(shared.config.read_timeout, stream.read(&mut first));
     tokio::pin!(read);
     let before_closing = tokio::select! {
         read = &mut read => Some(read),
-        _ = async { let _ = closing.wait_for(|c| *c).await; } => None,
+        _ = shared.drain.reached(Phase::Closing) => None,
     };
     let read = match before_closing {
         Some(read) => read,
@@ -394,7 +341,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         }
     }
     match first[0] {
-        b'0' | b'1' => compat::serve(shared, stream, first[0], peer).await,
+        b'0' | b'1' => taskit4::serve(shared, stream, first[0], peer).await,
         b'T' => native::serve(shared, stream, peer).await,
         other => {
             tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol")
@@ -402,40 +349,35 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     }
 }
 
+/// How often a drain looks at the running count: subtasks end without a
+/// notification.
+const RUNNING_POLL: Duration = Duration::from_millis(20);
+
 /// Once stopping, waits for every accepted call to be answered and every
 /// task (subtasks included) to end; then tells the connections to close
 /// (each answers what it accepted meanwhile, then says `Stopping`), waits
 /// for them, and reports the server stopped.
 async fn drain_when_stopping(shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.subscribe();
-    if stopping.wait_for(|s| *s).await.is_err() {
+    let drain = &shared.drain;
+    drain.reached(Phase::Stopping).await;
+    if drain.has_ended() {
+        // Killed: nothing to drain.
         return;
     }
     tracing::info!("stopping: answering accepted calls, accepting no new ones");
     loop {
-        let written = shared.replies_written.notified();
-        let pending = shared.in_flight.load(Ordering::Acquire);
-        let running = shared.registry.state().running_tasks();
-        if pending == 0 && running == 0 {
-            break;
+        if drain.calls_answered_within(RUNNING_POLL).await {
+            if shared.registry().running_tasks() == 0 {
+                break;
+            }
+            tokio::time::sleep(RUNNING_POLL).await;
         }
-        // Subtasks end without a notification: poll, but wake at once when
-        // the last reply is written.
-        let _ = tokio::time::timeout(Duration::from_millis(20), written).await;
     }
-    shared.closing.send_replace(true);
+    drain.close();
     // Each connection ends within its read or write timeout at worst.
-    let limit =
-        tokio::time::Instant::now() + shared.config.read_timeout + shared.config.write_timeout;
-    loop {
-        let closed = shared.connection_closed.notified();
-        if shared.open_connections.load(Ordering::Acquire) == 0 {
-            break;
-        }
-        if tokio::time::timeout_at(limit, closed).await.is_err() {
-            tracing::warn!("stopping: some connections did not close in time");
-            break;
-        }
+    let limit = shared.config.read_timeout + shared.config.write_timeout;
+    if !drain.connections_closed_within(limit).await {
+        tracing::warn!("stopping: some connections did not close in time");
     }
-    shared.exit.send_replace(Some(Exit::Stopped));
+    drain.end(Exit::Stopped);
 }

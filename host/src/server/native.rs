@@ -2,43 +2,46 @@
 //! run concurrently; replies are written in completion order by a writer
 //! task that batches whatever is ready into one write.
 //!
-//! Every call is counted as accepted the moment its frame is parsed, before
-//! anything can wait, so a drain never finishes with a call still unanswered.
-//! Memory is bounded three ways: the frame length limit, the server-wide
-//! byte budget (reserved as soon as a frame's length is known, held until its
-//! reply is written), and a cap on calls in flight per connection.
+//! Every call is accepted (counted by the drain) the moment its frame is
+//! parsed, before anything can wait, so a drain never finishes with a call
+//! still unanswered. Memory is bounded three ways: the frame length limit,
+//! the server-wide byte budget (reserved as soon as a frame's length is
+//! known, held until its reply is written), and a cap on calls in flight
+//! per connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use taskit_plugin_api::error::kind;
 use taskit_plugin_api::wire::native::{self, ErrorStatus, HelloStatus, Request};
-use taskit_plugin_api::wire::{kind, STATUS};
+use taskit_plugin_api::wire::WireError;
 use taskit_plugin_api::{CodecKind, TaskError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::dispatch::{execute, try_inline, After, Call};
+use super::dispatch::{execute, try_inline, After, Job};
+use super::drain::{AcceptedCall, Phase};
 use super::Shared;
+use crate::call::TaskCall;
 
-/// One reply ready to be written.
+/// One reply ready to be written, with what its call held until then.
 struct Outgoing {
     frame: Vec<u8>,
-    /// Whether this reply answers an accepted call (counted in flight).
-    counted: bool,
     after: After,
-    /// What the call held (its in-flight slot, its bytes of the budget),
-    /// released once the reply is written.
-    _held: Held,
+    held: Held,
 }
 
+/// What a call holds until its reply is written: its place in the drain,
+/// its in-flight permit on the connection, its bytes of the budget.
 #[derive(Default)]
 struct Held {
-    _slot: Option<OwnedSemaphorePermit>,
+    _accepted: Option<AcceptedCall>,
+    _in_flight: Option<OwnedSemaphorePermit>,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
@@ -59,240 +62,265 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         peer,
         Arc::clone(&broken),
     ));
+    let max_in_flight = shared.config.max_in_flight_per_connection.max(1);
     let mut conn = Connection {
         shared: Arc::clone(&shared),
         codec,
         tx,
-        slots: Arc::new(Semaphore::new(
-            shared.config.max_in_flight_per_connection.max(1),
-        )),
+        in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
         cancels: Cancels::default(),
-        budget: None,
     };
-    conn.read_loop(reader, &broken, peer).await;
+    let mut frames = FrameReader::new(reader);
+    let ended = loop {
+        match frames.next(&conn, &broken).await {
+            Next::Frame { body, budget } => {
+                if !conn.handle(body, budget).await {
+                    break Ended::Fatal;
+                }
+            }
+            Next::TooLarge(err) => {
+                conn.fatal(kind::MESSAGE_TOO_LARGE, &err.to_string());
+                break Ended::Fatal;
+            }
+            Next::Ended(ended) => break ended,
+        }
+    };
+    if let Ended::Closing = ended {
+        conn.send_error(
+            0,
+            kind::STOPPING,
+            "the host is stopping; calls without a reply were not run",
+            ErrorStatus::Fatal,
+            Held::default(),
+        );
+    }
+    if let Ended::TimedOut = ended {
+        tracing::debug!(%peer, "closing a native connection: read timed out");
+    }
     // The writer ends once every call still running has sent its reply.
     drop(conn);
     let _ = writer.await;
 }
 
-struct Connection {
-    shared: Arc<Shared>,
-    codec: CodecKind,
-    tx: Replies,
-    slots: Arc<Semaphore>,
-    cancels: Cancels,
-    /// Budget reserved for the frame being read (its length, its permit).
-    budget: Option<(usize, Option<OwnedSemaphorePermit>)>,
-}
-
-/// Why the read loop ended.
+/// Why reading a connection ended.
 enum Ended {
-    /// The peer closed, or the connection failed.
+    /// The peer closed, the connection failed, or replies can no longer be
+    /// written.
     Peer,
+    /// A frame did not arrive in time, or the connection was idle too long.
+    TimedOut,
     /// A protocol error was reported.
     Fatal,
     /// The host is going away: tell the peer its unanswered calls did not run.
     Closing,
 }
 
-impl Connection {
-    async fn read_loop(
-        &mut self,
-        mut reader: tokio::net::tcp::OwnedReadHalf,
-        broken: &Notify,
-        peer: SocketAddr,
-    ) {
-        let shared = Arc::clone(&self.shared);
-        let mut closing = shared.closing();
+/// What [`FrameReader::next`] found.
+enum Next<'a> {
+    /// A whole request frame, with its share of the budget.
+    Frame {
+        body: &'a [u8],
+        budget: Option<OwnedSemaphorePermit>,
+    },
+    /// A frame declared over `--max-message`.
+    TooLarge(WireError),
+    /// No more frames.
+    Ended(Ended),
+}
+
+/// Request frames off a native connection, each whole, with its budget
+/// reserved before its body is read; and the connection's deadlines: a frame
+/// must arrive within the read timeout, and a connection with nothing in
+/// flight may stay silent for the idle timeout.
+struct FrameReader {
+    half: OwnedReadHalf,
+    buf: Vec<u8>,
+    /// Where the next frame begins in `buf`.
+    start: usize,
+    /// When the frame at `start` began arriving.
+    frame_started: Option<Instant>,
+    /// Budget reserved for the frame being read: its length and its permit.
+    reserved: Option<(usize, Option<OwnedSemaphorePermit>)>,
+}
+
+impl FrameReader {
+    fn new(half: OwnedReadHalf) -> Self {
+        Self {
+            half,
+            buf: Vec::with_capacity(16 << 10),
+            start: 0,
+            frame_started: None,
+            reserved: None,
+        }
+    }
+
+    async fn next(&mut self, conn: &Connection, broken: &Notify) -> Next<'_> {
+        let shared = &conn.shared;
         let max = shared.config.max_message;
-        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-        // When the frame at the front of `buf` began arriving.
-        let mut frame_started: Option<Instant> = None;
-        let ended = 'read: loop {
-            let mut used = 0;
-            loop {
-                match native::split_frame(&buf[used..], max) {
-                    Ok(Some((body, n))) => {
-                        used += n;
-                        let budget = self.take_budget(n).await;
-                        if !self.handle(body, budget).await {
-                            break 'read Ended::Fatal;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        self.fatal(kind::MESSAGE_TOO_LARGE, &err.to_string());
-                        break 'read Ended::Fatal;
-                    }
+        loop {
+            match native::split_frame(&self.buf[self.start..], max) {
+                Ok(Some((_, len))) => {
+                    let begin = self.start;
+                    self.start += len;
+                    let budget = self.take_budget(shared, len).await;
+                    let body = &self.buf[begin + native::LENGTH_LEN..begin + len];
+                    return Next::Frame { body, budget };
                 }
+                Ok(None) => {}
+                Err(err) => return Next::TooLarge(err),
             }
-            buf.drain(..used);
-            frame_started = match (buf.is_empty(), frame_started) {
+            // No whole frame left: keep the partial one, read more.
+            self.buf.drain(..self.start);
+            self.start = 0;
+            self.frame_started = match (self.buf.is_empty(), self.frame_started) {
                 (true, _) => None,
                 (false, None) => Some(Instant::now()),
                 (false, started) => started,
             };
             // Reserve the budget of a frame whose length is known before
             // reading its body.
-            if let Some(prefix) = buf.get(..native::LENGTH_LEN) {
-                let len = native::LENGTH_LEN
-                    + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-                if self.budget.as_ref().map(|b| b.0) != Some(len) {
-                    self.budget = Some((len, shared.reserve(len).await));
+            if let Some(body_len) = native::declared_len(&self.buf) {
+                let len = native::LENGTH_LEN + body_len;
+                if self.reserved.as_ref().map(|r| r.0) != Some(len) {
+                    self.reserved = Some((len, shared.budget.reserve(len).await));
                 }
             }
-            let deadline = match frame_started {
-                // A frame must arrive whole within the read timeout.
+            let deadline = match self.frame_started {
                 Some(started) => Some(started + shared.config.read_timeout),
-                // Idle with nothing in flight: the connection may go.
-                None if self.slots.available_permits()
-                    == shared.config.max_in_flight_per_connection.max(1) =>
-                {
-                    Some(Instant::now() + shared.config.idle_timeout)
-                }
+                None if conn.is_idle() => Some(Instant::now() + shared.config.idle_timeout),
                 None => None,
             };
             let read = async {
                 match deadline {
-                    Some(at) => tokio::time::timeout_at(at, reader.read_buf(&mut buf))
+                    Some(at) => tokio::time::timeout_at(at, self.half.read_buf(&mut self.buf))
                         .await
                         .ok(),
-                    None => Some(reader.read_buf(&mut buf).await),
+                    None => Some(self.half.read_buf(&mut self.buf).await),
                 }
             };
             tokio::select! {
                 read = read => match read {
                     Some(Ok(n)) if n > 0 => {}
-                    Some(_) => break Ended::Peer,
-                    None => {
-                        tracing::debug!(%peer, "closing a native connection: read timed out");
-                        break Ended::Peer;
-                    }
+                    Some(_) => return Next::Ended(Ended::Peer),
+                    None => return Next::Ended(Ended::TimedOut),
                 },
-                // Replies can no longer be written: stop taking calls.
-                _ = broken.notified() => break Ended::Peer,
-                _ = closing.wait_for(|c| *c) => break Ended::Closing,
+                _ = broken.notified() => return Next::Ended(Ended::Peer),
+                _ = shared.drain.reached(Phase::Closing) => return Next::Ended(Ended::Closing),
             }
-        };
-        if let Ended::Closing = ended {
-            self.send_error(
-                0,
-                kind::STOPPING,
-                "the host is stopping; calls without a reply were not run",
-                ErrorStatus::Fatal,
-                false,
-                Held::default(),
-            );
         }
     }
 
     /// The budget for a frame of `len` bytes (with its length prefix):
     /// the one reserved while it was read, or a new reservation.
-    async fn take_budget(&mut self, len: usize) -> Option<OwnedSemaphorePermit> {
-        match self.budget.take() {
+    async fn take_budget(&mut self, shared: &Shared, len: usize) -> Option<OwnedSemaphorePermit> {
+        match self.reserved.take() {
             Some((reserved, permit)) if reserved == len => permit,
-            _ => self.shared.reserve(len).await,
+            _ => shared.budget.reserve(len).await,
         }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    codec: CodecKind,
+    tx: Replies,
+    /// Calls in flight on this connection.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    cancels: Cancels,
+}
+
+impl Connection {
+    /// Whether no call of this connection is in flight.
+    fn is_idle(&self) -> bool {
+        self.in_flight.available_permits() == self.max_in_flight
     }
 
     /// Handles one request frame; false if the connection must close.
     async fn handle(&mut self, body: &[u8], budget: Option<OwnedSemaphorePermit>) -> bool {
-        match native::parse_request(body) {
+        let (id, task, args, kwargs) = match native::parse_request(body) {
             Ok(Request::Call {
                 id,
                 task,
                 args,
                 kwargs,
-            }) => {
-                // Counted before any wait, so a drain waits for it; resolved
-                // now, so it runs on the plugin version live when it was read.
-                self.shared.accept_call();
-                let call = Call::new(
-                    &self.shared,
-                    task.to_owned(),
-                    self.codec,
-                    args.to_vec(),
-                    kwargs.to_vec(),
-                );
-                // Back-pressure: a client with too many calls in flight (or
-                // not reading its replies) is not read from.
-                let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-                    self.shared.replies_done(1);
-                    return false;
-                };
-                let held = Held {
-                    _slot: Some(slot),
-                    _budget: budget,
-                };
-                if self.shared.is_stopping() && task != STATUS {
-                    self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, true, held);
-                    return true;
-                }
-                if let Some(result) = try_inline(&self.shared, &call) {
-                    send_reply(&self.tx, id, result, After::Nothing, held);
-                    return true;
-                }
-                self.cancels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id, Arc::clone(&call.cancelled));
-                let (shared, tx, cancels) = (
-                    Arc::clone(&self.shared),
-                    self.tx.clone(),
-                    Arc::clone(&self.cancels),
-                );
-                tokio::spawn(async move {
-                    let (result, after) = execute(&shared, call).await;
-                    cancels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id);
-                    send_reply(&tx, id, result, after, held);
-                });
-                true
-            }
+            }) => (id, task, args, kwargs),
             Ok(Request::Cancel { id }) => {
-                if let Some(flag) = self
-                    .cancels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&id)
-                {
-                    flag.store(true, Ordering::Relaxed);
-                }
-                true
+                self.cancel(id);
+                return true;
             }
             Err(err) => {
                 self.fatal(kind::PROTOCOL_ERROR, &err.to_string());
-                false
+                return false;
             }
+        };
+        // Accepted before any wait, so a drain waits for it; resolved now,
+        // so it runs on the plugin version live when it was read.
+        let accepted = self.shared.drain.accept_call();
+        let call = TaskCall::new(task, self.codec, args.to_vec(), kwargs.to_vec());
+        let job = Job::new(&self.shared, call);
+        // Back-pressure: a client with too many calls in flight (or not
+        // reading its replies) is not read from.
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            return false;
+        };
+        let held = Held {
+            _accepted: Some(accepted),
+            _in_flight: Some(permit),
+            _budget: budget,
+        };
+        if self.shared.drain.is_stopping() && !job.is_status() {
+            self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, held);
+            return true;
+        }
+        if let Some(result) = try_inline(&self.shared, &job) {
+            send_reply(&self.tx, id, result, After::Nothing, held);
+            return true;
+        }
+        self.cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, job.call().canceller());
+        let (shared, tx, cancels) = (
+            Arc::clone(&self.shared),
+            self.tx.clone(),
+            Arc::clone(&self.cancels),
+        );
+        tokio::spawn(async move {
+            let (result, after) = execute(&shared, job).await;
+            cancels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            send_reply(&tx, id, result, after, held);
+        });
+        true
+    }
+
+    /// Sets the cancellation flag of call `id`, if it is in flight.
+    fn cancel(&self, id: u64) {
+        let cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flag) = cancels.get(&id) {
+            flag.store(true, Ordering::Relaxed);
         }
     }
 
-    fn send_error(
-        &self,
-        id: u64,
-        kind: &str,
-        message: &str,
-        status: ErrorStatus,
-        counted: bool,
-        held: Held,
-    ) {
-        let args = serde_json::to_vec(&[message]).unwrap_or_else(|_| b"[]".to_vec());
+    fn send_error(&self, id: u64, kind: &str, message: &str, status: ErrorStatus, held: Held) {
+        let args = TaskError::msg(kind, message).args_json();
         let mut frame = Vec::new();
         native::encode_error(&mut frame, id, kind, &args, status);
         let _ = self.tx.send(Outgoing {
             frame,
-            counted,
             after: After::Nothing,
-            _held: held,
+            held,
         });
     }
 
     /// A protocol error: reported, then the connection closes once the calls
     /// already accepted have been answered.
     fn fatal(&self, kind: &str, message: &str) {
-        self.send_error(0, kind, message, ErrorStatus::Fatal, false, Held::default());
+        self.send_error(0, kind, message, ErrorStatus::Fatal, Held::default());
     }
 }
 
@@ -340,21 +368,22 @@ fn send_reply(tx: &Replies, id: u64, result: Result<Vec<u8>, TaskError>, after: 
     let mut frame = Vec::new();
     match result {
         Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
-        Err(err) => {
-            let args = serde_json::to_vec(err.args()).unwrap_or_else(|_| b"[]".to_vec());
-            native::encode_error(&mut frame, id, err.kind(), &args, ErrorStatus::Error);
-        }
+        Err(err) => native::encode_error(
+            &mut frame,
+            id,
+            err.kind(),
+            &err.args_json(),
+            ErrorStatus::Error,
+        ),
     }
-    let _ = tx.send(Outgoing {
-        frame,
-        counted: true,
-        after,
-        _held: held,
-    });
+    let _ = tx.send(Outgoing { frame, after, held });
 }
 
 /// Writes replies as they come, as many as are ready in one write. A write
 /// that makes no progress for the write timeout drops the connection.
+///
+/// Replies to a broken connection count as answered when they are dropped:
+/// nobody is left to read them, and a drain must not wait for them.
 async fn write_loop(
     shared: Arc<Shared>,
     mut writer: OwnedWriteHalf,
@@ -365,17 +394,15 @@ async fn write_loop(
     const BATCH_BYTES: usize = 256 << 10;
     const CHUNK: usize = 64 << 10;
     let mut batch = Vec::with_capacity(16 << 10);
+    let mut held = Vec::new();
     let mut broken = false;
     while let Some(first) = rx.recv().await {
-        let mut counted = 0;
         let mut kill = false;
-        let mut held = Vec::new();
         let mut next = Some(first);
         while let Some(item) = next.take() {
             batch.extend_from_slice(&item.frame);
-            counted += usize::from(item.counted);
             kill |= item.after == After::Kill;
-            held.push(item._held);
+            held.push(item.held);
             if batch.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
@@ -399,12 +426,10 @@ async fn write_loop(
             }
         }
         batch.clear();
-        drop(held);
-        // Replies to a broken connection count as answered: nobody is left
-        // to read them, and a drain must not wait for them.
-        shared.replies_done(counted);
+        // Answered: the calls leave the drain's count, their permits free.
+        held.clear();
         if kill {
-            shared.kill();
+            shared.drain.end(super::Exit::Killed);
         }
     }
     let _ = writer.shutdown().await;

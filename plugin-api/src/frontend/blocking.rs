@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::{BackendAddr, CallOptions, FrontEnd, FrontendConfig, FrontendError};
-use crate::args::EncodeArgs;
-use crate::callback::OnError;
-use crate::wire::{PluginSummary, ReloadReport};
+use crate::codec::args::EncodeArgs;
+use crate::on_error::OnError;
+use crate::wire::admin::{PluginSummary, ReloadReport, Reply, Signal};
 
 /// A [`FrontEnd`] with its own small runtime, for plain threads. Do not
 /// call its methods from inside async code (use the `FrontEnd` there).
@@ -148,11 +148,11 @@ impl BlockingFrontEnd {
     }
 
     /// See [`FrontEnd::send_signal`].
-    pub fn send_signal<R: DeserializeOwned>(
+    pub fn send_signal(
         &self,
         backend: impl Into<BackendAddr>,
-        signal: &str,
-    ) -> Result<R, FrontendError> {
+        signal: Signal,
+    ) -> Result<Reply, FrontendError> {
         self.runtime
             .block_on(self.frontend.send_signal(backend, signal))
     }

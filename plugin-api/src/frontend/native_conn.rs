@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BackendAddr, FrontendConfig, FrontendError};
-use crate::wire;
+use crate::error::{kind, TaskError};
 use crate::wire::native::{self, ErrorStatus, HelloStatus, Response};
 
 type Waiter = oneshot::Sender<Result<Vec<u8>, FrontendError>>;
@@ -21,7 +20,7 @@ type Waiter = oneshot::Sender<Result<Vec<u8>, FrontendError>>;
 /// The connection to one backend, made on first use and replaced when it
 /// breaks.
 #[derive(Default)]
-pub(super) struct Slot {
+pub(super) struct Connector {
     current: Mutex<Option<Arc<NativeConn>>>,
     connecting: tokio::sync::Mutex<()>,
     /// The last failed attempt: calls arriving within [`RETRY_AFTER`] of it
@@ -32,7 +31,7 @@ pub(super) struct Slot {
 /// How long a failed connection attempt is remembered.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-impl Slot {
+impl Connector {
     fn live(&self) -> Option<Arc<NativeConn>> {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         current
@@ -311,28 +310,20 @@ fn next_reply(buf: &[u8], max: usize, backend: &str) -> Result<Option<(usize, Re
         Response::Ok { id, result } => (id, Ok(result.to_vec()), false),
         Response::Error {
             id,
-            kind,
+            kind: error_kind,
             args_json,
             status,
         } => {
             let fatal = status == ErrorStatus::Fatal;
-            let err = if status == ErrorStatus::NotRun || (fatal && kind == wire::kind::STOPPING) {
+            let err = if status == ErrorStatus::NotRun || (fatal && error_kind == kind::STOPPING) {
                 FrontendError::Stopping(backend.to_owned())
             } else if fatal {
                 FrontendError::Protocol {
                     backend: backend.to_owned(),
-                    message: format!("{kind}: {}", String::from_utf8_lossy(args_json)),
+                    message: format!("{error_kind}: {}", String::from_utf8_lossy(args_json)),
                 }
             } else {
-                let args: Vec<Value> = serde_json::from_slice(args_json).unwrap_or_else(|_| {
-                    vec![Value::String(
-                        String::from_utf8_lossy(args_json).into_owned(),
-                    )]
-                });
-                FrontendError::BackendProcessing {
-                    kind: kind.to_owned(),
-                    args,
-                }
+                FrontendError::remote(TaskError::from_args_json(error_kind, args_json))
             };
             (id, Err(err), fatal)
         }

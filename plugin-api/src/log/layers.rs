@@ -13,6 +13,7 @@ use super::{format_line, Level};
 pub struct Allowed(Vec<Level>);
 
 impl Allowed {
+    /// Lets through exactly `levels`.
     pub fn new(levels: &[Level]) -> Self {
         Self(levels.to_vec())
     }
@@ -57,12 +58,15 @@ pub struct FileLogger<W: Write + Send + 'static> {
 pub struct FlushHandle(Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
 
 impl FlushHandle {
+    /// Flushes the logger's writer now.
     pub fn flush(&self) -> std::io::Result<()> {
         (self.0)()
     }
 }
 
 impl<W: Write + Send + 'static> FileLogger<W> {
+    /// Writes TaskIt lines to `out`, flushing every `flush_every` lines
+    /// (0: never, leave it to `out`).
     pub fn new(out: W, flush_every: usize) -> Self {
         Self {
             out: Arc::new(Mutex::new((out, 0))),
@@ -110,7 +114,7 @@ impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for FileLogger<W> {
 
 impl<W: Write + Send + 'static> FileLogger<W> {
     fn write_event(&self, event: &Event<'_>) {
-        let mut message = crate::fields::Message::default();
+        let mut message = super::fields::Message::default();
         event.record(&mut message);
         let line = format_line(
             Level::of(event.metadata().level()),

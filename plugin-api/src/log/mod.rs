@@ -6,7 +6,7 @@
 //! ERROR (so `RUST_LOG`, `EnvFilter` and every `tracing` tool work on them
 //! unchanged). Emit with [`log`] or the `tracing` macros.
 //!
-//! With the `log` feature, TaskIt's loggers are `tracing-subscriber`
+//! With the `log-layers` feature, TaskIt's loggers are `tracing-subscriber`
 //! layers:
 //!
 //! | TaskIt | here |
@@ -30,9 +30,13 @@ pub const TARGET: &str = "taskit";
 /// TaskIt's four levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Level {
+    /// DEBUG (`tracing`'s DEBUG and TRACE).
     Debug,
+    /// INFO.
     Info,
+    /// IMPORTANT (`tracing`'s WARN).
     Important,
+    /// ERROR.
     Error,
 }
 
@@ -220,9 +224,10 @@ fn format_time(time: std::time::SystemTime) -> String {
     )
 }
 
-#[cfg(feature = "log")]
+pub(crate) mod fields;
+#[cfg(feature = "log-layers")]
 mod layers;
-#[cfg(feature = "log")]
+#[cfg(feature = "log-layers")]
 pub use layers::{node, Allowed, FileLogger, FlushHandle, NullLogger};
 
 #[cfg(test)]

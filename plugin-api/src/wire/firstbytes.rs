@@ -119,7 +119,7 @@ impl Decoder {
 }
 
 /// Reads an article header: its payload length and whether it is the last.
-pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, bool), WireError> {
+fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, bool), WireError> {
     let last = match header[0] {
         b'0' => true,
         b'1' => false,

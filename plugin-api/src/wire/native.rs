@@ -123,15 +123,23 @@ pub fn parse_server_hello(hello: &[u8; HELLO_LEN]) -> Result<HelloStatus, WireEr
 /// A request frame, borrowing from the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
+    /// Run task `task`.
     Call {
+        /// Chosen by the client; its reply carries it back.
         id: u64,
+        /// The task id.
         task: &'a str,
+        /// Positional arguments, a sequence in the connection's codec.
         args: &'a [u8],
+        /// Keyword arguments as a JSON object, or empty.
         kwargs: &'a [u8],
     },
     /// Asks the server to set the cancellation flag of call `id`; an id not
     /// in flight is ignored.
-    Cancel { id: u64 },
+    Cancel {
+        /// The call to cancel.
+        id: u64,
+    },
 }
 
 /// What an error reply says about its call.
@@ -160,14 +168,22 @@ impl ErrorStatus {
 /// A reply frame, borrowing from the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
+    /// The task's result.
     Ok {
+        /// The id of the call answered.
         id: u64,
+        /// The result, in the connection's codec.
         result: &'a [u8],
     },
+    /// An error reply.
     Error {
+        /// The id of the call answered (0 for a connection-wide FATAL).
         id: u64,
+        /// The error's type.
         kind: &'a str,
+        /// The error's arguments, a JSON array.
         args_json: &'a [u8],
+        /// What the error says about the call and the connection.
         status: ErrorStatus,
     },
 }
@@ -232,10 +248,9 @@ pub fn encode_error(out: &mut Vec<u8>, id: u64, kind: &str, args_json: &[u8], st
 /// `None` if `buf` does not hold all of it yet. A declared length over `max`
 /// is refused before anything is buffered for it.
 pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, WireError> {
-    let Some(prefix) = buf.get(..LENGTH_LEN) else {
+    let Some(len) = declared_len(buf) else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
     if len > max {
         return Err(WireError::TooLarge {
             size: len as u64,
@@ -245,6 +260,13 @@ pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, Wir
     Ok(buf
         .get(LENGTH_LEN..LENGTH_LEN + len)
         .map(|body| (body, LENGTH_LEN + len)))
+}
+
+/// The body length declared by the frame at the front of `buf`, once its
+/// length prefix has arrived.
+pub fn declared_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; LENGTH_LEN] = buf.get(..LENGTH_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
 }
 
 /// A cursor over a frame body.
@@ -373,7 +395,7 @@ mod tests {
         encode_ok(&mut reply, 1, b"8");
         assert_eq!(reply, [0, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 1, 0, b'8']);
         // add(4, 4) with i64 arguments in bincode.
-        let args = crate::args::encode_args::<crate::codec::Bincode, _>(&(4i64, 4i64)).unwrap();
+        let args = CodecKind::Bincode.encode_args(&(4i64, 4i64)).unwrap();
         assert_eq!(args, [2, 8, 8]);
     }
 

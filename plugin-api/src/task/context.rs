@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::abi::HostServices;
+use taskit_plugin_abi::HostServices;
 
 /// Handed to a task that takes `&TaskContext` as its first parameter.
 pub struct TaskContext<'a> {
@@ -12,8 +12,8 @@ pub struct TaskContext<'a> {
 }
 
 impl<'a> TaskContext<'a> {
-    /// Builds a context; the host does this for every call.
-    pub fn new(host: HostServices, cancelled: &'a AtomicBool) -> Self {
+    /// A context for one call ([`run_task`](super::run::run_task) makes it).
+    pub(crate) fn new(host: HostServices, cancelled: &'a AtomicBool) -> Self {
         Self { host, cancelled }
     }
 

@@ -2,17 +2,19 @@
 //! into here. Every `extern "C"` entry point catches panics before they can
 //! reach the boundary.
 
-use std::any::Any;
+mod log_bridge;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use taskit_plugin_abi::{CallRequest, HostServices, LogLevel, PluginMod, PluginModRef, RTaskError};
 
-use crate::abi::{CallRequest, HostServices, LogLevel, PluginMod, PluginModRef, RTaskError};
 use crate::codec::CodecKind;
-use crate::context::TaskContext;
 use crate::error::{kind, TaskError};
+use crate::task::context::TaskContext;
+use crate::task::run::{run_task, take_panic_message};
 use crate::task::Invocation;
 
 /// Exports a plugin: its name, optionally its version (default: the crate's
@@ -72,7 +74,7 @@ macro_rules! export_plugin {
                 __p::call_root_module_loader(__root_module)
             }
 
-            $crate::__root_module_symbol! {
+            __p::__root_module_symbol! {
                 pub static __TASKIT_ROOT_MODULE: __p::LibHeader = unsafe {
                     __p::LibHeader::from_constructor::<__p::PluginModRef>(
                         __root_module_loader,
@@ -85,16 +87,12 @@ macro_rules! export_plugin {
 }
 
 /// One task, with its function's shape erased: what the macro stores.
-pub type RawTask = for<'a, 'b, 'c> fn(
-    &'a TaskContext<'b>,
-    &'c Invocation<'c>,
-    CodecKind,
-) -> Result<Vec<u8>, TaskError>;
+pub type RawTask = fn(&TaskContext<'_>, &Invocation<'_>, CodecKind) -> Result<Vec<u8>, TaskError>;
 
 /// A plugin's own start-up code; an `Err` refuses the load with its message.
 pub type UserInit = fn() -> Result<(), String>;
 
-pub use crate::task::call_task as invoke;
+pub use crate::task::run::invoke;
 
 /// The body of a plugin's `call` entry point.
 pub fn dispatch(
@@ -102,6 +100,7 @@ pub fn dispatch(
     tasks: &[RawTask],
     request: &CallRequest<'_>,
 ) -> RResult<RVec<u8>, RTaskError> {
+    // Even the lookups run under a catch: nothing may unwind into the host.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let (Some(task), Some(id)) = (tasks.get(request.task), ids.get(request.task)) else {
             return Err(TaskError::msg(
@@ -111,29 +110,19 @@ pub fn dispatch(
         };
         let codec = CodecKind::from_name(request.codec.as_str())
             .ok_or_else(|| TaskError::msg(kind::UNSUPPORTED_CODEC, request.codec.as_str()))?;
-        let ctx = TaskContext::new(request.host, request.cancelled);
         let call = Invocation {
             task: id.as_str(),
             args: request.args.as_slice(),
             kwargs: request.kwargs.as_slice(),
         };
-        task(&ctx, &call, codec)
+        run_task(task, request.host, request.cancelled, &call, codec)
     }));
+    let outcome = outcome
+        .unwrap_or_else(|payload| Err(TaskError::msg(kind::PANIC, take_panic_message(payload))));
     match outcome {
-        Ok(Ok(bytes)) => RResult::ROk(RVec::from(bytes)),
-        Ok(Err(err)) => RResult::RErr(err.into_ffi()),
-        Err(payload) => {
-            RResult::RErr(TaskError::msg(kind::PANIC, take_panic_message(payload)).into_ffi())
-        }
+        Ok(bytes) => RResult::ROk(RVec::from(bytes)),
+        Err(err) => RResult::RErr(err.into_ffi()),
     }
-}
-
-/// The text of a panic, with the payload dropped safely (a payload whose
-/// destructor panics must not unwind out of an `extern "C"` function).
-pub(crate) fn take_panic_message(payload: Box<dyn Any + Send>) -> String {
-    let message = crate::error::panic_message(payload.as_ref());
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-    message
 }
 
 /// The services of the host this copy of the plugin was loaded by. Statics
@@ -149,9 +138,9 @@ pub(crate) fn host() -> Option<&'static HostServices> {
 pub fn init(host: HostServices, user: Option<UserInit>) -> RResult<(), RString> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let _ = HOST.set(host);
-        crate::bridge::install(host);
+        log_bridge::install(host);
         std::panic::set_hook(Box::new(|info| {
-            crate::bridge::send(LogLevel::Error, "panic", &info.to_string());
+            log_bridge::send(LogLevel::Error, "panic", &info.to_string());
         }));
         match user {
             Some(f) => f(),

@@ -6,26 +6,35 @@
 //! watched file cannot truncate pages under a running plugin, and the
 //! dynamic loader's cache of already-open paths never returns an old copy.
 
+mod elf;
+mod shadow;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::{RResult, RSlice, RStr};
-use taskit_plugin_api::abi::{CallRequest, HostServices, PluginModRef};
-use taskit_plugin_api::{CodecKind, TaskError};
+use taskit_plugin_api::host_side::abi::{CallRequest, HostServices, PluginModRef, ABI_VERSION};
+use taskit_plugin_api::wire::admin::is_reserved;
+use taskit_plugin_api::TaskError;
 
-use crate::elf;
+pub(crate) use shadow::{remove_all as remove_shadow_dirs, ShadowDir};
+
+use crate::call::TaskCall;
+use crate::registry::Plugin;
 use crate::services::{services_for, HostState};
 
 /// Why a plugin file was refused. The previous version, if any, keeps serving.
+///
+/// Each message is one short line that says what is wrong and, where the
+/// fix is the plugin's, what to do.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read or its shadow copy written.
@@ -40,7 +49,8 @@ pub enum LoadError {
     /// A library, but not a TaskIt plugin (no root module symbol).
     #[error("not a TaskIt plugin (no root module; was it built with `export_plugin!`?): {0}")]
     NotAPlugin(String),
-    /// Built against an incompatible `plugin-api` or `abi_stable`.
+    /// Built against another plugin ABI, or a layout this host does not
+    /// share (the full layout comparison is logged at debug level).
     #[error("incompatible with this host: {0}")]
     Incompatible(String),
     /// Its task table is unusable (empty name, duplicate or reserved ids).
@@ -76,12 +86,13 @@ impl Fingerprint {
     }
 }
 
-/// One loaded, checked and initialised version of a plugin.
+/// One loaded, checked and initialised version of a plugin, mapped into
+/// this process.
 ///
 /// Shared through an `Arc`: the registry holds one reference, every call in
 /// flight another, so a call that began on this version finishes on it
 /// however many reloads happen meanwhile.
-pub struct PluginVersion {
+pub(crate) struct PluginVersion {
     name: String,
     version: String,
     source: PathBuf,
@@ -91,7 +102,6 @@ pub struct PluginVersion {
     tasks: Vec<String>,
     module: PluginModRef,
     services: HostServices,
-    state: Arc<HostState>,
     // Never closed: see `Drop`.
     _library: ManuallyDrop<RawLibrary>,
 }
@@ -108,48 +118,40 @@ impl fmt::Debug for PluginVersion {
 }
 
 impl PluginVersion {
-    /// The plugin's name.
-    pub fn name(&self) -> &str {
+    /// A hash of the file's bytes, to tell a real change from a `touch`.
+    pub(crate) fn content_hash(&self) -> u64 {
+        self.content_hash
+    }
+}
+
+impl Plugin for PluginVersion {
+    fn name(&self) -> &str {
         &self.name
     }
 
-    /// The plugin's version string.
-    pub fn version(&self) -> &str {
+    fn version(&self) -> &str {
         &self.version
     }
 
-    /// The watched file this version was loaded from.
-    pub fn source(&self) -> &Path {
+    fn source(&self) -> &Path {
         &self.source
     }
 
-    /// Load counter of this host, unique per loaded version.
-    pub fn generation(&self) -> u64 {
+    fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// The task ids it exports, in its own order.
-    pub fn tasks(&self) -> &[String] {
+    fn tasks(&self) -> &[String] {
         &self.tasks
     }
 
-    /// Runs task number `index` of this version. Counts as a running task
-    /// for the whole call.
-    pub fn call(
-        &self,
-        index: usize,
-        codec: CodecKind,
-        args: &[u8],
-        kwargs: &[u8],
-        cancelled: &AtomicBool,
-    ) -> Result<Vec<u8>, TaskError> {
-        let _running = self.state.enter();
+    fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
         let request = CallRequest {
             task: index,
-            codec: RStr::from_str(codec.name()),
-            args: RSlice::from_slice(args),
-            kwargs: RSlice::from_slice(kwargs),
-            cancelled,
+            codec: RStr::from_str(call.codec().name()),
+            args: RSlice::from_slice(call.args()),
+            kwargs: RSlice::from_slice(call.kwargs()),
+            cancelled: call.cancelled(),
             host: self.services,
         };
         match (self.module.call())(&request) {
@@ -182,70 +184,41 @@ pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 256 << 20;
 
 /// What [`Loader::load`] produced.
 #[derive(Debug)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// A new version, checked and initialised.
     New(PluginVersion),
     /// The file holds exactly the bytes of the version already loaded.
     Unchanged,
 }
 
-/// Opens plugin versions into a private shadow directory.
-pub struct Loader {
-    shadow_dir: PathBuf,
+/// Opens plugin versions into its private shadow directory.
+pub(crate) struct Loader {
+    shadow_dir: ShadowDir,
     generation: u64,
     max_bytes: u64,
     state: Arc<HostState>,
 }
 
 impl Loader {
-    /// A loader whose shadow copies go to a fresh private directory inside
-    /// `shadow_root` (default: the system temporary directory), removed when
-    /// the loader is dropped. A directory per run means a copy left behind by
-    /// a crashed run can never collide with this run's names.
-    pub fn new(shadow_root: Option<PathBuf>, state: Arc<HostState>) -> std::io::Result<Self> {
-        let root = shadow_root.unwrap_or_else(std::env::temp_dir);
-        fs::create_dir_all(&root)?;
-        let mut attempt = 0u32;
-        let shadow_dir = loop {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let dir = root.join(format!(".taskit-host-{}-{nanos:08x}", std::process::id()));
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => break dir,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
-                    attempt += 1
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        Ok(Self {
+    /// A loader whose copies go to `shadow_dir`, refusing files over
+    /// `max_bytes`, whose plugins report to `state`.
+    pub(crate) fn new(shadow_dir: ShadowDir, max_bytes: u64, state: Arc<HostState>) -> Self {
+        Self {
             shadow_dir,
             generation: 0,
-            max_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            max_bytes,
             state,
-        })
-    }
-
-    /// Refuse plugin files larger than `bytes`.
-    pub fn set_max_bytes(&mut self, bytes: u64) {
-        self.max_bytes = bytes;
-    }
-
-    /// Where shadow copies are written.
-    pub fn shadow_dir(&self) -> &Path {
-        &self.shadow_dir
+        }
     }
 
     /// Loads the plugin file `source`: nothing of it is used unless every
-    /// check passes. If its contents are those of `current` (a `touch`, or
-    /// the same file copied again), nothing is loaded and
-    /// [`Loaded::Unchanged`] is returned.
-    pub fn load(
+    /// check passes. If its contents hash to `current` (a `touch`, or the
+    /// same file copied again), nothing is loaded and [`Loaded::Unchanged`]
+    /// is returned.
+    pub(crate) fn load(
         &mut self,
         source: &Path,
-        current: Option<&PluginVersion>,
+        current: Option<u64>,
     ) -> Result<Loaded, LoadError> {
         self.generation += 1;
         let generation = self.generation;
@@ -253,7 +226,10 @@ impl Loader {
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("plugin");
-        let shadow = self.shadow_dir.join(format!("{stem}.{generation}.so"));
+        let shadow = self
+            .shadow_dir
+            .path()
+            .join(format!("{stem}.{generation}.so"));
         // Copy first, then check the copy: what is checked is exactly what
         // gets mapped, even if the watched file changes meanwhile.
         let copied =
@@ -269,11 +245,11 @@ impl Loader {
                 return Err(err);
             }
         };
-        if current.is_some_and(|c| c.content_hash == content_hash) {
+        if current == Some(content_hash) {
             let _ = fs::remove_file(&shadow);
             return Ok(Loaded::Unchanged);
         }
-        match open(&shadow) {
+        match open(&shadow, source) {
             Ok((library, module)) => self
                 .finish(source, shadow, generation, content_hash, library, module)
                 .map(Loaded::New),
@@ -322,17 +298,8 @@ impl Loader {
             tasks,
             module,
             services,
-            state: Arc::clone(&self.state),
             _library: library,
         })
-    }
-}
-
-impl Drop for Loader {
-    /// Removes the shadow directory; files of versions still mapped vanish
-    /// from it but stay readable through their mappings.
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.shadow_dir);
     }
 }
 
@@ -402,7 +369,7 @@ fn copy_private(
 /// `dlopen`, then the root module through this library's own header (never
 /// `RootModule::load_from*`, which caches one module per type for the life
 /// of the process), with abi_stable's version and layout checks.
-fn open(shadow: &Path) -> Result<(RawLibrary, PluginModRef), LoadError> {
+fn open(shadow: &Path, source: &Path) -> Result<(RawLibrary, PluginModRef), LoadError> {
     let library =
         RawLibrary::load_at(shadow).map_err(|e| LoadError::Open(library_error_text(&e)))?;
     // SAFETY: the header is only used while `library` is alive, and the
@@ -416,7 +383,7 @@ fn open(shadow: &Path) -> Result<(RawLibrary, PluginModRef), LoadError> {
         }
         Err(err) => {
             std::mem::forget(library);
-            return Err(LoadError::Incompatible(library_error_text(&err)));
+            return Err(refusal(&err, source));
         }
     };
     match header.init_root_module::<PluginModRef>() {
@@ -424,11 +391,44 @@ fn open(shadow: &Path) -> Result<(RawLibrary, PluginModRef), LoadError> {
         Err(err) => {
             // The layout checks may have run code of the library; keep it mapped.
             std::mem::forget(library);
-            Err(match err {
-                LibraryError::RootModule { .. } => LoadError::Init(library_error_text(&err)),
-                other => LoadError::Incompatible(library_error_text(&other)),
-            })
+            Err(refusal(&err, source))
         }
+    }
+}
+
+/// What to tell an operator about a library the checks refused: one short
+/// line. abi_stable's own text for a layout mismatch runs to kilobytes (every
+/// type of the interface, field by field); it goes to the debug log.
+fn refusal(err: &LibraryError, source: &Path) -> LoadError {
+    let rebuild = "rebuild it against this host's taskit-plugin-api";
+    match err {
+        LibraryError::RootModule { .. } => LoadError::Init(library_error_text(err)),
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
+            LoadError::Incompatible(format!(
+                "built for plugin ABI {actual_version}, this host speaks ABI {ABI_VERSION}; {rebuild}"
+            ))
+        }
+        LibraryError::AbiInstability(_) => {
+            tracing::debug!(
+                file = %source.display(),
+                comparison = %library_error_text(err),
+                "plugin ABI layout comparison"
+            );
+            LoadError::Incompatible(format!(
+                "its plugin ABI layout differs from this host's (ABI {ABI_VERSION}); {rebuild}"
+            ))
+        }
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            tracing::debug!(file = %source.display(), details = %library_error_text(err), "abi_stable header");
+            LoadError::Incompatible(format!(
+                "built with an abi_stable or a compiler ABI this host does not share; {rebuild}"
+            ))
+        }
+        LibraryError::Many(errors) => match errors.first() {
+            Some(first) => refusal(first, source),
+            None => LoadError::Incompatible(rebuild.to_owned()),
+        },
+        other => LoadError::Incompatible(library_error_text(other)),
     }
 }
 
@@ -453,7 +453,7 @@ fn validate_tasks(name: &str, tasks: &[String]) -> Result<(), String> {
         if id.is_empty() {
             return Err("a task id is empty".into());
         }
-        if id.starts_with('<') {
+        if is_reserved(id) {
             return Err(format!(
                 "task id `{id}` is reserved (ids starting with `<` are admin signals)"
             ));

@@ -5,14 +5,20 @@
 //! trait is static (generic methods), so a task's decoding is monomorphised
 //! per codec and costs no dynamic dispatch.
 
+pub(crate) mod args;
+
 use serde::de::DeserializeSeed;
 use serde::Serialize;
+
+use args::EncodeArgs;
 
 /// How a decoding failure should be reported: bytes that are not valid in
 /// the codec at all (`Syntax`), or valid bytes of the wrong shape (`Data`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecErrorKind {
+    /// The bytes are not valid in the codec at all (broken JSON, bytes missing).
     Syntax,
+    /// Valid bytes of the wrong shape or type.
     Data,
 }
 
@@ -20,7 +26,9 @@ pub enum CodecErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct CodecError {
+    /// Whether the bytes were malformed or of the wrong shape.
     pub kind: CodecErrorKind,
+    /// What the codec said.
     pub message: String,
 }
 
@@ -144,7 +152,9 @@ impl Codec for Bincode {
 /// The built-in codecs, for code that picks one at run time by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodecKind {
+    /// [`Json`].
     Json,
+    /// [`Bincode`].
     Bincode,
 }
 
@@ -171,6 +181,15 @@ impl CodecKind {
         match self {
             Self::Json => Json::encode(value),
             Self::Bincode => Bincode::encode(value),
+        }
+    }
+
+    /// Encodes `args` as a call's positional arguments (see
+    /// [`encode_args`](crate::encode_args)) with this codec.
+    pub fn encode_args<A: EncodeArgs + ?Sized>(self, args: &A) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Self::Json => args::encode_args::<Json, A>(args),
+            Self::Bincode => args::encode_args::<Bincode, A>(args),
         }
     }
 

@@ -12,7 +12,7 @@ use serde::de::{DeserializeOwned, DeserializeSeed, Error as _, IgnoredAny, SeqAc
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
-use crate::codec::{Codec, CodecError};
+use super::{Codec, CodecError};
 
 /// Something that can be sent as a call's positional arguments: a tuple of
 /// serializable values (up to 12), or a slice, array or `Vec` of one type.

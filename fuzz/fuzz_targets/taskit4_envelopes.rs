@@ -6,4 +6,4 @@
 #[allow(dead_code)]
 mod checks;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::compat_envelopes(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::taskit4_envelopes(data));

@@ -8,7 +8,7 @@
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Dispatch, Event, Level, Metadata, Subscriber};
 
-use crate::abi::{HostServices, LogLevel};
+use taskit_plugin_abi::{HostServices, LogLevel};
 
 struct HostLog {
     host: HostServices,
@@ -38,7 +38,7 @@ impl Subscriber for HostLog {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let mut message = crate::fields::Message::default();
+        let mut message = crate::log::fields::Message::default();
         event.record(&mut message);
         let meta = event.metadata();
         self.host
@@ -58,7 +58,7 @@ pub(crate) fn install(host: HostServices) {
 /// Sends one record to the host directly (used where `tracing` may not be
 /// safe to enter, such as the panic hook).
 pub(crate) fn send(level: LogLevel, target: &str, message: &str) {
-    if let Some(host) = crate::export::host() {
+    if let Some(host) = super::host() {
         host.log(level, target, message);
     }
 }

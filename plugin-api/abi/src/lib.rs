@@ -1,12 +1,21 @@
-//! The FFI-safe boundary between the host and a plugin.
+//! The FFI-safe boundary between the TaskIt host and a plugin, and nothing
+//! else.
 //!
 //! Everything here is `#[repr(C)]` and derives `StableAbi`, so that the host
 //! can compare the layout a plugin was compiled against with its own before
 //! it calls anything. Nothing else crosses the boundary: task arguments and
 //! results travel as encoded bytes, errors as a type name plus JSON text.
 //!
-//! Plugin authors never touch this module; [`export_plugin!`](crate::export_plugin)
-//! writes the plugin side and the host's loader the other.
+//! This crate has a version of its own, [`ABI_VERSION`], apart from the rest
+//! of TaskIt: `abi_stable` records the version of the crate that defines each
+//! type in its layout, so a type kept in a crate that changes for other
+//! reasons (the frontend, the codecs) would refuse every deployed plugin at
+//! each release. Here the version moves only when these types do.
+//!
+//! Plugin authors never use this crate directly: `taskit-plugin-api`'s
+//! `export_plugin!` writes the plugin side, and the host's loader the other.
+
+#![warn(missing_docs)]
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +24,12 @@ use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
+
+/// The plugin ABI version: this crate's own version, which moves only when
+/// a type of this crate changes. A host accepts a plugin whose ABI has the
+/// same major version (1.x); `abi_stable` then compares the layouts of every
+/// type, field by field.
+pub const ABI_VERSION: VersionStrings = package_version_strings!();
 
 /// The root module every plugin exports: who it is, what it serves, and the
 /// two entry points the host calls.
@@ -47,9 +62,7 @@ impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "taskit_plugin";
     const NAME: &'static str = "taskit plugin";
-    /// The version of `plugin-api` itself: a plugin built against another
-    /// major version (or another minor one while at 0.x) is refused.
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    const VERSION_STRINGS: VersionStrings = ABI_VERSION;
 }
 
 /// One call into a plugin.
@@ -178,6 +191,7 @@ pub struct HostVTable {
 /// later cannot be undefined behaviour on the other side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
+#[allow(missing_docs)]
 pub enum LogLevel {
     Trace = 0,
     Debug = 1,

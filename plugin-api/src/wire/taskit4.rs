@@ -16,6 +16,7 @@ use crate::error::TaskError;
 /// handed to the task undecoded.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The task id.
     pub task: String,
     /// A JSON array.
     pub args: &'a RawValue,
@@ -43,6 +44,9 @@ fn first_char(raw: &RawValue) -> Option<u8> {
 }
 
 /// Parses `[task, args, kwargs]` (`kwargs` may be left out).
+///
+/// Not JSON at all is [`EnvelopeError::Json`], answered `DecodeError`; JSON of
+/// another shape is [`EnvelopeError::Shape`], answered `ProtocolError`.
 pub fn parse_request(message: &[u8]) -> Result<Request<'_>, EnvelopeError> {
     let parts: Vec<&RawValue> = match serde_json::from_slice(message) {
         Ok(parts) => parts,

@@ -19,10 +19,13 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::args::{decode_args, DecodeArgs};
+use crate::codec::args::{decode_args, DecodeArgs};
 use crate::codec::{Codec, CodecError, CodecErrorKind};
-use crate::context::TaskContext;
 use crate::error::{kind, IntoTaskError, TaskError};
+use context::TaskContext;
+
+pub(crate) mod context;
+pub(crate) mod run;
 
 /// Keyword arguments, decoded into `K` (usually a struct deriving
 /// `Deserialize`, with `#[serde(default)]` on optional fields). Must be the
@@ -33,11 +36,16 @@ use crate::error::{kind, IntoTaskError, TaskError};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Kw<K>(pub K);
 
-/// What one task invocation gets: its id (for messages), the codec, and the
-/// raw argument bytes.
+/// What one task invocation gets: its id (for messages) and the raw
+/// argument bytes. Built by the host and by `export_plugin!`, never by
+/// plugin code.
+#[doc(hidden)]
 pub struct Invocation<'a> {
+    /// The task id, for error messages.
     pub task: &'a str,
+    /// Positional arguments, a sequence in the call's codec.
     pub args: &'a [u8],
+    /// Keyword arguments as a JSON object, or empty for none.
     pub kwargs: &'a [u8],
 }
 
@@ -46,6 +54,7 @@ pub struct Invocation<'a> {
 pub trait TaskFn<M>: Send + Sync + 'static {
     /// Decodes the arguments with `C`, runs the function and encodes its
     /// result with `C`.
+    #[doc(hidden)]
     fn invoke<C: Codec>(
         &self,
         ctx: &TaskContext<'_>,
@@ -53,22 +62,9 @@ pub trait TaskFn<M>: Send + Sync + 'static {
     ) -> Result<Vec<u8>, TaskError>;
 }
 
-/// Runs `f` with the built-in codec `codec`: decodes the arguments, calls
-/// it, encodes its result. Panics are the caller's to catch.
-pub fn call_task<M, F: TaskFn<M>>(
-    f: &F,
-    ctx: &TaskContext<'_>,
-    call: &Invocation<'_>,
-    codec: crate::codec::CodecKind,
-) -> Result<Vec<u8>, TaskError> {
-    match codec {
-        crate::codec::CodecKind::Json => f.invoke::<crate::codec::Json>(ctx, call),
-        crate::codec::CodecKind::Bincode => f.invoke::<crate::codec::Bincode>(ctx, call),
-    }
-}
-
 /// A task's return value turned into reply bytes or an error reply.
 pub trait IntoReply {
+    /// Encodes the value with `C`, or turns it into an error reply.
     fn into_reply<C: Codec>(self) -> Result<Vec<u8>, TaskError>;
 }
 

@@ -1,0 +1,59 @@
+//! Private temporary directories, and plugin files installed the ways an
+//! operator installs them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name says what it is for.
+    pub fn new(label: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "taskit-test-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `src` into `dir` as `name` the way an operator would replace a
+/// plugin atomically: write a hidden temporary file, then rename it.
+pub fn install_by_rename(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(src, &tmp).expect("copy plugin");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename plugin into place");
+}
+
+/// Overwrites `dir/name` in place, as `cp new.so dir/name` does.
+pub fn install_by_overwrite(src: &Path, dir: &Path, name: &str) {
+    std::fs::copy(src, dir.join(name)).expect("copy over plugin");
+}
+
+/// A plugins directory holding the demo plugin as `demo.so`.
+pub fn demo_dir(label: &str) -> TempDir {
+    let dir = TempDir::new(label);
+    install_by_rename(&crate::built::plugin("taskit_demo"), dir.path(), "demo.so");
+    dir
+}

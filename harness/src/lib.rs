@@ -1,0 +1,57 @@
+//! What the end-to-end tests (`tests/`) and the measuring binaries
+//! (`taskit-bench`, `taskit-load`) share, compiled once for all of them.
+//!
+//! | module | |
+//! |---|---|
+//! | [`built`] | the binaries and plugin `.so` files under test, built by cargo once per test process |
+//! | [`process`] | a real `taskit-host` process: started, its log read, its address learnt, stopped |
+//! | [`fs`] | private temporary directories; installing a plugin as an operator would |
+//! | [`memory`] | a process's resident memory and retired plugin mappings, from `/proc` |
+//! | [`in_process`] | a plugin host inside the test process, and calls into its registry |
+//!
+//! Waiting is done by polling a state with a deadline ([`wait_until`]), never
+//! by sleeping for a time and hoping.
+
+pub mod built;
+pub mod fs;
+pub mod in_process;
+pub mod memory;
+pub mod process;
+
+pub use built::{built, example, host_binary, plugin, profile_dir};
+pub use fs::{demo_dir, install_by_overwrite, install_by_rename, TempDir};
+pub use in_process::{call, call_with, start_host};
+pub use memory::{rss_kib, status_kib};
+pub use process::{HostProcess, SelfHost};
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` until it holds. The deadline only keeps a broken build from
+/// hanging forever; it is not a speed assertion.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The first of `n` consecutive free loopback ports (free when checked).
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if base > 65535 - n {
+            continue;
+        }
+        let held: Vec<_> = (0..n)
+            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}

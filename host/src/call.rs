@@ -1,0 +1,90 @@
+//! One call of a task, as the host runs it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use taskit_plugin_api::host_side::Invocation;
+use taskit_plugin_api::{CodecError, CodecKind, EncodeArgs};
+
+/// One call of a task: read off the wire (either protocol) or made by an
+/// embedding program, and carried unchanged to the task that runs it. It
+/// owns its bytes, so it can move to whichever thread runs it.
+#[derive(Debug)]
+pub struct TaskCall {
+    task: String,
+    codec: CodecKind,
+    args: Vec<u8>,
+    kwargs: Vec<u8>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl TaskCall {
+    /// A call of `task` with positional arguments encoded by `codec` (a
+    /// sequence, see [`encode_args`](taskit_plugin_api::encode_args)) and
+    /// keyword arguments as a JSON object, or empty for none.
+    pub fn new(task: impl Into<String>, codec: CodecKind, args: Vec<u8>, kwargs: Vec<u8>) -> Self {
+        Self {
+            task: task.into(),
+            codec,
+            args,
+            kwargs,
+            cancelled: Arc::default(),
+        }
+    }
+
+    /// A call of `task` with `args` encoded by `codec` and no keyword
+    /// arguments.
+    pub fn with_args(
+        task: impl Into<String>,
+        codec: CodecKind,
+        args: &(impl EncodeArgs + ?Sized),
+    ) -> Result<Self, CodecError> {
+        let args = codec.encode_args(args)?;
+        Ok(Self::new(task, codec, args, Vec::new()))
+    }
+
+    /// The task id.
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+
+    /// The codec of the arguments and of the result.
+    pub fn codec(&self) -> CodecKind {
+        self.codec
+    }
+
+    /// Asks the task to give up early: it sees it through
+    /// [`TaskContext::is_cancelled`](taskit_plugin_api::TaskContext::is_cancelled).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that cancels this call from elsewhere (a CANCEL frame).
+    pub(crate) fn canceller(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancelled)
+    }
+
+    /// The flag the task's context reads.
+    pub(crate) fn cancelled(&self) -> &AtomicBool {
+        &self.cancelled
+    }
+
+    /// The call as a task function receives it.
+    pub(crate) fn invocation(&self) -> Invocation<'_> {
+        Invocation {
+            task: &self.task,
+            args: &self.args,
+            kwargs: &self.kwargs,
+        }
+    }
+
+    /// The positional arguments, encoded.
+    pub(crate) fn args(&self) -> &[u8] {
+        &self.args
+    }
+
+    /// The keyword arguments, JSON or empty.
+    pub(crate) fn kwargs(&self) -> &[u8] {
+        &self.kwargs
+    }
+}

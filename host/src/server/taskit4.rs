@@ -1,0 +1,154 @@
+//! A TaskIt 4.0 connection: one FirstBytes message in, one out, then close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::Value;
+use taskit_plugin_api::error::kind;
+use taskit_plugin_api::wire::taskit4::{self, EnvelopeError};
+use taskit_plugin_api::wire::{firstbytes, WireError};
+use taskit_plugin_api::{CodecKind, TaskError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::budget::SMALL_REQUEST;
+use super::dispatch::{execute, try_inline, After, Job};
+use super::drain::AcceptedCall;
+use super::Shared;
+use crate::call::TaskCall;
+
+/// The one reply of a connection, and what it answers for.
+struct Answer {
+    reply: Vec<u8>,
+    after: After,
+    /// The call it answers, if the request was one (a malformed request is
+    /// not accepted, so a drain never waits for it).
+    _accepted: Option<AcceptedCall>,
+}
+
+impl Answer {
+    fn error(kind: &str, message: String) -> Self {
+        Self {
+            reply: taskit4::encode_error(kind, &[Value::String(message)]),
+            after: After::Nothing,
+            _accepted: None,
+        }
+    }
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
+    // `_held` keeps the message's share of the byte budget until the reply
+    // is written.
+    let (answer, _held) = match read_message(&shared, &mut stream, first).await {
+        Ok(Some((message, held))) => (answer(&shared, &message).await, held),
+        Ok(None) => return,
+        Err(err) => {
+            tracing::debug!(%peer, %err, "bad TaskIt 4.0 message");
+            let kind = match err {
+                WireError::TooLarge { .. } => kind::MESSAGE_TOO_LARGE,
+                _ => kind::PROTOCOL_ERROR,
+            };
+            (Answer::error(kind, err.to_string()), None)
+        }
+    };
+    if let Err(err) = write_reply(&shared, &mut stream, &answer.reply).await {
+        tracing::debug!(%peer, %err, "could not write a TaskIt 4.0 reply");
+    }
+    if answer.after == After::Kill {
+        shared.drain.end(super::Exit::Killed);
+    }
+}
+
+/// Runs the request in `message` and makes its reply.
+async fn answer(shared: &Arc<Shared>, message: &[u8]) -> Answer {
+    let request = match taskit4::parse_request(message) {
+        Ok(request) => request,
+        Err(EnvelopeError::Json(msg)) => return Answer::error(kind::DECODE_ERROR, msg),
+        Err(err @ EnvelopeError::Shape(_)) => {
+            return Answer::error(kind::PROTOCOL_ERROR, err.to_string())
+        }
+    };
+    // Accepted before anything else, so a drain waits for its reply.
+    let accepted = Some(shared.drain.accept_call());
+    let call = TaskCall::new(
+        request.task,
+        CodecKind::Json,
+        request.args.get().as_bytes().to_vec(),
+        request.kwargs.get().as_bytes().to_vec(),
+    );
+    let job = Job::new(shared, call);
+    let (result, after) = if shared.drain.is_stopping() && !job.is_status() {
+        let task = job.call().task().to_owned();
+        (Err(TaskError::msg(kind::STOPPING, task)), After::Nothing)
+    } else {
+        match try_inline(shared, &job) {
+            Some(result) => (result, After::Nothing),
+            None => execute(shared, job).await,
+        }
+    };
+    let reply = match result {
+        Ok(json) => taskit4::encode_success(&json),
+        Err(err) => taskit4::encode_error(err.kind(), err.args()),
+    };
+    Answer {
+        reply,
+        after,
+        _accepted: accepted,
+    }
+}
+
+/// Reads one message, the first byte of which was already read. `Ok(None)`
+/// when the peer went away or took too long.
+async fn read_message(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    first: u8,
+) -> Result<Option<(Vec<u8>, Option<OwnedSemaphorePermit>)>, WireError> {
+    let mut decoder = firstbytes::Decoder::new(shared.config.max_message);
+    decoder.feed(&[first])?;
+    let mut buf = vec![0u8; 16 << 10];
+    // Past the first 64 KiB, the message's bytes count against the
+    // server's budget as they arrive.
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut total = 1usize;
+    let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
+    while !decoder.is_done() {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(n)) => n,
+        };
+        total += n;
+        if total > SMALL_REQUEST {
+            if let Some(permit) = shared.budget.reserve_exact(n).await {
+                match held.as_mut() {
+                    Some(all) => all.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
+        }
+        let used = decoder.feed(&buf[..n])?;
+        if used < n {
+            // Bytes after the message: TaskIt 4.0 sends one message per
+            // connection, so they are ignored.
+            break;
+        }
+    }
+    Ok(Some((decoder.into_message(), held)))
+}
+
+async fn write_reply(shared: &Shared, stream: &mut TcpStream, reply: &[u8]) -> std::io::Result<()> {
+    let framed = firstbytes::encode(reply);
+    match tokio::time::timeout(shared.config.write_timeout, async {
+        stream.write_all(&framed).await?;
+        stream.shutdown().await
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}

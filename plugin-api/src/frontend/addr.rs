@@ -1,0 +1,154 @@
+//! Where a backend is and how to talk to it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::codec::CodecKind;
+use crate::wire::DEFAULT_PORT;
+
+/// Which protocol a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Ours: persistent, multiplexed, JSON or bincode.
+    Native,
+    /// TaskIt 4.0's: a connection per call, JSON. For original Python backends.
+    Taskit4,
+}
+
+/// Where a backend is and how to talk to it. Parses from `host` (port
+/// 54543) or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The protocol spoken to it.
+    pub protocol: Protocol,
+    /// The codec of native calls (TaskIt 4.0 calls are always JSON).
+    pub codec: CodecKind,
+}
+
+impl BackendAddr {
+    /// A native backend using JSON.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            protocol: Protocol::Native,
+            codec: CodecKind::Json,
+        }
+    }
+
+    /// The same backend, spoken to with the TaskIt 4.0 protocol.
+    pub fn taskit4(mut self) -> Self {
+        self.protocol = Protocol::Taskit4;
+        self.codec = CodecKind::Json;
+        self
+    }
+
+    /// The same backend, with native calls encoded by `codec`.
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// `host:port`, with brackets around an IPv6 address: what to connect to.
+    pub(super) fn endpoint(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Whether `other` names the same host and port, whatever the protocol.
+    pub(super) fn same_place(&self, other: &BackendAddr) -> bool {
+        self.host == other.host && self.port == other.port
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.endpoint())
+    }
+}
+
+/// A backend address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad backend address {0:?}: expected HOST or HOST:PORT")]
+pub struct BadAddr(pub String);
+
+impl FromStr for BackendAddr {
+    type Err = BadAddr;
+
+    fn from_str(s: &str) -> Result<Self, BadAddr> {
+        let bad = || BadAddr(s.to_owned());
+        if s.is_empty() {
+            return Err(bad());
+        }
+        // [v6]:port, [v6], host:port, host
+        if let Some(rest) = s.strip_prefix('[') {
+            let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if tail.is_empty() => DEFAULT_PORT,
+                None => return Err(bad()),
+            };
+            return Ok(Self::new(host, port));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => {
+                if host.is_empty() {
+                    return Err(bad());
+                }
+                Ok(Self::new(host, port.parse().map_err(|_| bad())?))
+            }
+            _ => Ok(Self::new(s, DEFAULT_PORT)),
+        }
+    }
+}
+
+impl From<&str> for BackendAddr {
+    /// Parses; an address that does not parse is kept whole as a host name,
+    /// which will fail to connect (use `str::parse` to see the error).
+    fn from(s: &str) -> Self {
+        s.parse().unwrap_or_else(|_| Self::new(s, DEFAULT_PORT))
+    }
+}
+
+impl From<(&str, u16)> for BackendAddr {
+    fn from((host, port): (&str, u16)) -> Self {
+        Self::new(host, port)
+    }
+}
+
+impl From<std::net::SocketAddr> for BackendAddr {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self::new(addr.ip().to_string(), addr.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        let a: BackendAddr = "example.org".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("example.org", 54543));
+        let a: BackendAddr = "127.0.0.1:6000".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 6000));
+        let a: BackendAddr = "[::1]:7000".parse().unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.endpoint().as_str()),
+            ("::1", 7000, "[::1]:7000")
+        );
+        let a: BackendAddr = "::1".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 54543));
+        assert!("host:notaport".parse::<BackendAddr>().is_err());
+        assert!("host:70000".parse::<BackendAddr>().is_err());
+        assert!(":80".parse::<BackendAddr>().is_err());
+        assert!("".parse::<BackendAddr>().is_err());
+    }
+}

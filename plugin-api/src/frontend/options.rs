@@ -1,0 +1,66 @@
+//! Settings of a frontend and of one call.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Keyword arguments, as a JSON object.
+    pub kwargs: Option<Value>,
+    /// Give up (and ask the backend to cancel) after this long.
+    pub timeout: Option<Duration>,
+    /// The task may safely run twice: a call whose connection breaks after
+    /// it was sent is retried on the next backend instead of failing with
+    /// [`FrontendError::ConnectionLost`](super::FrontendError::ConnectionLost).
+    pub idempotent: bool,
+}
+
+impl CallOptions {
+    /// Adds one keyword argument.
+    pub fn kw(mut self, name: &str, value: impl Serialize) -> Self {
+        let map = self
+            .kwargs
+            .get_or_insert_with(|| Value::Object(Default::default()));
+        if let (Value::Object(map), Ok(value)) = (map, serde_json::to_value(value)) {
+            map.insert(name.to_owned(), value);
+        }
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the call as safe to run twice (the [`idempotent`](CallOptions#structfield.idempotent)
+    /// field): a backend dying with the call in flight sends it to the next one.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+}
+
+/// Frontend settings.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Sent with admin signals when the backends require one.
+    pub admin_token: Option<String>,
+    /// Largest reply accepted, in bytes.
+    pub max_reply: usize,
+    /// How long connecting (and the native hello) may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            max_reply: 256 << 20,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}

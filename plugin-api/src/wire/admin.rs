@@ -1,0 +1,255 @@
+//! Admin signals: requests to reserved task ids, answered by the host
+//! itself. Each signal declares the type of its reply here, once, for the
+//! host that encodes it and the clients that decode it.
+//!
+//! | signal | reply | |
+//! |---|---|---|
+//! | `<status>` | [`Reply::Status`]: the running-task count, as a decimal string | TaskIt 4.0 |
+//! | `<stop>` | [`Reply::Done`] once the drain has begun | TaskIt 4.0 |
+//! | `<kill>` | [`Reply::Done`], then the host ends | TaskIt 4.0 |
+//! | `<tasks>` | [`Reply::Tasks`]: the plugins and their task ids | ours |
+//! | `<reload>` | [`Reply::Reload`]: what a rescan of the plugins directory did | ours |
+//!
+//! `<status>` answers what TaskIt calls `get_tasks`: the number of tasks
+//! running, counting the status call itself (an idle host says `"1"`).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, CodecKind};
+
+/// Task ids starting with this are reserved for admin signals: no plugin or
+/// in-process task may use one.
+pub const RESERVED_PREFIX: char = '<';
+
+/// Whether `task` is reserved for admin signals (see [`RESERVED_PREFIX`]).
+pub fn is_reserved(task: &str) -> bool {
+    task.starts_with(RESERVED_PREFIX)
+}
+
+/// An admin signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `<status>`: the running-task count (TaskIt's `get_tasks`).
+    Status,
+    /// `<tasks>`: the loaded plugins and their task ids.
+    Tasks,
+    /// `<reload>`: rescan the plugins directory now.
+    Reload,
+    /// `<stop>`: stop accepting, answer every accepted call, exit.
+    Stop,
+    /// `<kill>`: exit now.
+    Kill,
+}
+
+impl Signal {
+    /// Every signal.
+    pub const ALL: [Signal; 5] = [
+        Signal::Status,
+        Signal::Tasks,
+        Signal::Reload,
+        Signal::Stop,
+        Signal::Kill,
+    ];
+
+    /// Its task id on the wire, e.g. `<stop>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Status => "<status>",
+            Self::Tasks => "<tasks>",
+            Self::Reload => "<reload>",
+            Self::Stop => "<stop>",
+            Self::Kill => "<kill>",
+        }
+    }
+
+    /// The signal a task id names, if any.
+    pub fn parse(task: &str) -> Option<Signal> {
+        Self::ALL.into_iter().find(|s| s.name() == task)
+    }
+
+    /// Reads this signal's reply, encoded with `codec`.
+    pub fn decode_reply(self, codec: CodecKind, bytes: &[u8]) -> Result<Reply, CodecError> {
+        Ok(match self {
+            Self::Status => Reply::Status(codec.decode(bytes)?),
+            Self::Tasks => Reply::Tasks(codec.decode(bytes)?),
+            Self::Reload => Reply::Reload(codec.decode(bytes)?),
+            // Any successful answer will do: TaskIt 4.0 answers `null`, we
+            // answer `()` (`null` in JSON, nothing in bincode).
+            Self::Stop | Self::Kill => Reply::Done,
+        })
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The reply to a [`Signal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// To `<status>`: the running-task count as a decimal string, as TaskIt
+    /// 4.0 sends it.
+    Status(String),
+    /// To `<tasks>`.
+    Tasks(Vec<PluginSummary>),
+    /// To `<reload>`.
+    Reload(ReloadReport),
+    /// To `<stop>` and `<kill>`.
+    Done,
+}
+
+impl Reply {
+    /// Writes the reply with `codec`.
+    pub fn encode(&self, codec: CodecKind) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Self::Status(count) => codec.encode(count),
+            Self::Tasks(plugins) => codec.encode(plugins),
+            Self::Reload(report) => codec.encode(report),
+            Self::Done => codec.encode(&()),
+        }
+    }
+}
+
+/// One entry of the `<tasks>` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginSummary {
+    /// The plugin's name (`embedded` for the host program's own tasks).
+    pub name: String,
+    /// The plugin's version string.
+    pub version: String,
+    /// The plugin file (empty for embedded tasks).
+    pub file: String,
+    /// The ids it serves.
+    pub tasks: Vec<String>,
+}
+
+/// The `<reload>` reply: files loaded, refused and removed by the rescan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Files loaded (new, or a new version).
+    pub loaded: Vec<String>,
+    /// Files refused; the version loaded before, if any, keeps serving.
+    pub refused: Vec<String>,
+    /// Files gone, whose tasks were unregistered.
+    pub removed: Vec<String>,
+    /// Files found as they were.
+    pub unchanged: u64,
+}
+
+/// Why an admin token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// It cannot be read.
+    #[error("cannot read the admin token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Other users may read it (checked by the host, which owns the secret).
+    #[error("the admin token file {path} is readable by every user; run `chmod o-r {path}` first")]
+    Exposed {
+        /// The file.
+        path: String,
+    },
+    /// It holds nothing.
+    #[error("the admin token file {path} is empty")]
+    Empty {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Reads an admin token: the file's text without its final line break.
+/// With `private`, a file every user may read is refused.
+pub fn read_token_file(path: &Path, private: bool) -> Result<String, TokenFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read = |source| TokenFileError::Read {
+        path: shown.clone(),
+        source,
+    };
+    if private {
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(TokenFileError::Exposed { path: shown });
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err(TokenFileError::Empty { path: shown });
+    }
+    Ok(token.to_owned())
+}
+
+/// A number of seconds as given on a command line (`2.5`): positive and
+/// finite, or an error saying so. For `clap`'s `value_parser`.
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_round_trip_by_name() {
+        for signal in Signal::ALL {
+            assert_eq!(Signal::parse(signal.name()), Some(signal));
+            assert!(is_reserved(signal.name()));
+        }
+        assert_eq!(Signal::parse("<nope>"), None);
+        assert!(is_reserved("<nope>"));
+        assert!(!is_reserved("add"));
+    }
+
+    #[test]
+    fn replies_decode_as_declared_in_both_codecs() {
+        for codec in [CodecKind::Json, CodecKind::Bincode] {
+            let status = Reply::Status("3".into()).encode(codec).unwrap();
+            assert_eq!(
+                Signal::Status.decode_reply(codec, &status).unwrap(),
+                Reply::Status("3".into())
+            );
+            let done = Reply::Done.encode(codec).unwrap();
+            assert_eq!(
+                Signal::Stop.decode_reply(codec, &done).unwrap(),
+                Reply::Done
+            );
+            let report = Reply::Reload(ReloadReport::default())
+                .encode(codec)
+                .unwrap();
+            assert!(matches!(
+                Signal::Reload.decode_reply(codec, &report).unwrap(),
+                Reply::Reload(_)
+            ));
+        }
+        // The original TaskIt 4.0 backend answers `<stop>` with `null`.
+        assert_eq!(
+            Signal::Stop.decode_reply(CodecKind::Json, b"null").unwrap(),
+            Reply::Done
+        );
+    }
+
+    #[test]
+    fn seconds_must_be_positive() {
+        assert_eq!(
+            parse_seconds("2.5"),
+            Ok(std::time::Duration::from_millis(2500))
+        );
+        for bad in ["0", "-1", "NaN", "inf", "soon", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+}
