@@ -30,6 +30,13 @@ fn the_host_logs_what_it_loads_refuses_reloads_and_removes() {
         "keeps_serving=demo 0.2.0",
     ]);
 
+    // A plugin whose ABI layout differs: one short line that says what
+    // differs and what to do (the layout comparison is at debug level).
+    std::fs::copy(plugin("taskit_fixture_bad_layout"), dir.join("demo.so")).unwrap();
+    let line = host.expect_line(&["refused plugin file", "demo.so", "layout differs"]);
+    assert!(line.contains("rebuild"), "{line}");
+    assert!(line.len() < 400, "{} bytes: {line}", line.len());
+
     std::fs::remove_file(dir.join("demo.so")).unwrap();
     host.expect_line(&["removed plugin", "plugin=demo"]);
     assert!(

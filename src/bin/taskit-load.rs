@@ -581,18 +581,25 @@ impl Faults {
 
     /// Starts the fault threads; returns them and the second host.
     fn start(self, done: Arc<AtomicBool>, tally: Arc<Tally>) -> (FaultThreads, SelfHost) {
+        let stopped = {
+            let tally = Arc::clone(&tally);
+            move || tally.stop_sent.load(Ordering::Acquire)
+        };
         let quit = {
-            let (done, tally) = (Arc::clone(&done), Arc::clone(&tally));
-            move || done.load(Ordering::Acquire) || tally.stop_sent.load(Ordering::Acquire)
+            let (done, stopped) = (Arc::clone(&done), stopped.clone());
+            move || done.load(Ordering::Acquire) || stopped()
         };
         // Reload storm: replace demo.so, alternating versions, by rename;
         // each swap counted once a call is answered by the new version.
+        // All of them are done even if the load ends first (only a <stop>
+        // cuts them short), so the count does not depend on the speed of
+        // the machine.
         let reloads = {
             let (dir, versions, reloads, quit, addr) = (
                 self.dir.clone(),
                 self.versions.clone(),
                 self.reloads,
-                quit.clone(),
+                stopped.clone(),
                 self.addr,
             );
             std::thread::spawn(move || {
@@ -630,8 +637,8 @@ impl Faults {
                 lib: self.removable.clone(),
                 tally,
             };
-            let quit = quit.clone();
-            std::thread::spawn(move || removal.run(&quit))
+            let (done, stopped) = (Arc::clone(&done), stopped.clone());
+            std::thread::spawn(move || removal.run(&stopped, &|| done.load(Ordering::Acquire)))
         };
         // Clients that vanish mid-message, in both protocols.
         let vanished = {
@@ -706,10 +713,15 @@ struct Removal {
 /// Calls to the removed plugin started in each round, and how long each holds.
 const HOLDS: u64 = 4;
 const HOLD_MS: u64 = 1500;
+/// Rounds the removal thread may add once the load is done, to see one
+/// removal outlived by its calls.
+const ROUNDS_AFTER_DONE: u32 = 5;
 
 impl Removal {
-    /// Rounds until `quit`: (removals seen, removals that calls outlived).
-    fn run(self, quit: &dyn Fn() -> bool) -> (u64, u64) {
+    /// Rounds until `done` once a removal was outlived by its calls (at most
+    /// [`ROUNDS_AFTER_DONE`] more rounds to see one), or until `stopped`:
+    /// (removals seen, removals that calls outlived).
+    fn run(self, stopped: &dyn Fn() -> bool, done: &dyn Fn() -> bool) -> (u64, u64) {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -717,9 +729,15 @@ impl Removal {
             return (0, 0);
         };
         let (mut removals, mut mid_call) = (0, 0);
-        let mut round = 0;
-        while !quit() {
-            match rt.block_on(self.round(round, quit)) {
+        let (mut round, mut after_done) = (0, 0);
+        while !stopped() {
+            if done() {
+                if mid_call > 0 || after_done == ROUNDS_AFTER_DONE {
+                    break;
+                }
+                after_done += 1;
+            }
+            match rt.block_on(self.round(round, stopped)) {
                 Some(outlived) => {
                     removals += 1;
                     mid_call += u64::from(outlived);
