@@ -2,6 +2,7 @@
 //! reloading and removing plugins, and how it refuses to start.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -442,5 +443,131 @@ fn a_quick_plugin_task_turning_slow_does_not_hold_up_other_connections() {
     );
     for s in slow {
         assert_eq!(s.join().unwrap().unwrap(), 2000);
+    }
+}
+
+/// A plugin built against the next minor version of `taskit-plugin-api`
+/// (same plugin ABI) loads and serves: the ABI is versioned on its own, not
+/// with the workspace. Builds a copy of plugin-api and the demo plugin in a
+/// workspace of their own whose version is one minor ahead of this one;
+/// then the same against the next major ABI version, which is refused.
+#[test]
+fn a_plugin_built_against_a_newer_plugin_api_minor_loads() {
+    use taskit_plugin_api::frontend::BlockingFrontEnd;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = TempDir::new("newer-api");
+    let next = {
+        let mut parts = env!("CARGO_PKG_VERSION").split('.');
+        let major = parts.next().unwrap();
+        let minor: u32 = parts.next().unwrap().parse().unwrap();
+        format!("{major}.{}.0", minor + 1)
+    };
+
+    copy_tree(&root.join("plugin-api"), &work.join("plugin-api"));
+    copy_tree(&root.join("plugins/demo"), &work.join("demo"));
+    // Another package name: its library must not replace this workspace's
+    // libtaskit_demo.so in the shared target directory.
+    let demo_manifest = work.join("demo/Cargo.toml");
+    let manifest = std::fs::read_to_string(&demo_manifest).unwrap();
+    let renamed = manifest.replacen(
+        "name = \"taskit-demo\"",
+        "name = \"taskit-demo-newer-api\"",
+        1,
+    );
+    assert_ne!(manifest, renamed, "the demo plugin's package name moved");
+    std::fs::write(&demo_manifest, renamed).unwrap();
+
+    // This workspace's manifest, its version bumped, its members the copies.
+    let ours = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let mut theirs = String::from(
+        "[workspace]\nmembers = [\"plugin-api\", \"plugin-api/abi\", \"demo\"]\nresolver = \"2\"\n",
+    );
+    let mut in_workspace_tables = false;
+    for line in ours.lines() {
+        if line.starts_with('[') {
+            in_workspace_tables = line.starts_with("[workspace.");
+        }
+        if !in_workspace_tables
+            || line.starts_with("taskit-host")
+            || line.starts_with("taskit-harness")
+        {
+            continue;
+        }
+        if line.starts_with("version = ") {
+            theirs.push_str(&format!("version = \"{next}\"\n"));
+        } else {
+            theirs.push_str(line);
+            theirs.push('\n');
+        }
+    }
+    std::fs::write(work.join("Cargo.toml"), theirs).unwrap();
+    std::fs::copy(root.join("Cargo.lock"), work.join("Cargo.lock")).unwrap();
+
+    let profile = built();
+    let build = |into: &Path, name: &str| {
+        let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo
+            .args(["build", "-p", "taskit-demo-newer-api"])
+            .current_dir(work.path())
+            .env("CARGO_TARGET_DIR", profile.parent().unwrap());
+        if profile.ends_with("release") {
+            cargo.arg("--release");
+        }
+        assert!(
+            cargo.status().unwrap().success(),
+            "building the plugin failed"
+        );
+        install_by_rename(&profile.join("libtaskit_demo_newer_api.so"), into, name);
+    };
+
+    let plugins = TempDir::new("newer-api-plugins");
+    build(plugins.path(), "demo.so");
+    let mut host = HostProcess::start(&["--plugins", plugins.path().to_str().unwrap()]);
+    host.expect_line(&["loaded plugin", "plugin=demo", &format!("version={next}")]);
+    let addr = host.ready();
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<String>("version", &()).unwrap(), next);
+    assert_eq!(fe.work::<i64>("add", &(2, 3)).unwrap(), 5);
+
+    // The same plugin against the next major ABI version is refused, in
+    // one line that says what to do, and the loaded one keeps serving.
+    let abi_manifest = work.join("plugin-api/abi/Cargo.toml");
+    let manifest = std::fs::read_to_string(&abi_manifest).unwrap();
+    let abi_line = manifest
+        .lines()
+        .find(|l| l.starts_with("version = \""))
+        .expect("the ABI crate states its own version");
+    let major: u32 = abi_line["version = \"".len()..]
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("a major version");
+    let next_major = format!("{}.0.0", major + 1);
+    let bumped = manifest.replacen(abi_line, &format!("version = \"{next_major}\""), 1);
+    std::fs::write(&abi_manifest, bumped).unwrap();
+    let staging = TempDir::new("newer-api-major");
+    build(staging.path(), "demo.so");
+    std::fs::rename(staging.join("demo.so"), plugins.join("demo.so")).unwrap();
+    let line = host.expect_line(&["refused plugin file", "demo.so"]);
+    for part in [
+        &format!("built for plugin ABI {next_major}"),
+        "rebuild",
+        "keeps_serving=demo",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    assert_eq!(fe.work::<i64>("add", &(2, 3)).unwrap(), 5);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
     }
 }
