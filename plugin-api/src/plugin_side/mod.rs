@@ -19,7 +19,7 @@ use crate::task::Invocation;
 
 /// Exports a plugin: its name, optionally its version (default: the crate's
 /// Cargo version) and an init function, and a map from task ids to
-/// functions (see [`TaskFn`] for the shapes accepted).
+/// functions (see [`TaskFn`](crate::TaskFn) for the shapes accepted).
 ///
 /// ```no_run
 /// fn add(x: i64, y: i64) -> i64 { x + y }
