@@ -16,6 +16,8 @@
 //! | `plugin_host` | [`PluginHost`]: a registry kept in step with a plugins directory |
 //! | `watcher` | the thread applying changes: debouncing file events, the load policy |
 //! | `loader` | one plugin version: shadow copy, ELF check, `dlopen`, ABI checks, `init` |
+//! | `worker` | process isolation: plugin versions served by supervised worker processes |
+//! | `counters` | the running-task count, in memory shared with the workers |
 //! | `services` | what plugins may ask of the host across the ABI: the running count, logging |
 //!
 //! Embedding: serve your own functions with [`Registry::register`] and
@@ -27,12 +29,14 @@
 #![warn(missing_docs)]
 
 mod call;
+mod counters;
 mod loader;
 mod plugin_host;
 mod registry;
 mod server;
 mod services;
 mod watcher;
+mod worker;
 
 pub use call::TaskCall;
 pub use loader::LoadError;
@@ -41,6 +45,7 @@ pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDE
 pub use server::{Exit, Served, Server, ServerConfig, ServerHandle};
 pub use services::PLUGIN_LOG_TARGET;
 pub use watcher::is_plugin_file;
+pub use worker::{run_worker, Isolation, WorkerOptions, WORKER_SUBCOMMAND};
 
 /// Ends the process now with `code`, without waiting for running tasks
 /// (what `<kill>` asks for), after removing the shadow directories of this

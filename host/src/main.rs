@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use taskit_host::{Exit, HostConfig, PluginHost, Server, ServerConfig};
+use taskit_host::{
+    run_worker, Exit, HostConfig, Isolation, PluginHost, Server, ServerConfig, WorkerOptions,
+    WORKER_SUBCOMMAND,
+};
 use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -77,6 +80,29 @@ struct Args {
     /// only (for file systems without change notification, such as NFS).
     #[arg(long)]
     no_watch: bool,
+
+    /// Where plugins run: `process` (each plugin version in worker
+    /// processes of its own, so a plugin that crashes, aborts or exits
+    /// takes nothing else down) or `none` (inside this process: faster, for
+    /// trusted plugins only).
+    #[arg(long, value_enum, default_value_t = IsolationMode::Process)]
+    isolation: IsolationMode,
+
+    /// Worker processes per plugin version (process isolation); calls go to
+    /// the least loaded. Default: the number of cores.
+    #[arg(long, value_name = "N")]
+    workers_per_plugin: Option<usize>,
+
+    /// Seconds a worker has to load a plugin and run its init before it is
+    /// killed and the file refused (process isolation).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    init_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IsolationMode {
+    Process,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +123,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == WORKER_SUBCOMMAND) {
+        std::process::exit(run_worker(argv));
+    }
     let args = Args::parse();
     init_logging(args.log_format);
     let admin_token = args
@@ -127,6 +157,19 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     let mut host_config = HostConfig::new(&args.plugins);
     host_config.shadow_dir = args.shadow_dir.clone();
     host_config.watch = !args.no_watch;
+    host_config.isolation = match args.isolation {
+        IsolationMode::None => Isolation::InProcess,
+        IsolationMode::Process => {
+            let mut options = WorkerOptions::current_exe()
+                .context("cannot find this program to start plugin workers")?;
+            if let Some(n) = args.workers_per_plugin {
+                options.workers_per_plugin = n.max(1);
+            }
+            options.init_timeout = args.init_timeout;
+            options.max_frame = options.max_frame.max(args.max_message);
+            Isolation::Process(options)
+        }
+    };
     let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
         .await?
         .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;

@@ -14,7 +14,8 @@ use notify::{RecursiveMode, Watcher as _};
 
 use crate::loader::{LoadError, Loader, ShadowDir, DEFAULT_MAX_PLUGIN_BYTES};
 use crate::registry::{Conflict, Registry};
-use crate::watcher::{Msg, Subscribers, Worker, EVENT_QUEUE, SUBSCRIBER_QUEUE};
+use crate::watcher::{Applier, Msg, Subscribers, EVENT_QUEUE, SUBSCRIBER_QUEUE};
+use crate::worker::Isolation;
 
 /// How the plugin host is set up.
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct HostConfig {
     pub watch: bool,
     /// Plugin files larger than this are refused.
     pub max_plugin_bytes: u64,
+    /// Where plugins run: in this process (the default for a program
+    /// embedding the host) or in worker processes (the default of the
+    /// `taskit-host` binary).
+    pub isolation: Isolation,
 }
 
 impl HostConfig {
@@ -46,6 +51,7 @@ impl HostConfig {
             quiet: Duration::from_millis(250),
             watch: true,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            isolation: Isolation::InProcess,
         }
     }
 }
@@ -150,6 +156,7 @@ impl PluginHost {
             shadow_dir,
             config.max_plugin_bytes,
             Arc::clone(registry.state()),
+            config.isolation.clone(),
         );
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -166,7 +173,7 @@ impl PluginHost {
         };
 
         let subscribers = Subscribers::default();
-        let mut worker = Worker::new(
+        let mut applier = Applier::new(
             config,
             loader,
             Arc::clone(&registry),
@@ -174,10 +181,10 @@ impl PluginHost {
             overflowed,
             rx,
         );
-        worker.rescan();
+        applier.rescan();
         let thread = std::thread::Builder::new()
             .name("taskit-plugins".into())
-            .spawn(move || worker.run())
+            .spawn(move || applier.run())
             .map_err(StartError::ShadowDir)?;
         Ok(Self {
             registry,

@@ -40,6 +40,9 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     fn tasks(&self) -> &[String];
     /// Runs its task number `index` (counting is the route's job).
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError>;
+    /// Serves again after being given up on (a forced reload): only worker
+    /// processes can be given up on.
+    fn revive(&self) {}
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -255,6 +258,22 @@ impl Registry {
                 }
             })
             .collect()
+    }
+
+    /// Serves again every plugin version that was given up on (a forced
+    /// reload; see [`PluginHost::reload`](crate::PluginHost::reload)).
+    pub(crate) fn revive_all(&self) {
+        let plugins: Vec<Arc<dyn Plugin>> = {
+            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+            plugins
+                .by_file
+                .values()
+                .map(|i| Arc::clone(&i.plugin))
+                .collect()
+        };
+        for plugin in plugins {
+            plugin.revive();
+        }
     }
 
     /// What `<tasks>` answers: the in-process tasks as a plugin named

@@ -2,7 +2,6 @@
 //! accounting and the log bridge that plugins reach through the ABI.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use abi_stable::prefix_type::WithMetadata;
@@ -10,22 +9,38 @@ use abi_stable::std_types::RStr;
 use taskit_plugin_api::host_side::abi::{HostServices, HostVTable, HostVTableRef, LogLevel};
 use tracing::Level;
 
-/// Counters shared by everything one host runs.
-#[derive(Debug, Default)]
+use crate::counters::{self, Counters};
+
+/// Counters shared by everything one host runs, worker processes included.
+#[derive(Debug)]
 pub(crate) struct HostState {
-    running: AtomicU64,
+    counters: Counters,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        Self {
+            counters: Counters::new(),
+        }
+    }
 }
 
 impl HostState {
-    /// Tasks running now: calls in progress plus subtasks they started.
+    /// Tasks running now: calls in progress plus subtasks they started,
+    /// in this process and in its workers.
     pub fn running_tasks(&self) -> u64 {
-        self.running.load(Ordering::Acquire)
+        self.counters.sum()
     }
 
     /// Counts one task as running until the guard drops.
     pub fn enter(self: &Arc<Self>) -> RunningGuard {
-        self.running.fetch_add(1, Ordering::AcqRel);
+        counters::up(self.counters.host());
         RunningGuard(Arc::clone(self))
+    }
+
+    /// The shared counters (for worker processes).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 }
 
@@ -35,7 +50,7 @@ pub(crate) struct RunningGuard(Arc<HostState>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        counters::down(self.0.counters.host());
     }
 }
 
@@ -96,17 +111,12 @@ unsafe extern "C" fn running_tasks(d: *const c_void) -> u64 {
 
 unsafe extern "C" fn subtask_enter(d: *const c_void) {
     let d = unsafe { data(d) };
-    d.state.running.fetch_add(1, Ordering::AcqRel);
+    counters::up(d.state.counters.host());
 }
 
 unsafe extern "C" fn subtask_exit(d: *const c_void) {
     let d = unsafe { data(d) };
-    // Saturating: a plugin that exits more subtasks than it entered must not
-    // wrap the count around.
-    let _ = d
-        .state
-        .running
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    counters::down(d.state.counters.host());
 }
 
 /// The target every plugin record is emitted under: filter plugin logs with
@@ -116,35 +126,60 @@ pub const PLUGIN_LOG_TARGET: &str = "taskit::plugin";
 
 unsafe extern "C" fn log_enabled(_: *const c_void, level: u8) -> bool {
     // A subscriber that panics must not take the process down.
-    guarded(false, || match LogLevel::from_u8(level) {
+    guarded(false, || plugin_log_enabled(LogLevel::from_u8(level)))
+}
+
+unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let d = unsafe { data(d) };
+    guarded((), || {
+        emit_plugin_log(
+            &d.plugin,
+            &d.version,
+            LogLevel::from_u8(level),
+            &target,
+            &message,
+        )
+    })
+}
+
+/// Whether the host's subscriber wants plugin records at `level`.
+pub(crate) fn plugin_log_enabled(level: LogLevel) -> bool {
+    match level {
         LogLevel::Trace => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::TRACE),
         LogLevel::Debug => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::DEBUG),
         LogLevel::Info => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::INFO),
         LogLevel::Warn => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::WARN),
         LogLevel::Error => tracing::enabled!(target: PLUGIN_LOG_TARGET, Level::ERROR),
-    })
+    }
 }
 
-unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
-    let d = unsafe { data(d) };
+/// Emits one record of a plugin, tagged with its name and version, under
+/// [`PLUGIN_LOG_TARGET`] (wherever the plugin runs: here or in a worker).
+pub(crate) fn emit_plugin_log(
+    plugin: &str,
+    version: &str,
+    level: LogLevel,
+    target: &str,
+    message: &str,
+) {
     macro_rules! emit {
         ($level:expr) => {
             tracing::event!(
                 target: PLUGIN_LOG_TARGET,
                 $level,
-                plugin = %d.plugin,
-                version = %d.version,
+                plugin = %plugin,
+                version = %version,
                 module = %target,
                 "{}",
                 message
             )
         };
     }
-    guarded((), || match LogLevel::from_u8(level) {
+    match level {
         LogLevel::Trace => emit!(Level::TRACE),
         LogLevel::Debug => emit!(Level::DEBUG),
         LogLevel::Info => emit!(Level::INFO),
         LogLevel::Warn => emit!(Level::WARN),
         LogLevel::Error => emit!(Level::ERROR),
-    })
+    }
 }

@@ -173,7 +173,7 @@ enum LoadOutcome {
 }
 
 /// The thread's state: the loader, and what it knows of each file.
-pub(crate) struct Worker {
+pub(crate) struct Applier {
     config: HostConfig,
     loader: Loader,
     registry: Arc<Registry>,
@@ -187,7 +187,7 @@ pub(crate) struct Worker {
     rx: Receiver<Msg>,
 }
 
-impl Worker {
+impl Applier {
     pub(crate) fn new(
         config: HostConfig,
         loader: Loader,
@@ -241,6 +241,7 @@ impl Worker {
             }
             Some(Msg::Reload(reply)) => {
                 let summary = self.rescan();
+                self.registry.revive_all();
                 let _ = reply.send(summary);
             }
             Some(Msg::Shutdown) | None => {}
@@ -316,9 +317,12 @@ impl Worker {
                 tracing::debug!(file = %path.display(), "same contents as the loaded version; not reloaded");
                 LoadOutcome::Unchanged
             }
-            Ok(Loaded::New(version)) => {
-                self.loaded.insert(path.to_owned(), version.content_hash());
-                self.install(path, Arc::new(version));
+            Ok(Loaded::New {
+                plugin,
+                content_hash,
+            }) => {
+                self.loaded.insert(path.to_owned(), content_hash);
+                self.install(path, plugin);
                 LoadOutcome::Loaded
             }
             Err(error) => {

@@ -38,6 +38,16 @@ pub mod kind {
     pub const STOPPING: &str = "Stopping";
     /// An unknown admin signal; args: `[signal]`.
     pub const UNKNOWN_SIGNAL: &str = "UnknownSignal";
+
+    /// The worker process running the call died before answering (process
+    /// isolation); args: `[plugin, version, cause]`, the cause such as
+    /// `"killed by SIGSEGV"` or `"exited with status 0"`. The task may have
+    /// run: clients retry it only if the call is marked idempotent.
+    pub const WORKER_CRASHED: &str = "WorkerCrashed";
+    /// The plugin's workers crashed too often and it is no longer started
+    /// until its file changes or the host is told to reload; args:
+    /// `[plugin, version, reason]`. The call was not run.
+    pub const PLUGIN_UNAVAILABLE: &str = "PluginUnavailable";
 }
 
 /// An error reply: `type` and `args`, as in TaskIt.

@@ -30,6 +30,7 @@ pub(crate) use shadow::{remove_all as remove_shadow_dirs, ShadowDir};
 use crate::call::TaskCall;
 use crate::registry::Plugin;
 use crate::services::{services_for, HostState};
+use crate::worker::{Isolation, WorkerPlugin};
 
 /// Why a plugin file was refused. The previous version, if any, keeps serving.
 ///
@@ -59,6 +60,35 @@ pub enum LoadError {
     /// Its root module constructor or `init` failed or panicked.
     #[error("plugin initialisation failed: {0}")]
     Init(String),
+}
+
+impl LoadError {
+    /// The variant as a number and the message, to cross from a worker.
+    pub(crate) fn to_code(&self) -> (u8, &str) {
+        match self {
+            Self::Io(m) => (0, m),
+            Self::NotALibrary(m) => (1, m),
+            Self::Open(m) => (2, m),
+            Self::NotAPlugin(m) => (3, m),
+            Self::Incompatible(m) => (4, m),
+            Self::InvalidTasks(m) => (5, m),
+            Self::Init(m) => (6, m),
+        }
+    }
+
+    /// The inverse of [`to_code`](Self::to_code); an unknown number is an
+    /// initialisation failure.
+    pub(crate) fn from_code(code: u8, message: String) -> Self {
+        match code {
+            0 => Self::Io(message),
+            1 => Self::NotALibrary(message),
+            2 => Self::Open(message),
+            3 => Self::NotAPlugin(message),
+            4 => Self::Incompatible(message),
+            5 => Self::InvalidTasks(message),
+            _ => Self::Init(message),
+        }
+    }
 }
 
 /// Identity of a file's contents as far as the file system tells: a change
@@ -93,56 +123,54 @@ impl Fingerprint {
 /// flight another, so a call that began on this version finishes on it
 /// however many reloads happen meanwhile.
 pub(crate) struct PluginVersion {
-    name: String,
-    version: String,
-    source: PathBuf,
-    shadow: PathBuf,
-    generation: u64,
-    content_hash: u64,
-    tasks: Vec<String>,
-    module: PluginModRef,
+    file: Prepared,
+    opened: Opened,
     services: HostServices,
-    // Never closed: see `Drop`.
-    _library: ManuallyDrop<RawLibrary>,
 }
 
 impl fmt::Debug for PluginVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PluginVersion")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("source", &self.source)
-            .field("generation", &self.generation)
+            .field("name", &self.opened.name)
+            .field("version", &self.opened.version)
+            .field("source", &self.file.source)
+            .field("generation", &self.file.generation)
             .finish_non_exhaustive()
     }
 }
 
 impl PluginVersion {
-    /// A hash of the file's bytes, to tell a real change from a `touch`.
-    pub(crate) fn content_hash(&self) -> u64 {
-        self.content_hash
+    /// Initialises an opened plugin in this process.
+    fn init(file: Prepared, opened: Opened, state: &Arc<HostState>) -> Result<Self, LoadError> {
+        let services = services_for(state, &opened.name, &opened.version);
+        opened.init(services)?;
+        Ok(Self {
+            file,
+            opened,
+            services,
+        })
     }
 }
 
 impl Plugin for PluginVersion {
     fn name(&self) -> &str {
-        &self.name
+        &self.opened.name
     }
 
     fn version(&self) -> &str {
-        &self.version
+        &self.opened.version
     }
 
     fn source(&self) -> &Path {
-        &self.source
+        &self.file.source
     }
 
     fn generation(&self) -> u64 {
-        self.generation
+        self.file.generation
     }
 
     fn tasks(&self) -> &[String] {
-        &self.tasks
+        &self.opened.tasks
     }
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
@@ -154,10 +182,7 @@ impl Plugin for PluginVersion {
             cancelled: call.cancelled(),
             host: self.services,
         };
-        match (self.module.call())(&request) {
-            RResult::ROk(bytes) => Ok(bytes.into_vec()),
-            RResult::RErr(err) => Err(TaskError::from_ffi(&err)),
-        }
+        self.opened.call(&request)
     }
 }
 
@@ -167,15 +192,85 @@ impl Drop for PluginVersion {
     /// thread-local destructors, threads it spawned, or statics it handed out
     /// may still point into it) and glibc would often not unmap it anyway.
     fn drop(&mut self) {
-        if let Err(err) = fs::remove_file(&self.shadow) {
-            tracing::debug!(shadow = %self.shadow.display(), %err, "could not remove shadow copy");
-        }
+        self.file.remove_copy();
         tracing::debug!(
-            plugin = %self.name,
-            version = %self.version,
-            generation = self.generation,
+            plugin = %self.opened.name,
+            version = %self.opened.version,
+            generation = self.file.generation,
             "released old version (last call ended); its code stays mapped"
         );
+    }
+}
+
+/// A plugin file copied into the shadow directory and checked as far as
+/// can be without running any of it: size, type, ELF headers.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The watched file.
+    pub(crate) source: PathBuf,
+    /// The private copy that gets mapped.
+    pub(crate) shadow: PathBuf,
+    /// Which load of the host this is.
+    pub(crate) generation: u64,
+    /// A hash of the file's bytes, to tell a real change from a `touch`.
+    pub(crate) content_hash: u64,
+}
+
+impl Prepared {
+    /// Removes the private copy (a mapping of it stays readable).
+    pub(crate) fn remove_copy(&self) {
+        if let Err(err) = fs::remove_file(&self.shadow) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!(shadow = %self.shadow.display(), %err, "could not remove shadow copy");
+            }
+        }
+    }
+}
+
+/// A plugin library mapped into this process and checked (abi_stable's
+/// version and layout, the task table), not yet initialised.
+pub(crate) struct Opened {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) tasks: Vec<String>,
+    module: PluginModRef,
+    // Never closed: see `PluginVersion`'s `Drop`.
+    _library: ManuallyDrop<RawLibrary>,
+}
+
+impl Opened {
+    /// Maps the private copy `shadow` of `source` and runs every check.
+    pub(crate) fn open(shadow: &Path, source: &Path) -> Result<Self, LoadError> {
+        let (library, module) = open(shadow, source)?;
+        let name = module.name().to_string();
+        let version = module.version().to_string();
+        let tasks: Vec<String> = module.tasks().iter().map(|t| t.to_string()).collect();
+        // From here on the library has run code: it stays mapped.
+        let library = ManuallyDrop::new(library);
+        validate_tasks(&name, &tasks).map_err(LoadError::InvalidTasks)?;
+        Ok(Self {
+            name,
+            version,
+            tasks,
+            module,
+            _library: library,
+        })
+    }
+
+    /// Runs the plugin's `init` with `services`.
+    pub(crate) fn init(&self, services: HostServices) -> Result<(), LoadError> {
+        match (self.module.init())(services) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(msg) => Err(LoadError::Init(msg.into_string())),
+        }
+    }
+
+    /// Calls into the plugin.
+    pub(crate) fn call(&self, request: &CallRequest<'_>) -> Result<Vec<u8>, TaskError> {
+        match (self.module.call())(request) {
+            RResult::ROk(bytes) => Ok(bytes.into_vec()),
+            RResult::RErr(err) => Err(TaskError::from_ffi(&err)),
+        }
     }
 }
 
@@ -183,31 +278,44 @@ impl Drop for PluginVersion {
 pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 256 << 20;
 
 /// What [`Loader::load`] produced.
-#[derive(Debug)]
 pub(crate) enum Loaded {
     /// A new version, checked and initialised.
-    New(PluginVersion),
+    New {
+        /// It, ready to serve.
+        plugin: Arc<dyn Plugin>,
+        /// A hash of its file's bytes.
+        content_hash: u64,
+    },
     /// The file holds exactly the bytes of the version already loaded.
     Unchanged,
 }
 
-/// Opens plugin versions into its private shadow directory.
+/// Opens plugin versions from copies in its private shadow directory, in
+/// this process or in worker processes.
 pub(crate) struct Loader {
     shadow_dir: ShadowDir,
     generation: u64,
     max_bytes: u64,
     state: Arc<HostState>,
+    isolation: Isolation,
 }
 
 impl Loader {
     /// A loader whose copies go to `shadow_dir`, refusing files over
-    /// `max_bytes`, whose plugins report to `state`.
-    pub(crate) fn new(shadow_dir: ShadowDir, max_bytes: u64, state: Arc<HostState>) -> Self {
+    /// `max_bytes`, whose plugins report to `state` and run as `isolation`
+    /// says.
+    pub(crate) fn new(
+        shadow_dir: ShadowDir,
+        max_bytes: u64,
+        state: Arc<HostState>,
+        isolation: Isolation,
+    ) -> Self {
         Self {
             shadow_dir,
             generation: 0,
             max_bytes,
             state,
+            isolation,
         }
     }
 
@@ -220,6 +328,43 @@ impl Loader {
         source: &Path,
         current: Option<u64>,
     ) -> Result<Loaded, LoadError> {
+        let Some(file) = self.prepare(source, current)? else {
+            return Ok(Loaded::Unchanged);
+        };
+        let content_hash = file.content_hash;
+        let shadow = file.shadow.clone();
+        let loaded: Result<Arc<dyn Plugin>, LoadError> = match &self.isolation {
+            Isolation::InProcess => Opened::open(&file.shadow, &file.source)
+                .and_then(|opened| PluginVersion::init(file, opened, &self.state))
+                .map(|v| Arc::new(v) as Arc<dyn Plugin>),
+            Isolation::Process(options) => {
+                WorkerPlugin::start(file, options, &self.state).map(|p| p as Arc<dyn Plugin>)
+            }
+        };
+        match loaded {
+            Ok(plugin) => Ok(Loaded::New {
+                plugin,
+                content_hash,
+            }),
+            Err(err) => {
+                // Nothing of this copy is in use (a library that failed to
+                // open or initialise is never called; a refused worker is
+                // gone), so the file can go. A mapping made before the
+                // refusal stays readable.
+                let _ = fs::remove_file(&shadow);
+                Err(err)
+            }
+        }
+    }
+
+    /// Copies `source` and checks the copy (what is checked is exactly what
+    /// gets mapped, even if the watched file changes meanwhile). `None` if
+    /// its contents hash to `current`.
+    fn prepare(
+        &mut self,
+        source: &Path,
+        current: Option<u64>,
+    ) -> Result<Option<Prepared>, LoadError> {
         self.generation += 1;
         let generation = self.generation;
         let stem = source
@@ -230,76 +375,28 @@ impl Loader {
             .shadow_dir
             .path()
             .join(format!("{stem}.{generation}.so"));
-        // Copy first, then check the copy: what is checked is exactly what
-        // gets mapped, even if the watched file changes meanwhile.
         let copied =
             copy_private(source, &shadow, self.max_bytes).and_then(|(mut copy, size, hash)| {
                 elf::check_file(&mut copy, size)
                     .map_err(|p| LoadError::NotALibrary(p.to_string()))?;
                 Ok(hash)
             });
-        let content_hash = match copied {
-            Ok(hash) => hash,
-            Err(err) => {
+        match copied {
+            Ok(hash) if current == Some(hash) => {
                 let _ = fs::remove_file(&shadow);
-                return Err(err);
+                Ok(None)
             }
-        };
-        if current == Some(content_hash) {
-            let _ = fs::remove_file(&shadow);
-            return Ok(Loaded::Unchanged);
-        }
-        match open(&shadow, source) {
-            Ok((library, module)) => self
-                .finish(source, shadow, generation, content_hash, library, module)
-                .map(Loaded::New),
+            Ok(content_hash) => Ok(Some(Prepared {
+                source: source.to_owned(),
+                shadow,
+                generation,
+                content_hash,
+            })),
             Err(err) => {
-                // Nothing of this copy is in use (a library that failed to
-                // open or initialise is never called), so the file can go.
                 let _ = fs::remove_file(&shadow);
                 Err(err)
             }
         }
-    }
-
-    fn finish(
-        &self,
-        source: &Path,
-        shadow: PathBuf,
-        generation: u64,
-        content_hash: u64,
-        library: RawLibrary,
-        module: PluginModRef,
-    ) -> Result<PluginVersion, LoadError> {
-        let name = module.name().to_string();
-        let version = module.version().to_string();
-        let tasks: Vec<String> = module.tasks().iter().map(|t| t.to_string()).collect();
-        // From here on the library has run code; whatever happens it stays
-        // mapped, so the shadow file is removed only with the version.
-        let library = ManuallyDrop::new(library);
-        let refuse = |err: LoadError| {
-            let _ = fs::remove_file(&shadow);
-            Err(err)
-        };
-        if let Err(msg) = validate_tasks(&name, &tasks) {
-            return refuse(LoadError::InvalidTasks(msg));
-        }
-        let services = services_for(&self.state, &name, &version);
-        if let RResult::RErr(msg) = (module.init())(services) {
-            return refuse(LoadError::Init(msg.into_string()));
-        }
-        Ok(PluginVersion {
-            name,
-            version,
-            source: source.to_owned(),
-            shadow,
-            generation,
-            content_hash,
-            tasks,
-            module,
-            services,
-            _library: library,
-        })
     }
 }
 

@@ -202,17 +202,22 @@ impl FrontEnd {
                 // It may have run there; the caller said running twice is fine.
                 Outcome::Done(Err(FrontendError::ConnectionLost(at))) if options.idempotent => {
                     tracing::debug!(backend = %at, task, "connection lost in flight; idempotent call retried");
-                    lost = Some(at);
+                    lost = Some(FrontendError::ConnectionLost(at));
+                    continue;
+                }
+                // The worker process running it died: the same "may have run".
+                Outcome::Done(Err(err @ FrontendError::BackendProcessing { .. }))
+                    if options.idempotent && err.remote_type() == Some(kind::WORKER_CRASHED) =>
+                {
+                    tracing::debug!(backend = %backend.addr, task, "worker crashed in flight; idempotent call retried");
+                    lost = Some(err);
                     continue;
                 }
                 Outcome::Done(result) => return result.map(|bytes| (codec, bytes)),
             }
         }
         // It may have run where it was lost: not "not available".
-        Err(lost.map_or(
-            FrontendError::BackendNotAvailable,
-            FrontendError::ConnectionLost,
-        ))
+        Err(lost.unwrap_or(FrontendError::BackendNotAvailable))
     }
 
     /// One try of a call on one backend.

@@ -1,0 +1,637 @@
+//! One plugin version served by worker processes: routing calls to the
+//! least loaded worker, failing the calls of a worker that dies, restarting
+//! it with backoff, and giving up on a version that keeps crashing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use taskit_plugin_api::error::kind;
+use taskit_plugin_api::TaskError;
+
+use super::channel::{self, FromWorker};
+use super::spawn::{self, Launch, Ready, Started};
+use super::WorkerOptions;
+use crate::call::TaskCall;
+use crate::loader::{LoadError, Prepared};
+use crate::registry::Plugin;
+use crate::services::{emit_plugin_log, HostState};
+
+/// How often a call waiting on a worker looks at its cancellation flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// How long the host waits for a worker whose channel closed to exit
+/// before killing it.
+const EXIT_GRACE: Duration = Duration::from_millis(50);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One plugin version, served by its workers.
+pub(crate) struct WorkerPlugin {
+    file: Prepared,
+    tasks: Vec<String>,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for WorkerPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPlugin")
+            .field("name", &self.pool.name)
+            .field("version", &self.pool.version)
+            .field("source", &self.file.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the workers of a version share.
+struct Pool {
+    name: String,
+    version: String,
+    source: std::path::PathBuf,
+    shadow: std::path::PathBuf,
+    tasks: Vec<String>,
+    options: WorkerOptions,
+    state: Arc<HostState>,
+    inner: Mutex<PoolState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// One entry per worker slot: the live worker, or `None` while it is
+    /// being restarted.
+    workers: Vec<Option<Arc<Conn>>>,
+    /// When recent crashes happened (within the crash window).
+    crashes: VecDeque<Instant>,
+    /// Set once the version crashed too often: why.
+    failed: Option<String>,
+    /// The version is no longer served: nothing restarts.
+    retired: bool,
+    /// Workers started after a crash, over the version's life.
+    restarts: u64,
+    /// The cause of the last crash.
+    last_cause: Option<String>,
+}
+
+/// The host's end of one worker.
+struct Conn {
+    pid: u32,
+    writer: Mutex<UnixStream>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    in_flight: AtomicUsize,
+    next_id: AtomicU64,
+    /// Set (under `pending`'s lock) once the worker is gone: no call may
+    /// be added after.
+    dead: AtomicBool,
+    /// The host closed it on purpose: its exit is not a crash.
+    retiring: AtomicBool,
+    counter_slot: Option<usize>,
+}
+
+struct Pending {
+    task: usize,
+    reply: SyncSender<Result<Vec<u8>, TaskError>>,
+}
+
+impl WorkerPlugin {
+    /// Starts the workers of a new version and waits for every one to load
+    /// it. The first refusal refuses the version.
+    pub(crate) fn start(
+        file: Prepared,
+        options: &WorkerOptions,
+        state: &Arc<HostState>,
+    ) -> Result<Arc<Self>, LoadError> {
+        let count = options.workers_per_plugin.max(1);
+        let label = file
+            .source
+            .file_name()
+            .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into_owned());
+        // Started together, so they load in parallel.
+        let mut started = Vec::with_capacity(count);
+        for _ in 0..count {
+            let slot = state.counters().claim();
+            let launch = Launch {
+                options,
+                shadow: &file.shadow,
+                source: &file.source,
+                counters: state.counters().fd().zip(slot),
+            };
+            match spawn::start(&launch) {
+                Ok(s) => started.push((s, slot)),
+                Err(err) => {
+                    if let Some(slot) = slot {
+                        state.counters().release(slot);
+                    }
+                    for (mut s, slot) in started {
+                        spawn::kill_and_reap(&mut s.child);
+                        slot.map(|slot| state.counters().release(slot));
+                    }
+                    return Err(LoadError::Io(format!("cannot start a worker: {err}")));
+                }
+            }
+        }
+        let mut ready = Vec::with_capacity(count);
+        let mut refusal = None;
+        for (mut s, slot) in started {
+            if refusal.is_some() {
+                spawn::kill_and_reap(&mut s.child);
+                slot.map(|slot| state.counters().release(slot));
+                continue;
+            }
+            match spawn::handshake(&mut s, options.init_timeout, options.max_frame, &label) {
+                Ok(r) => ready.push((s, slot, r)),
+                Err(err) => {
+                    slot.map(|slot| state.counters().release(slot));
+                    refusal = Some(err);
+                }
+            }
+        }
+        if let Some(err) = refusal {
+            for (mut s, slot, _) in ready {
+                spawn::kill_and_reap(&mut s.child);
+                slot.map(|slot| state.counters().release(slot));
+            }
+            return Err(err);
+        }
+        let Ready {
+            name,
+            version,
+            tasks,
+        } = ready
+            .first()
+            .map(|(_, _, r)| Ready {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                tasks: r.tasks.clone(),
+            })
+            .expect("at least one worker");
+        let pool = Arc::new(Pool {
+            name,
+            version,
+            source: file.source.clone(),
+            shadow: file.shadow.clone(),
+            tasks: tasks.clone(),
+            options: options.clone(),
+            state: Arc::clone(state),
+            inner: Mutex::new(PoolState {
+                workers: vec![None; count],
+                ..PoolState::default()
+            }),
+            changed: Condvar::new(),
+        });
+        for (index, (started, slot, _)) in ready.into_iter().enumerate() {
+            Pool::serve(&pool, index, started, slot);
+        }
+        Ok(Arc::new(Self { file, tasks, pool }))
+    }
+}
+
+impl Plugin for WorkerPlugin {
+    fn name(&self) -> &str {
+        &self.pool.name
+    }
+
+    fn version(&self) -> &str {
+        &self.pool.version
+    }
+
+    fn source(&self) -> &Path {
+        &self.file.source
+    }
+
+    fn generation(&self) -> u64 {
+        self.file.generation
+    }
+
+    fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
+    fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
+        let conn = self.pool.pick()?;
+        conn.call(&self.pool, index, call)
+    }
+
+    fn revive(&self) {
+        self.pool.revive();
+    }
+}
+
+impl Drop for WorkerPlugin {
+    /// The version is no longer served and no call holds it: its workers
+    /// are told to exit (they do at once), and its copy is removed.
+    fn drop(&mut self) {
+        let workers: Vec<Arc<Conn>> = {
+            let mut inner = lock(&self.pool.inner);
+            inner.retired = true;
+            inner.workers.iter().flatten().cloned().collect()
+        };
+        self.pool.changed.notify_all();
+        for conn in workers {
+            conn.retire();
+        }
+        self.file.remove_copy();
+        tracing::debug!(
+            plugin = %self.pool.name,
+            version = %self.pool.version,
+            generation = self.file.generation,
+            "released old version; its workers exit"
+        );
+    }
+}
+
+impl Pool {
+    fn crashed_error(&self, cause: &str) -> TaskError {
+        TaskError::new(
+            kind::WORKER_CRASHED,
+            vec![json!(self.name), json!(self.version), json!(cause)],
+        )
+    }
+
+    fn unavailable_error(&self, why: &str) -> TaskError {
+        TaskError::new(
+            kind::PLUGIN_UNAVAILABLE,
+            vec![json!(self.name), json!(self.version), json!(why)],
+        )
+    }
+
+    /// The least loaded live worker. While none is live (all restarting),
+    /// waits for one as long as a restart may take.
+    fn pick(&self) -> Result<Arc<Conn>, TaskError> {
+        let mut inner = lock(&self.inner);
+        let deadline = Instant::now()
+            + self.options.max_backoff.min(self.backoff(&inner))
+            + self.options.init_timeout;
+        loop {
+            if let Some(why) = &inner.failed {
+                return Err(self.unavailable_error(why));
+            }
+            if inner.retired {
+                return Err(self.unavailable_error("this version is no longer served"));
+            }
+            let best = inner
+                .workers
+                .iter()
+                .flatten()
+                .filter(|c| !c.dead.load(Ordering::Acquire))
+                .min_by_key(|c| c.in_flight.load(Ordering::Relaxed));
+            if let Some(conn) = best {
+                return Ok(Arc::clone(conn));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let cause = inner.last_cause.clone().unwrap_or_default();
+                return Err(self.unavailable_error(&format!(
+                    "no worker is running (restarting after: {cause})"
+                )));
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The wait before the next restart, given the recent crashes.
+    fn backoff(&self, inner: &PoolState) -> Duration {
+        let doublings = inner.crashes.len().saturating_sub(1).min(20) as u32;
+        self.options
+            .backoff
+            .saturating_mul(1 << doublings)
+            .min(self.options.max_backoff)
+    }
+
+    /// Starts serving with a worker that has loaded the plugin: its reader
+    /// and output threads.
+    fn serve(pool: &Arc<Pool>, index: usize, started: Started, counter_slot: Option<usize>) {
+        let Started {
+            child,
+            channel,
+            output,
+        } = started;
+        let pid = child.id();
+        let writer = match channel.try_clone() {
+            Ok(w) => w,
+            Err(err) => {
+                tracing::error!(plugin = %pool.name, %err, "cannot use a worker's channel");
+                return;
+            }
+        };
+        let conn = Arc::new(Conn {
+            pid,
+            writer: Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            dead: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            counter_slot,
+        });
+        {
+            let mut inner = lock(&pool.inner);
+            if inner.retired {
+                conn.retire();
+            }
+            inner.workers[index] = Some(Arc::clone(&conn));
+        }
+        pool.changed.notify_all();
+        let (name, version) = (pool.name.clone(), pool.version.clone());
+        let relay = std::thread::Builder::new()
+            .name(format!("taskit-out-{pid}"))
+            .spawn(move || spawn::relay_output(output, &name, &version, pid));
+        if let Err(err) = relay {
+            tracing::warn!(%err, "cannot relay a worker's output");
+        }
+        let reader_pool = Arc::clone(pool);
+        let reader = std::thread::Builder::new()
+            .name(format!("taskit-worker-{pid}"))
+            .spawn(move || reader_pool.read(index, conn, channel, child));
+        if let Err(err) = reader {
+            tracing::error!(%err, "cannot start a worker's reader thread");
+        }
+    }
+
+    /// The reader thread of one worker: replies and log records until the
+    /// channel closes; then the worker's end, and its restart.
+    fn read(
+        self: Arc<Self>,
+        index: usize,
+        conn: Arc<Conn>,
+        mut channel: UnixStream,
+        mut child: Child,
+    ) {
+        let mut buf = Vec::new();
+        let mut broken = None;
+        loop {
+            match channel::read_frame(&mut channel, &mut buf, self.options.max_frame) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(err) => {
+                    broken = Some(err.to_string());
+                    break;
+                }
+            }
+            match channel::parse_from_worker(&buf) {
+                Ok(FromWorker::Reply { id, result }) => conn.answer(id, result.map(<[u8]>::to_vec)),
+                Ok(FromWorker::Log {
+                    level,
+                    target,
+                    message,
+                }) => emit_plugin_log(&self.name, &self.version, level, target, message),
+                Ok(FromWorker::Ready { .. } | FromWorker::Refused(_)) => {}
+                Err(err) => {
+                    broken = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = &broken {
+            // It speaks nonsense: it cannot be trusted with another call.
+            tracing::error!(plugin = %self.name, pid = conn.pid, %err, "bad frame from a plugin worker; killing it");
+            let _ = child.kill();
+        }
+        let status = spawn::reap(&mut child, EXIT_GRACE);
+        let cause = status.map_or_else(|| "it stopped answering".to_owned(), spawn::describe);
+        let cause = match broken {
+            Some(_) => format!("sent a malformed frame and was killed ({cause})"),
+            None => cause,
+        };
+        let lost = conn.fail_all();
+        if let Some(slot) = conn.counter_slot {
+            self.state.counters().release(slot);
+        }
+        if conn.retiring.load(Ordering::Acquire) {
+            tracing::debug!(plugin = %self.name, version = %self.version, pid = conn.pid, %cause, "worker exited");
+            for pending in lost {
+                let _ = pending.reply.send(Err(self.crashed_error(&cause)));
+            }
+            return;
+        }
+        let running: Vec<&str> = lost
+            .iter()
+            .filter_map(|p| self.tasks.get(p.task).map(String::as_str))
+            .collect();
+        tracing::error!(
+            plugin = %self.name,
+            version = %self.version,
+            file = %self.source.display(),
+            pid = conn.pid,
+            %cause,
+            running = %running.join(","),
+            "plugin worker crashed"
+        );
+        for pending in lost {
+            let _ = pending.reply.send(Err(self.crashed_error(&cause)));
+        }
+        self.restart(index, cause);
+    }
+
+    /// Restarts worker `index` after its crash, with backoff, until one
+    /// loads, the version is retired, or it crashed too often.
+    fn restart(self: Arc<Self>, index: usize, mut cause: String) {
+        loop {
+            let delay = {
+                let mut inner = lock(&self.inner);
+                inner.workers[index] = None;
+                let now = Instant::now();
+                let window = self.options.crash_window;
+                while inner
+                    .crashes
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > window)
+                {
+                    inner.crashes.pop_front();
+                }
+                inner.crashes.push_back(now);
+                inner.last_cause = Some(cause.clone());
+                if inner.retired {
+                    return;
+                }
+                if inner.crashes.len() >= self.options.crash_limit.max(1) as usize {
+                    let why = format!(
+                        "its workers crashed {} times within {} s (last: {cause}); it is not started again until its file changes or the host reloads",
+                        inner.crashes.len(),
+                        window.as_secs()
+                    );
+                    tracing::error!(plugin = %self.name, version = %self.version, file = %self.source.display(), "plugin marked failed: {why}");
+                    inner.failed = Some(why);
+                    drop(inner);
+                    self.changed.notify_all();
+                    return;
+                }
+                self.backoff(&inner)
+            };
+            self.changed.notify_all();
+            // Wait out the backoff, unless the version is retired meanwhile.
+            {
+                let inner = lock(&self.inner);
+                let (inner, _) = self
+                    .changed
+                    .wait_timeout_while(inner, delay, |i| !i.retired && i.failed.is_none())
+                    .unwrap_or_else(PoisonError::into_inner);
+                if inner.retired || inner.failed.is_some() {
+                    return;
+                }
+            }
+            match self.start_one() {
+                Ok((started, slot)) => {
+                    lock(&self.inner).restarts += 1;
+                    tracing::info!(plugin = %self.name, version = %self.version, pid = started.child.id(), "plugin worker restarted");
+                    Pool::serve(&self, index, started, slot);
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(plugin = %self.name, version = %self.version, %err, "plugin worker failed to restart");
+                    cause = format!("restart failed: {err}");
+                }
+            }
+        }
+    }
+
+    /// Starts one more worker of this version and waits for it to load.
+    fn start_one(&self) -> Result<(Started, Option<usize>), LoadError> {
+        let slot = self.state.counters().claim();
+        let launch = Launch {
+            options: &self.options,
+            shadow: &self.shadow,
+            source: &self.source,
+            counters: self.state.counters().fd().zip(slot),
+        };
+        let release = || slot.map(|s| self.state.counters().release(s));
+        let mut started = spawn::start(&launch).map_err(|e| {
+            release();
+            LoadError::Io(format!("cannot start a worker: {e}"))
+        })?;
+        match spawn::handshake(
+            &mut started,
+            self.options.init_timeout,
+            self.options.max_frame,
+            &self.name,
+        ) {
+            Ok(ready) if ready.tasks == self.tasks => Ok((started, slot)),
+            Ok(_) => {
+                spawn::kill_and_reap(&mut started.child);
+                release();
+                Err(LoadError::InvalidTasks(
+                    "a restarted worker exports other tasks than the version it replaces".into(),
+                ))
+            }
+            Err(err) => {
+                release();
+                Err(err)
+            }
+        }
+    }
+
+    /// Forgets past crashes and restarts what is not running (`<reload>`).
+    fn revive(self: &Arc<Self>) {
+        let dead: Vec<usize> = {
+            let mut inner = lock(&self.inner);
+            if inner.failed.take().is_none() {
+                return;
+            }
+            inner.crashes.clear();
+            inner
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.as_ref().is_none_or(|c| c.dead.load(Ordering::Acquire)))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        tracing::info!(plugin = %self.name, version = %self.version, "failed plugin revived by a reload");
+        for index in dead {
+            let pool = Arc::clone(self);
+            let _ = std::thread::Builder::new()
+                .name("taskit-revive".into())
+                .spawn(move || match pool.start_one() {
+                    Ok((started, slot)) => Pool::serve(&pool, index, started, slot),
+                    Err(err) => pool.restart(index, format!("restart failed: {err}")),
+                });
+        }
+    }
+}
+
+impl Conn {
+    /// Sends `call` to the worker and waits for its answer, passing on a
+    /// cancellation.
+    fn call(&self, pool: &Pool, task: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = lock(&self.pending);
+            if self.dead.load(Ordering::Acquire) {
+                return Err(pool.crashed_error("the worker died as the call was sent"));
+            }
+            pending.insert(id, Pending { task, reply: tx });
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight);
+        let mut frame = Vec::with_capacity(32 + call.args().len() + call.kwargs().len());
+        channel::encode_call(
+            &mut frame,
+            id,
+            call.codec(),
+            task,
+            call.args(),
+            call.kwargs(),
+        );
+        // A failed write means the worker is going away: its reader
+        // thread answers this call when it sees the end.
+        let _ = lock(&self.writer).write_all(&frame);
+        let mut cancel_sent = false;
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !cancel_sent && call.cancelled().load(Ordering::Acquire) {
+                        cancel_sent = true;
+                        let mut frame = Vec::with_capacity(16);
+                        channel::encode_cancel(&mut frame, id);
+                        let _ = lock(&self.writer).write_all(&frame);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(pool.crashed_error("the worker went away"));
+                }
+            }
+        }
+    }
+
+    fn answer(&self, id: u64, result: Result<Vec<u8>, TaskError>) {
+        if let Some(pending) = lock(&self.pending).remove(&id) {
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    /// Marks the worker gone and takes every call it had.
+    fn fail_all(&self) -> Vec<Pending> {
+        let mut pending = lock(&self.pending);
+        self.dead.store(true, Ordering::Release);
+        pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// Tells the worker to exit: it does as soon as its channel closes.
+    fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,386 @@
+//! The worker process: maps one plugin version, reports READY or REFUSED,
+//! then runs the calls the host sends until its channel closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_void, OsString};
+use std::io::Write;
+use std::os::fd::{BorrowedFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use abi_stable::prefix_type::WithMetadata;
+use abi_stable::std_types::{RSlice, RStr};
+use taskit_plugin_api::error::kind;
+use taskit_plugin_api::host_side::abi::{
+    CallRequest, HostServices, HostVTable, HostVTableRef, LogLevel,
+};
+use taskit_plugin_api::TaskError;
+
+use super::channel::{self, ToWorker};
+use super::spawn::{CHANNEL_FD, COUNTERS_FD};
+use crate::counters;
+use crate::loader::Opened;
+
+/// Longest log message a plugin may send in one record; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 64 << 10;
+
+/// The worker's command line, after the subcommand.
+struct Args {
+    shadow: PathBuf,
+    source: PathBuf,
+    log_level: u8,
+    max_frame: usize,
+    counter_slot: Option<usize>,
+}
+
+fn parse(args: impl Iterator<Item = OsString>) -> Result<Args, String> {
+    let mut args = args;
+    let (mut shadow, mut source, mut log_level, mut max_frame, mut counter_slot) =
+        (None, None, 5u8, 1usize << 30, None);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag:?} needs a value"));
+        let number = |v: OsString| -> Result<usize, String> {
+            v.to_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or(format!("{flag:?} needs a number"))
+        };
+        match flag.to_str() {
+            Some("--shadow") => shadow = Some(PathBuf::from(value()?)),
+            Some("--source") => source = Some(PathBuf::from(value()?)),
+            Some("--log-level") => log_level = number(value()?)?.min(5) as u8,
+            Some("--max-frame") => max_frame = number(value()?)?,
+            Some("--counter-slot") => counter_slot = Some(number(value()?)?),
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    Ok(Args {
+        shadow: shadow.ok_or("--shadow is required")?,
+        source: source.ok_or("--source is required")?,
+        log_level,
+        max_frame,
+        counter_slot,
+    })
+}
+
+/// Runs a worker process: what `taskit-host __worker ...` does. `args` are
+/// the arguments after the subcommand. Returns the exit status (a worker
+/// whose channel closes exits at once, without returning).
+///
+/// A program that embeds the host with process isolation calls this first
+/// thing in `main` when its first argument is [`WORKER_SUBCOMMAND`]:
+///
+/// ```no_run
+/// let mut args = std::env::args_os().skip(1);
+/// if args.next().is_some_and(|a| a == taskit_host::WORKER_SUBCOMMAND) {
+///     std::process::exit(taskit_host::run_worker(args));
+/// }
+/// ```
+///
+/// [`WORKER_SUBCOMMAND`]: super::WORKER_SUBCOMMAND
+pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
+    let args = match parse(args) {
+        Ok(a) => a,
+        Err(err) => {
+            eprintln!("taskit worker: {err}");
+            return 2;
+        }
+    };
+    // SAFETY: the host passes the channel as descriptor 3; nothing else in
+    // this process owns it.
+    let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    let words = args.counter_slot.and_then(|slot| {
+        // SAFETY: the host passes the counters' memory as descriptor 4
+        // whenever it passes a slot; it is only mapped, never closed here.
+        let fd = unsafe { BorrowedFd::borrow_raw(COUNTERS_FD) };
+        counters::map(fd).ok().map(|words| (words, slot))
+    });
+    let writer = match channel.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(err) => {
+            eprintln!("taskit worker: cannot use the channel: {err}");
+            return 2;
+        }
+    };
+    let services = services(Services {
+        words,
+        writer: Arc::clone(&writer),
+        log_level: args.log_level,
+    });
+    let send = |frame: &[u8]| {
+        let _ = writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(frame);
+    };
+    let opened = match Opened::open(&args.shadow, &args.source)
+        .and_then(|opened| opened.init(services).map(|()| opened))
+    {
+        Ok(opened) => opened,
+        Err(err) => {
+            let mut frame = Vec::new();
+            channel::encode_refused(&mut frame, &err);
+            send(&frame);
+            return 0;
+        }
+    };
+    let mut frame = Vec::new();
+    channel::encode_ready(&mut frame, &opened.name, &opened.version, &opened.tasks);
+    send(&frame);
+    let worker = Arc::new(Worker {
+        plugin: opened,
+        services,
+        writer,
+        max_frame: args.max_frame,
+        cancels: Mutex::new(HashMap::new()),
+        queue: Mutex::new(Queue::default()),
+        work: Condvar::new(),
+    });
+    worker.serve(channel)
+}
+
+/// The worker's state while it serves.
+struct Worker {
+    plugin: Opened,
+    services: HostServices,
+    writer: Arc<Mutex<UnixStream>>,
+    max_frame: usize,
+    /// Cancellation flags of the calls running, by id.
+    cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: usize,
+}
+
+struct Job {
+    id: u64,
+    task: usize,
+    codec: taskit_plugin_api::CodecKind,
+    args: Vec<u8>,
+    kwargs: Vec<u8>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Reads calls until the host closes the channel, then ends the process
+    /// (without waiting for calls still running: the host no longer wants
+    /// their answers).
+    fn serve(self: Arc<Self>, mut channel: UnixStream) -> ! {
+        let mut buf = Vec::new();
+        loop {
+            match channel::read_frame(&mut channel, &mut buf, self.max_frame) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => std::process::exit(0),
+            }
+            match channel::parse_to_worker(&buf) {
+                Ok(ToWorker::Call {
+                    id,
+                    codec,
+                    task,
+                    args,
+                    kwargs,
+                }) => {
+                    let cancelled = Arc::new(AtomicBool::new(false));
+                    self.cancels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id, Arc::clone(&cancelled));
+                    self.submit(Job {
+                        id,
+                        task,
+                        codec,
+                        args: args.to_vec(),
+                        kwargs: kwargs.to_vec(),
+                        cancelled,
+                    });
+                }
+                Ok(ToWorker::Cancel { id }) => {
+                    if let Some(flag) = self
+                        .cancels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&id)
+                    {
+                        flag.store(true, Ordering::Release);
+                    }
+                }
+                Err(err) => {
+                    eprintln!("taskit worker: bad frame from the host: {err}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+
+    /// Queues a job for an idle thread, starting one if none is idle (the
+    /// host bounds the calls in flight, hence the threads).
+    fn submit(self: &Arc<Self>, job: Job) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.jobs.push_back(job);
+        if queue.idle > 0 {
+            drop(queue);
+            self.work.notify_one();
+            return;
+        }
+        drop(queue);
+        let worker = Arc::clone(self);
+        if std::thread::Builder::new()
+            .name("taskit-task".into())
+            .spawn(move || worker.run_jobs())
+            .is_err()
+        {
+            eprintln!("taskit worker: cannot start a thread; the call waits for a busy one");
+        }
+    }
+
+    fn run_jobs(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    queue.idle += 1;
+                    queue = self
+                        .work
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    queue.idle -= 1;
+                }
+            };
+            self.run(job);
+        }
+    }
+
+    fn run(&self, job: Job) {
+        let result = if job.task < self.plugin.tasks.len() {
+            let request = CallRequest {
+                task: job.task,
+                codec: RStr::from_str(job.codec.name()),
+                args: RSlice::from_slice(&job.args),
+                kwargs: RSlice::from_slice(&job.kwargs),
+                cancelled: &job.cancelled,
+                host: self.services,
+            };
+            self.plugin.call(&request)
+        } else {
+            Err(TaskError::msg(kind::PROTOCOL_ERROR, "no such task number"))
+        };
+        self.cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job.id);
+        let result = match result {
+            Ok(bytes) if bytes.len() + 64 > self.max_frame => Err(TaskError::msg(
+                kind::MESSAGE_TOO_LARGE,
+                format!(
+                    "the result is {} bytes, over the limit of {} for a worker's reply",
+                    bytes.len(),
+                    self.max_frame
+                ),
+            )),
+            other => other,
+        };
+        let mut frame = Vec::new();
+        channel::encode_reply(&mut frame, job.id, &result);
+        let _ = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(&frame);
+    }
+}
+
+/// What the plugin's [`HostServices`] reach in a worker: the shared running
+/// count and the channel for log records.
+struct Services {
+    words: Option<(&'static [AtomicU64], usize)>,
+    writer: Arc<Mutex<UnixStream>>,
+    log_level: u8,
+}
+
+/// Leaked: the plugin may keep the handle for the life of the process.
+fn services(data: Services) -> HostServices {
+    let data: &'static Services = Box::leak(Box::new(data));
+    // SAFETY: `data` is never freed and is what the vtable expects.
+    unsafe { HostServices::new(data as *const Services as *const c_void, vtable()) }
+}
+
+const VTABLE: &WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
+    running_tasks,
+    subtask_enter,
+    subtask_exit,
+    log_enabled,
+    log,
+});
+
+fn vtable() -> HostVTableRef {
+    HostVTableRef(VTABLE.static_as_prefix())
+}
+
+/// # Safety
+///
+/// `d` must come from [`services`].
+unsafe fn data<'a>(d: *const c_void) -> &'a Services {
+    unsafe { &*(d as *const Services) }
+}
+
+unsafe extern "C" fn running_tasks(d: *const c_void) -> u64 {
+    let d = unsafe { data(d) };
+    d.words.map_or(0, |(words, _)| counters::sum(words))
+}
+
+unsafe extern "C" fn subtask_enter(d: *const c_void) {
+    let d = unsafe { data(d) };
+    if let Some((words, slot)) = d.words {
+        if let Some(word) = words.get(slot) {
+            counters::up(word);
+        }
+    }
+}
+
+unsafe extern "C" fn subtask_exit(d: *const c_void) {
+    let d = unsafe { data(d) };
+    if let Some((words, slot)) = d.words {
+        if let Some(word) = words.get(slot) {
+            counters::down(word);
+        }
+    }
+}
+
+unsafe extern "C" fn log_enabled(d: *const c_void, level: u8) -> bool {
+    let d = unsafe { data(d) };
+    level >= d.log_level
+}
+
+unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let d = unsafe { data(d) };
+    if level < d.log_level {
+        return;
+    }
+    let message = message.as_str();
+    let mut cut = message.len().min(MAX_LOG_MESSAGE);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut frame = Vec::with_capacity(cut + 64);
+    channel::encode_log(
+        &mut frame,
+        LogLevel::from_u8(level),
+        &target,
+        &message[..cut],
+    );
+    // Never panic back into the plugin: a poisoned lock is still usable.
+    let _ = d
+        .writer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .write_all(&frame);
+}
