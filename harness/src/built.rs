@@ -18,6 +18,8 @@ const BUILT_PACKAGES: &[&str] = &[
     "taskit-fixture-no-root",
     "taskit-fixture-bad-version",
     "taskit-fixture-bad-layout",
+    "taskit-fixture-crasher",
+    "taskit-fixture-init-hang",
 ];
 
 /// The target profile directory this test binary was built into

@@ -1,0 +1,164 @@
+//! Process isolation, end to end: the real `taskit-host` with its default
+//! `--isolation process`, fixture plugins that crash their process or never
+//! finish loading, and clients calling other plugins throughout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::Value;
+use taskit_harness::*;
+use taskit_plugin_api::error::kind;
+use taskit_plugin_api::frontend::{BlockingFrontEnd, FrontendError};
+
+/// A client calling the demo plugin's `add` without pause until dropped;
+/// counts what it got wrong.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Bystander {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let fe = BlockingFrontEnd::new([addr]).unwrap();
+                let mut failed = 0;
+                let mut i = 0i64;
+                while !stop.load(Ordering::Acquire) {
+                    match fe.work::<i64>("add", &(i, 1)) {
+                        Ok(v) if v == i + 1 => {}
+                        _ => failed += 1,
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                (answered.load(Ordering::Relaxed), failed)
+            })
+        };
+        // Wait until it is under way, so the faults happen while it calls.
+        wait_until("the bystander's first answers", || {
+            answered.load(Ordering::Relaxed) >= 10
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; its (answered, failed) counts.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn crasher_dir(label: &str) -> TempDir {
+    let dir = demo_dir(label);
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    dir
+}
+
+fn remote(result: Result<Value, FrontendError>) -> (String, Vec<Value>) {
+    match result {
+        Err(FrontendError::BackendProcessing { kind, args }) => (kind, args),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_task_that_kills_its_worker_fails_alone_and_a_fresh_worker_answers_next() {
+    let dir = crasher_dir("iso-crash");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let bystander = Bystander::start(addr);
+
+    for (task, causes) in [
+        ("segv", &["killed by SIGSEGV"][..]),
+        ("abort", &["killed by SIGABRT"][..]),
+        ("exit0", &["exited with status 0"][..]),
+        // Rust reports a stack overflow and aborts; without its handler
+        // the guard page's SIGSEGV ends the process.
+        ("recurse", &["killed by SIGABRT", "killed by SIGSEGV"][..]),
+    ] {
+        let before: u32 = fe.work("crasher-pid", &()).unwrap();
+        let (kind, args) = remote(fe.work::<Value>(task, &()));
+        assert_eq!(kind, kind::WORKER_CRASHED, "{task}: {args:?}");
+        assert_eq!(args[0], "crasher", "{task}: {args:?}");
+        assert_eq!(args[1], env!("CARGO_PKG_VERSION"), "{task}: {args:?}");
+        let cause = args[2].as_str().unwrap();
+        assert!(causes.contains(&cause), "{task}: cause {cause:?}");
+
+        let line = host.expect_line(&["plugin worker crashed", "plugin=crasher", cause]);
+        assert!(line.contains(&format!("running={task}")), "{line}");
+        assert!(line.contains("crasher.so"), "{line}");
+
+        // The next call waits for the restarted worker.
+        let after: u32 = fe.work("crasher-pid", &()).unwrap();
+        assert_ne!(before, after, "{task}: a fresh worker answers");
+        assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+    }
+
+    let (answered, failed) = bystander.finish();
+    assert_eq!(
+        failed, 0,
+        "the demo plugin's caller saw failures ({answered} answered)"
+    );
+    assert!(host.is_running());
+}
+
+#[test]
+fn a_plugin_that_keeps_crashing_is_marked_failed_until_a_reload() {
+    let dir = crasher_dir("iso-failed");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    // Five crashes within a minute.
+    for _ in 0..5 {
+        let (kind, _) = remote(fe.work::<Value>("segv", &()));
+        assert_eq!(kind, kind::WORKER_CRASHED);
+    }
+    host.expect_line(&["plugin marked failed", "plugin=crasher"]);
+    let (kind, args) = remote(fe.work::<Value>("crasher-fine", &()));
+    assert_eq!(kind, kind::PLUGIN_UNAVAILABLE, "{args:?}");
+    assert_eq!(args[0], "crasher");
+    assert!(
+        args[2].as_str().unwrap().contains("crashed 5 times"),
+        "{args:?}"
+    );
+    // Other plugins are unaffected.
+    assert_eq!(fe.work::<i64>("add", &(2, 2)).unwrap(), 4);
+
+    // A reload revives it.
+    fe.reload(addr).unwrap();
+    host.expect_line(&["revived", "plugin=crasher"]);
+    assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+}
+
+#[test]
+fn an_init_that_never_returns_is_refused_at_the_init_timeout() {
+    let dir = demo_dir("iso-init-hang");
+    install_by_rename(&plugin("taskit_fixture_init_hang"), dir.path(), "hang.so");
+    // At start: the host still gets ready, without it.
+    let mut host = HostProcess::start(&[
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--init-timeout",
+        "1",
+    ]);
+    host.expect_line(&["refused plugin file", "hang.so", "--init-timeout"]);
+    let addr = host.ready();
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(2, 2)).unwrap(), 4);
+
+    // Dropped into the running host: refused the same way, and the watcher
+    // goes on applying changes.
+    install_by_rename(&plugin("taskit_fixture_init_hang"), dir.path(), "hang2.so");
+    host.expect_line(&["refused plugin file", "hang2.so", "--init-timeout"]);
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    host.expect_line(&["loaded plugin", "plugin=crasher"]);
+    assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+}
