@@ -77,8 +77,11 @@ impl Counters {
             .pop()
     }
 
-    /// Clears a worker's word and frees it for another.
-    pub(crate) fn release(&self, slot: usize) {
+    /// Clears a worker's word, if it had one, and frees it for another.
+    pub(crate) fn release(&self, slot: Option<usize>) {
+        let Some(slot) = slot else {
+            return;
+        };
         if let Some(word) = self.words.get(slot).filter(|_| slot > 0) {
             word.store(0, Ordering::Release);
             self.free
@@ -180,7 +183,7 @@ mod tests {
         down(&theirs[slot]);
         assert_eq!(c.sum(), 1, "never below zero");
         up(&theirs[slot]);
-        c.release(slot);
+        c.release(Some(slot));
         assert_eq!(
             c.sum(),
             1,
@@ -194,7 +197,7 @@ mod tests {
         let all: Vec<usize> = std::iter::from_fn(|| c.claim()).collect();
         assert_eq!(all.len(), SLOTS - 1);
         assert!(c.claim().is_none());
-        c.release(all[0]);
+        c.release(Some(all[0]));
         assert_eq!(c.claim(), Some(all[0]));
     }
 }

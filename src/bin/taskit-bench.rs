@@ -58,6 +58,11 @@ struct Args {
     /// A Python with taskit==4.0.0 installed, to time the original too.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Where the measured host runs its plugins (`process` or `none`); with
+    /// `process`, a second host with `--isolation none` is measured too, as
+    /// the baseline of the isolation ratios.
+    #[arg(long, default_value = "process")]
+    isolation: String,
     /// Keep every core busy with an idle-priority spinner (SCHED_IDLE)
     /// while measuring, so no message waits for a sleeping core to wake.
     #[arg(long)]
@@ -135,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     let addr = match args.host {
         Some(addr) => addr,
         None => {
-            let started = SelfHost::start()?;
+            let started = SelfHost::start_with(&["--isolation", &args.isolation])?;
             let addr = started.addr;
             host = Some(started);
             addr
@@ -224,6 +229,10 @@ fn main() -> anyhow::Result<()> {
     ));
     figures.insert("native_latency_over_floor".into(), json!(ratio));
 
+    if host.is_some() && args.isolation == "process" {
+        isolation_figures(&rt, &args, &mut rows, &mut figures)?;
+    }
+
     if let Some(python) = &args.python {
         let ours = python_client(python, addr, 2000)?;
         let theirs = {
@@ -270,6 +279,48 @@ fn main() -> anyhow::Result<()> {
         println!("{k:width$}  {v}");
     }
     println!("{}", Value::Object(figures));
+    Ok(())
+}
+
+/// The price of process isolation, measured against a host running the
+/// same plugin in process, in this run: waited latency and throughput at
+/// 256 in flight (native JSON), as ratios.
+fn isolation_figures(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    rows: &mut Vec<(String, String)>,
+    figures: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let baseline = SelfHost::start_with(&["--isolation", "none"])?;
+    let backend = BackendAddr::from(baseline.addr);
+    let lat = rt.block_on(latency(backend.clone(), args.calls))?;
+    let tput = rt.block_on(throughput(backend, 256, args.seconds))?;
+    drop(baseline);
+    let ours_lat = figures["native_json_latency"]["median_us"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let ours_tput = figures["native_json_throughput"]["256"]
+        .as_f64()
+        .unwrap_or(0.0);
+    rows.push(("--isolation none: waited add(4, 4)".into(), lat.describe()));
+    rows.push((
+        "--isolation none: throughput, 256 in flight".into(),
+        format!("{tput:.0} calls/s"),
+    ));
+    let lat_ratio = ours_lat / lat.median_us();
+    let tput_ratio = ours_tput / tput;
+    rows.push((
+        "process / none: median latency".into(),
+        format!("{lat_ratio:.2}x"),
+    ));
+    rows.push((
+        "process / none: throughput at 256".into(),
+        format!("{tput_ratio:.2}x"),
+    ));
+    figures.insert("none_json_latency".into(), lat.json());
+    figures.insert("none_json_throughput_256".into(), json!(tput));
+    figures.insert("isolation_latency_ratio".into(), json!(lat_ratio));
+    figures.insert("isolation_throughput_ratio".into(), json!(tput_ratio));
     Ok(())
 }
 

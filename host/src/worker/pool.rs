@@ -128,12 +128,10 @@ impl WorkerPlugin {
             match spawn::start(&launch) {
                 Ok(s) => started.push((s, slot)),
                 Err(err) => {
-                    if let Some(slot) = slot {
-                        state.counters().release(slot);
-                    }
+                    state.counters().release(slot);
                     for (mut s, slot) in started {
                         spawn::kill_and_reap(&mut s.child);
-                        slot.map(|slot| state.counters().release(slot));
+                        state.counters().release(slot);
                     }
                     return Err(LoadError::Io(format!("cannot start a worker: {err}")));
                 }
@@ -144,13 +142,13 @@ impl WorkerPlugin {
         for (mut s, slot) in started {
             if refusal.is_some() {
                 spawn::kill_and_reap(&mut s.child);
-                slot.map(|slot| state.counters().release(slot));
+                state.counters().release(slot);
                 continue;
             }
             match spawn::handshake(&mut s, options.init_timeout, options.max_frame, &label) {
                 Ok(r) => ready.push((s, slot, r)),
                 Err(err) => {
-                    slot.map(|slot| state.counters().release(slot));
+                    state.counters().release(slot);
                     refusal = Some(err);
                 }
             }
@@ -158,7 +156,7 @@ impl WorkerPlugin {
         if let Some(err) = refusal {
             for (mut s, slot, _) in ready {
                 spawn::kill_and_reap(&mut s.child);
-                slot.map(|slot| state.counters().release(slot));
+                state.counters().release(slot);
             }
             return Err(err);
         }
@@ -407,9 +405,7 @@ impl Pool {
             None => cause,
         };
         let lost = conn.fail_all();
-        if let Some(slot) = conn.counter_slot {
-            self.state.counters().release(slot);
-        }
+        self.state.counters().release(conn.counter_slot);
         if conn.retiring.load(Ordering::Acquire) {
             tracing::debug!(plugin = %self.name, version = %self.version, pid = conn.pid, %cause, "worker exited");
             for pending in lost {
@@ -507,7 +503,7 @@ impl Pool {
             source: &self.source,
             counters: self.state.counters().fd().zip(slot),
         };
-        let release = || slot.map(|s| self.state.counters().release(s));
+        let release = || self.state.counters().release(slot);
         let mut started = spawn::start(&launch).map_err(|e| {
             release();
             LoadError::Io(format!("cannot start a worker: {e}"))

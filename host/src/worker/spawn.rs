@@ -219,10 +219,8 @@ fn timed_out(limit: Duration) -> LoadError {
 }
 
 fn died_loading(child: &mut Child) -> LoadError {
-    let cause = reap(child, Duration::from_millis(500)).map_or_else(
-        || "it stopped answering".to_owned(),
-        |status| describe(status),
-    );
+    let cause = reap(child, Duration::from_millis(500))
+        .map_or_else(|| "it stopped answering".to_owned(), describe);
     LoadError::Init(format!("the worker died while loading it: {cause}"))
 }
 
