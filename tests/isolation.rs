@@ -162,3 +162,33 @@ fn an_init_that_never_returns_is_refused_at_the_init_timeout() {
     host.expect_line(&["loaded plugin", "plugin=crasher"]);
     assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
 }
+
+#[test]
+fn an_idempotent_call_whose_worker_crashed_is_retried_on_the_next_backend() {
+    use taskit_plugin_api::frontend::CallOptions;
+    let (dir1, dir2) = (crasher_dir("iso-retry-1"), crasher_dir("iso-retry-2"));
+    let (mut first, addr1) = HostProcess::serving(dir1.path(), &[]);
+    let (mut second, addr2) = HostProcess::serving(dir2.path(), &[]);
+    let fe = BlockingFrontEnd::new([addr1, addr2]).unwrap();
+
+    // Not idempotent: it may have run, so it is not sent again.
+    let (kind, _) = remote(fe.work::<Value>("segv", &()));
+    assert_eq!(kind, kind::WORKER_CRASHED);
+    let crashed = |host: &mut HostProcess| {
+        host.try_expect_line(
+            &["plugin worker crashed", "running=segv"],
+            std::time::Duration::from_secs(5),
+        )
+        .is_some()
+    };
+    let (one, two) = (crashed(&mut first), crashed(&mut second));
+    assert!(one != two, "exactly one host ran it: {one} {two}");
+
+    // Idempotent: tried on each backend in turn; both crash, and the last
+    // crash is the answer.
+    let options = CallOptions::default().idempotent();
+    let (kind, args) = remote(fe.work_with::<Value>("segv", &(), &options));
+    assert_eq!(kind, kind::WORKER_CRASHED, "{args:?}");
+    first.expect_line(&["plugin worker crashed", "running=segv"]);
+    second.expect_line(&["plugin worker crashed", "running=segv"]);
+}
