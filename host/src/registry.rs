@@ -23,6 +23,7 @@ use taskit_plugin_api::{TaskError, TaskFn};
 
 use crate::call::TaskCall;
 use crate::services::{services_for, HostState};
+use crate::worker::Sent;
 
 /// One version of one plugin file, as the registry sees it: its identity,
 /// its task ids, and a way to run them. The loader's in-process
@@ -43,6 +44,17 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     /// Serves again after being given up on (a forced reload): only worker
     /// processes can be given up on.
     fn revive(&self) {}
+    /// Whether its tasks run in another process (then a call is best
+    /// awaited with [`send`](Self::send), not run on a thread).
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// Sends task number `index` off to run elsewhere and returns its
+    /// answer to await; `None` if it cannot be sent now (then
+    /// [`run`](Self::run) it).
+    fn send(&self, _index: usize, _call: &TaskCall) -> Option<Sent> {
+        None
+    }
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -81,6 +93,32 @@ impl Route {
                 call.codec(),
             ),
         }
+    }
+}
+
+impl Route {
+    /// Whether the task runs in a worker process.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(&self.target, Target::Plugin { plugin, .. } if plugin.is_remote())
+    }
+
+    /// Sends the call to the worker process that serves it, counted as
+    /// running until the answer arrives; `None` if the task does not run in
+    /// a worker or none is ready now (then [`run`](Self::run) it).
+    pub(crate) fn send(
+        &self,
+        call: &TaskCall,
+    ) -> Option<impl std::future::Future<Output = Result<Vec<u8>, TaskError>> + Send + 'static>
+    {
+        let Target::Plugin { plugin, index } = &self.target else {
+            return None;
+        };
+        let running = self.running.enter();
+        let sent = plugin.send(*index, call)?;
+        Some(async move {
+            let _running = running;
+            sent.answer().await
+        })
     }
 }
 

@@ -125,6 +125,10 @@ pub(crate) fn try_inline(shared: &Shared, job: &Job) -> Option<Result<Vec<u8>, T
     let Target::Task(route) = &job.target else {
         return None;
     };
+    if route.is_remote() {
+        // Nothing to gain: it is awaited, never run on a thread.
+        return None;
+    }
     // `block_in_place` needs the multi-thread runtime.
     let flavor = tokio::runtime::Handle::try_current().ok()?.runtime_flavor();
     if flavor != tokio::runtime::RuntimeFlavor::MultiThread {
@@ -164,6 +168,11 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
             After::Nothing,
         );
     };
+    // A task in a worker process is awaited, holding no thread.
+    if let Some(answer) = route.send(&call) {
+        let _slot = slot;
+        return (answer.await, After::Nothing);
+    }
     let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;

@@ -21,7 +21,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) use pool::WorkerPlugin;
+pub(crate) use pool::{Sent, WorkerPlugin};
 pub use serve::run_worker;
 
 /// The hidden subcommand of `taskit-host` that runs a worker.

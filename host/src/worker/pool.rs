@@ -85,7 +85,9 @@ struct PoolState {
 /// The host's end of one worker.
 struct Conn {
     pid: u32,
-    writer: Mutex<UnixStream>,
+    socket: UnixStream,
+    outbox: Mutex<Outbox>,
+    flush: Condvar,
     pending: Mutex<HashMap<u64, Pending>>,
     in_flight: AtomicUsize,
     next_id: AtomicU64,
@@ -99,7 +101,78 @@ struct Conn {
 
 struct Pending {
     task: usize,
-    reply: SyncSender<Result<Vec<u8>, TaskError>>,
+    reply: Reply,
+}
+
+type CallResult = Result<Vec<u8>, TaskError>;
+
+/// Where a worker's answer goes: a thread blocked on it, or a task
+/// awaiting it.
+enum Reply {
+    Blocking(SyncSender<CallResult>),
+    Async(tokio::sync::oneshot::Sender<CallResult>),
+}
+
+impl Reply {
+    fn send(self, result: CallResult) {
+        match self {
+            Self::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Async(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Frames waiting for the worker's socket, and whether the writer thread is
+/// writing some now (then nobody else may write: frames must not
+/// interleave).
+#[derive(Default)]
+struct Outbox {
+    frames: Vec<u8>,
+    flushing: bool,
+    closed: bool,
+}
+
+/// A call sent to a worker, its answer awaited without a thread.
+pub(crate) struct Sent {
+    rx: tokio::sync::oneshot::Receiver<CallResult>,
+    conn: Arc<Conn>,
+    id: u64,
+    cancelled: Arc<AtomicBool>,
+    pool: Arc<Pool>,
+}
+
+impl Sent {
+    /// The worker's answer; passes a cancellation on to the worker.
+    pub(crate) async fn answer(mut self) -> CallResult {
+        let mut cancel_sent = false;
+        loop {
+            tokio::select! {
+                result = &mut self.rx => {
+                    return result.unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
+                }
+                () = tokio::time::sleep(CANCEL_POLL), if !cancel_sent => {
+                    if self.cancelled.load(Ordering::Acquire) {
+                        cancel_sent = true;
+                        let mut frame = Vec::with_capacity(16);
+                        channel::encode_cancel(&mut frame, self.id);
+                        self.conn.send_frame(&frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        // Answered, or given up on (the connection went away): either way
+        // no longer pending here.
+        self.conn.forget(self.id);
+    }
 }
 
 impl WorkerPlugin {
@@ -219,6 +292,23 @@ impl Plugin for WorkerPlugin {
         conn.call(&self.pool, index, call)
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn send(&self, index: usize, call: &TaskCall) -> Option<Sent> {
+        let conn = self.pool.pick_now()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = conn.start(&self.pool, index, call, Reply::Async(tx)).ok()?;
+        Some(Sent {
+            rx,
+            id,
+            conn,
+            cancelled: call.canceller(),
+            pool: Arc::clone(&self.pool),
+        })
+    }
+
     fn revive(&self) {
         self.pool.revive();
     }
@@ -276,13 +366,7 @@ impl Pool {
             if inner.retired {
                 return Err(self.unavailable_error("this version is no longer served"));
             }
-            let best = inner
-                .workers
-                .iter()
-                .flatten()
-                .filter(|c| !c.dead.load(Ordering::Acquire))
-                .min_by_key(|c| c.in_flight.load(Ordering::Relaxed));
-            if let Some(conn) = best {
+            if let Some(conn) = Self::least_loaded(&inner) {
                 return Ok(Arc::clone(conn));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -298,6 +382,25 @@ impl Pool {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// The least loaded live worker, if one is live now and the version is
+    /// serving.
+    fn pick_now(&self) -> Option<Arc<Conn>> {
+        let inner = lock(&self.inner);
+        if inner.failed.is_some() || inner.retired {
+            return None;
+        }
+        Self::least_loaded(&inner).cloned()
+    }
+
+    fn least_loaded(inner: &PoolState) -> Option<&Arc<Conn>> {
+        inner
+            .workers
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
     }
 
     /// The wait before the next restart, given the recent crashes.
@@ -318,7 +421,7 @@ impl Pool {
             output,
         } = started;
         let pid = child.id();
-        let writer = match channel.try_clone() {
+        let socket = match channel.try_clone() {
             Ok(w) => w,
             Err(err) => {
                 tracing::error!(plugin = %pool.name, %err, "cannot use a worker's channel");
@@ -327,7 +430,9 @@ impl Pool {
         };
         let conn = Arc::new(Conn {
             pid,
-            writer: Mutex::new(writer),
+            socket,
+            outbox: Mutex::new(Outbox::default()),
+            flush: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -350,6 +455,13 @@ impl Pool {
         if let Err(err) = relay {
             tracing::warn!(%err, "cannot relay a worker's output");
         }
+        let writer = Arc::clone(&conn);
+        if let Err(err) = std::thread::Builder::new()
+            .name(format!("taskit-send-{pid}"))
+            .spawn(move || writer.write_out())
+        {
+            tracing::error!(%err, "cannot start a worker's writer thread");
+        }
         let reader_pool = Arc::clone(pool);
         let reader = std::thread::Builder::new()
             .name(format!("taskit-worker-{pid}"))
@@ -361,13 +473,9 @@ impl Pool {
 
     /// The reader thread of one worker: replies and log records until the
     /// channel closes; then the worker's end, and its restart.
-    fn read(
-        self: Arc<Self>,
-        index: usize,
-        conn: Arc<Conn>,
-        mut channel: UnixStream,
-        mut child: Child,
-    ) {
+    fn read(self: Arc<Self>, index: usize, conn: Arc<Conn>, channel: UnixStream, mut child: Child) {
+        // Buffered: a burst of replies costs one read.
+        let mut channel = std::io::BufReader::with_capacity(64 << 10, channel);
         let mut buf = Vec::new();
         let mut broken = None;
         loop {
@@ -409,7 +517,7 @@ impl Pool {
         if conn.retiring.load(Ordering::Acquire) {
             tracing::debug!(plugin = %self.name, version = %self.version, pid = conn.pid, %cause, "worker exited");
             for pending in lost {
-                let _ = pending.reply.send(Err(self.crashed_error(&cause)));
+                pending.reply.send(Err(self.crashed_error(&cause)));
             }
             return;
         }
@@ -427,7 +535,7 @@ impl Pool {
             "plugin worker crashed"
         );
         for pending in lost {
-            let _ = pending.reply.send(Err(self.crashed_error(&cause)));
+            pending.reply.send(Err(self.crashed_error(&cause)));
         }
         self.restart(index, cause);
     }
@@ -559,20 +667,23 @@ impl Pool {
 }
 
 impl Conn {
-    /// Sends `call` to the worker and waits for its answer, passing on a
-    /// cancellation.
-    fn call(&self, pool: &Pool, task: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
-        let (tx, rx) = mpsc::sync_channel(1);
+    /// Registers a call and sends it; its id.
+    fn start(
+        &self,
+        pool: &Pool,
+        task: usize,
+        call: &TaskCall,
+        reply: Reply,
+    ) -> Result<u64, TaskError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut pending = lock(&self.pending);
             if self.dead.load(Ordering::Acquire) {
                 return Err(pool.crashed_error("the worker died as the call was sent"));
             }
-            pending.insert(id, Pending { task, reply: tx });
+            pending.insert(id, Pending { task, reply });
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&self.in_flight);
         let mut frame = Vec::with_capacity(32 + call.args().len() + call.kwargs().len());
         channel::encode_call(
             &mut frame,
@@ -582,9 +693,16 @@ impl Conn {
             call.args(),
             call.kwargs(),
         );
-        // A failed write means the worker is going away: its reader
-        // thread answers this call when it sees the end.
-        let _ = lock(&self.writer).write_all(&frame);
+        self.send_frame(&frame);
+        Ok(id)
+    }
+
+    /// Sends `call` to the worker and waits for its answer on this thread,
+    /// passing on a cancellation.
+    fn call(&self, pool: &Pool, task: usize, call: &TaskCall) -> CallResult {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let id = self.start(pool, task, call, Reply::Blocking(tx))?;
+        let _forget = Forget(self, id);
         let mut cancel_sent = false;
         loop {
             match rx.recv_timeout(CANCEL_POLL) {
@@ -594,7 +712,7 @@ impl Conn {
                         cancel_sent = true;
                         let mut frame = Vec::with_capacity(16);
                         channel::encode_cancel(&mut frame, id);
-                        let _ = lock(&self.writer).write_all(&frame);
+                        self.send_frame(&frame);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -604,9 +722,70 @@ impl Conn {
         }
     }
 
-    fn answer(&self, id: u64, result: Result<Vec<u8>, TaskError>) {
+    /// Queues whole frames for the worker. Written here at once when the
+    /// socket takes them without blocking and nothing is queued; otherwise
+    /// the writer thread writes them, so no caller ever blocks on a worker
+    /// that does not read.
+    fn send_frame(&self, frame: &[u8]) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return;
+        }
+        if outbox.frames.is_empty() && !outbox.flushing {
+            match send_now(&self.socket, frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => outbox.frames.extend_from_slice(&frame[n..]),
+                Err(_) => {
+                    // Gone: the reader thread answers the calls.
+                    outbox.closed = true;
+                    return;
+                }
+            }
+        } else {
+            outbox.frames.extend_from_slice(frame);
+        }
+        drop(outbox);
+        self.flush.notify_one();
+    }
+
+    /// The writer thread: writes what callers could not, until the worker
+    /// is gone.
+    fn write_out(&self) {
+        let mut outbox = lock(&self.outbox);
+        loop {
+            while outbox.frames.is_empty() && !outbox.closed {
+                outbox = self
+                    .flush
+                    .wait(outbox)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if outbox.closed {
+                return;
+            }
+            let frames = std::mem::take(&mut outbox.frames);
+            outbox.flushing = true;
+            drop(outbox);
+            let written = (&self.socket).write_all(&frames);
+            outbox = lock(&self.outbox);
+            outbox.flushing = false;
+            if written.is_err() {
+                outbox.closed = true;
+                return;
+            }
+        }
+    }
+
+    fn answer(&self, id: u64, result: CallResult) {
         if let Some(pending) = lock(&self.pending).remove(&id) {
-            let _ = pending.reply.send(result);
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            pending.reply.send(result);
+        }
+    }
+
+    /// Drops call `id` if it is still pending (its caller gave up).
+    fn forget(&self, id: u64) {
+        if lock(&self.pending).remove(&id).is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -614,20 +793,54 @@ impl Conn {
     fn fail_all(&self) -> Vec<Pending> {
         let mut pending = lock(&self.pending);
         self.dead.store(true, Ordering::Release);
+        self.in_flight.store(0, Ordering::Relaxed);
+        self.close_outbox();
         pending.drain().map(|(_, p)| p).collect()
+    }
+
+    fn close_outbox(&self) {
+        lock(&self.outbox).closed = true;
+        self.flush.notify_all();
     }
 
     /// Tells the worker to exit: it does as soon as its channel closes.
     fn retire(&self) {
         self.retiring.store(true, Ordering::Release);
-        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+        self.close_outbox();
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 
-struct InFlight<'a>(&'a AtomicUsize);
+/// Writes what the socket takes without blocking.
+fn send_now(socket: &UnixStream, frame: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: a plain system call on a socket we own, with a valid buffer.
+        let n = unsafe {
+            libc::send(
+                socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+}
 
-impl Drop for InFlight<'_> {
+/// Drops a blocking call's pending entry however its wait ends.
+struct Forget<'a>(&'a Conn, u64);
+
+impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.forget(self.1);
     }
 }

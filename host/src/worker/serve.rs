@@ -128,7 +128,9 @@ pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
     let mut frame = Vec::new();
     channel::encode_ready(&mut frame, &opened.name, &opened.version, &opened.tasks);
     send(&frame);
+    let timings = opened.tasks.iter().map(|_| AtomicU64::new(0)).collect();
     let worker = Arc::new(Worker {
+        timings,
         plugin: opened,
         services,
         writer,
@@ -150,6 +152,8 @@ struct Worker {
     cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     queue: Mutex<Queue>,
     work: Condvar,
+    /// Per task number: its average time in nanoseconds (0: never timed).
+    timings: Vec<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -171,10 +175,22 @@ impl Worker {
     /// Reads calls until the host closes the channel, then ends the process
     /// (without waiting for calls still running: the host no longer wants
     /// their answers).
-    fn serve(self: Arc<Self>, mut channel: UnixStream) -> ! {
+    ///
+    /// A task that has been quick (under [`INLINE_NS`] on average) runs
+    /// right here on the reader thread, and its reply waits in a buffer
+    /// until no more input is at hand, so a burst of calls costs one read
+    /// and one write, not a thread hand-off each. Anything else runs on a
+    /// pool thread.
+    fn serve(self: Arc<Self>, channel: UnixStream) -> ! {
+        let mut reader = std::io::BufReader::with_capacity(64 << 10, channel);
         let mut buf = Vec::new();
+        let mut out = Vec::new();
         loop {
-            match channel::read_frame(&mut channel, &mut buf, self.max_frame) {
+            if reader.buffer().is_empty() && !out.is_empty() {
+                self.write(&out);
+                out.clear();
+            }
+            match channel::read_frame(&mut reader, &mut buf, self.max_frame) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => std::process::exit(0),
             }
@@ -186,6 +202,12 @@ impl Worker {
                     args,
                     kwargs,
                 }) => {
+                    if self.is_quick(task) {
+                        let cancelled = AtomicBool::new(false);
+                        let result = self.call(task, codec, args, kwargs, &cancelled);
+                        channel::encode_reply(&mut out, id, &result);
+                        continue;
+                    }
                     let cancelled = Arc::new(AtomicBool::new(false));
                     self.cancels
                         .lock()
@@ -216,6 +238,21 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn write(&self, frames: &[u8]) {
+        let _ = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(frames);
+    }
+
+    /// Whether task `task` has been quick enough to run on the reader.
+    fn is_quick(&self, task: usize) -> bool {
+        self.timings
+            .get(task)
+            .is_some_and(|t| (1..INLINE_NS).contains(&t.load(Ordering::Relaxed)))
     }
 
     /// Queues a job for an idle thread, starting one if none is idle (the
@@ -255,29 +292,55 @@ impl Worker {
                     queue.idle -= 1;
                 }
             };
-            self.run(job);
+            let result = self.call(job.task, job.codec, &job.args, &job.kwargs, &job.cancelled);
+            self.cancels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job.id);
+            let mut frame = Vec::new();
+            channel::encode_reply(&mut frame, job.id, &result);
+            self.write(&frame);
         }
     }
 
-    fn run(&self, job: Job) {
-        let result = if job.task < self.plugin.tasks.len() {
-            let request = CallRequest {
-                task: job.task,
-                codec: RStr::from_str(job.codec.name()),
-                args: RSlice::from_slice(&job.args),
-                kwargs: RSlice::from_slice(&job.kwargs),
-                cancelled: &job.cancelled,
-                host: self.services,
-            };
-            self.plugin.call(&request)
-        } else {
-            Err(TaskError::msg(kind::PROTOCOL_ERROR, "no such task number"))
+    /// Runs task `task` and keeps its timing.
+    fn call(
+        &self,
+        task: usize,
+        codec: taskit_plugin_api::CodecKind,
+        args: &[u8],
+        kwargs: &[u8],
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<u8>, TaskError> {
+        if task >= self.plugin.tasks.len() {
+            return Err(TaskError::msg(kind::PROTOCOL_ERROR, "no such task number"));
+        }
+        let request = CallRequest {
+            task,
+            codec: RStr::from_str(codec.name()),
+            args: RSlice::from_slice(args),
+            kwargs: RSlice::from_slice(kwargs),
+            cancelled,
+            host: self.services,
         };
-        self.cancels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&job.id);
-        let result = match result {
+        let started = std::time::Instant::now();
+        let result = self.plugin.call(&request);
+        if result.is_ok() {
+            let took = u64::try_from(started.elapsed().as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            if let Some(t) = self.timings.get(task) {
+                // Down slowly, up at once: one slow call stops inlining.
+                let old = t.load(Ordering::Relaxed);
+                let new = if old == 0 || took > old {
+                    took
+                } else {
+                    old - (old - took) / 8
+                };
+                t.store(new.max(1), Ordering::Relaxed);
+            }
+        }
+        match result {
             Ok(bytes) if bytes.len() + 64 > self.max_frame => Err(TaskError::msg(
                 kind::MESSAGE_TOO_LARGE,
                 format!(
@@ -287,16 +350,12 @@ impl Worker {
                 ),
             )),
             other => other,
-        };
-        let mut frame = Vec::new();
-        channel::encode_reply(&mut frame, job.id, &result);
-        let _ = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_all(&frame);
+        }
     }
 }
+
+/// A task averaging less than this runs on the worker's reader thread.
+const INLINE_NS: u64 = 50_000;
 
 /// What the plugin's [`HostServices`] reach in a worker: the shared running
 /// count and the channel for log records.
