@@ -192,3 +192,59 @@ fn an_idempotent_call_whose_worker_crashed_is_retried_on_the_next_backend() {
     first.expect_line(&["plugin worker crashed", "running=segv"]);
     second.expect_line(&["plugin worker crashed", "running=segv"]);
 }
+
+#[test]
+fn a_task_past_its_time_limit_is_cancelled_then_its_worker_killed_and_replaced() {
+    let dir = crasher_dir("iso-time-limit");
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--workers-per-plugin",
+            "1",
+            "--task-timeout",
+            "0.5",
+            "--kill-grace",
+            "0.5",
+        ],
+    );
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let before: u32 = fe.work("crasher-pid", &()).unwrap();
+    let (kind, args) = remote(fe.work::<Value>("sleep-forever", &()));
+    assert_eq!(kind, kind::TIME_LIMIT_EXCEEDED, "{args:?}");
+    assert_eq!(args[0], "crasher");
+    assert_eq!(args[2], "sleep-forever");
+    host.expect_line(&[
+        "plugin worker killed",
+        "plugin=crasher",
+        "overran its time limit",
+    ]);
+    let after: u32 = fe.work("crasher-pid", &()).unwrap();
+    assert_ne!(before, after, "a fresh worker answers");
+    // A kill for a time limit is not a crash: the plugin is never marked
+    // failed for it.
+    for _ in 0..5 {
+        let (kind, _) = remote(fe.work::<Value>("sleep-forever", &()));
+        assert_eq!(kind, kind::TIME_LIMIT_EXCEEDED);
+    }
+    assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+}
+
+#[test]
+fn tasks_that_never_return_hold_only_their_own_plugins_task_slots() {
+    use taskit_plugin_api::frontend::CallOptions;
+    let dir = crasher_dir("iso-slots");
+    let (_host, addr) = HostProcess::serving(dir.path(), &["--max-tasks", "2"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    // Every slot of the crasher plugin, and more, taken for good.
+    for _ in 0..4 {
+        fe.ignore("sleep-forever", ());
+    }
+    // Bounded: without slots of its own, the demo plugin would wait too.
+    let options = CallOptions::default().timeout(std::time::Duration::from_secs(30));
+    wait_until("two tasks hung", || {
+        fe.work_with::<u64>("running", &(), &options).unwrap() >= 3
+    });
+    // The demo plugin still has its own.
+    assert_eq!(fe.work_with::<i64>("add", &(2, 3), &options).unwrap(), 5);
+    assert_eq!(fe.work_with::<u64>("running", &(), &options).unwrap(), 3);
+}

@@ -43,7 +43,8 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_message: usize,
 
-    /// Tasks running at once; further calls wait for a free slot.
+    /// Tasks running at once (with process isolation: per plugin); further
+    /// calls wait for a free slot.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_tasks: usize,
 
@@ -97,6 +98,17 @@ struct Args {
     /// killed and the file refused (process isolation).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     init_timeout: Duration,
+
+    /// Seconds a task may run before its cancellation flag is set (process
+    /// isolation; default: no limit but the client's timeout).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    task_timeout: Option<Duration>,
+
+    /// Seconds a cancelled task (its time limit, or the client gave up) may
+    /// go on before its worker is killed and replaced; its caller gets
+    /// `TimeLimitExceeded` (process isolation).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    kill_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +178,9 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
                 options.workers_per_plugin = n.max(1);
             }
             options.init_timeout = args.init_timeout;
+            options.task_timeout = args.task_timeout;
+            options.kill_grace = args.kill_grace;
+            options.max_tasks = args.max_tasks;
             options.max_frame = options.max_frame.max(args.max_message);
             Isolation::Process(options)
         }

@@ -55,6 +55,10 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     fn send(&self, _index: usize, _call: &TaskCall) -> Option<Sent> {
         None
     }
+    /// Its own task slots, if it has them (else the server's are used).
+    fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        None
+    }
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -97,6 +101,14 @@ impl Route {
 }
 
 impl Route {
+    /// The task slots of what serves it, if it has its own.
+    pub(crate) fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        match &self.target {
+            Target::Plugin { plugin, .. } => plugin.slots(),
+            Target::Local(_) => None,
+        }
+    }
+
     /// Whether the task runs in a worker process.
     pub(crate) fn is_remote(&self) -> bool {
         matches!(&self.target, Target::Plugin { plugin, .. } if plugin.is_remote())

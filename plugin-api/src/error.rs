@@ -48,6 +48,10 @@ pub mod kind {
     /// until its file changes or the host is told to reload; args:
     /// `[plugin, version, reason]`. The call was not run.
     pub const PLUGIN_UNAVAILABLE: &str = "PluginUnavailable";
+    /// The task overran its time limit (the host's `--task-timeout`, or the
+    /// client's timeout), ignored its cancellation for the kill grace, and
+    /// its worker was killed; args: `[plugin, version, task, message]`.
+    pub const TIME_LIMIT_EXCEEDED: &str = "TimeLimitExceeded";
 }
 
 /// An error reply: `type` and `args`, as in TaskIt.

@@ -162,7 +162,12 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
         Target::Refused(err) => return (Err(err), After::Nothing),
         Target::Task(route) => route,
     };
-    let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
+    // A plugin in worker processes has task slots of its own: one whose
+    // tasks hang never holds another's.
+    let slots = route
+        .slots()
+        .unwrap_or_else(|| Arc::clone(&shared.task_slots));
+    let Ok(slot) = slots.acquire_owned().await else {
         return (
             Err(TaskError::msg(kind::STOPPING, call.task())),
             After::Nothing,

@@ -64,6 +64,15 @@ pub struct WorkerOptions {
     /// Largest frame a worker may send (a reply larger than this is
     /// answered `MessageTooLarge`).
     pub max_frame: usize,
+    /// Tasks of one plugin version running at once (its own task slots,
+    /// so a plugin whose tasks hang never starves another).
+    pub max_tasks: usize,
+    /// How long a task may run before its cancellation flag is set
+    /// (`None`: no limit but the client's).
+    pub task_timeout: Option<Duration>,
+    /// How long a cancelled task (time limit, or the client gave up) may
+    /// go on before its worker is killed and replaced.
+    pub kill_grace: Duration,
 }
 
 impl WorkerOptions {
@@ -79,6 +88,9 @@ impl WorkerOptions {
             crash_limit: 5,
             crash_window: Duration::from_secs(60),
             max_frame: 1 << 30,
+            max_tasks: 64,
+            task_timeout: None,
+            kill_grace: Duration::from_secs(5),
         }
     }
 

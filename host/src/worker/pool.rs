@@ -31,6 +31,46 @@ const CANCEL_POLL: Duration = Duration::from_millis(20);
 /// before killing it.
 const EXIT_GRACE: Duration = Duration::from_millis(50);
 
+/// The time limits of one call: cancel at the task timeout (or when the
+/// client cancels), kill its worker a grace period later.
+struct Deadline {
+    limit: Option<Instant>,
+    grace: Duration,
+    cancelled_at: Option<Instant>,
+}
+
+/// What a waiting call does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Wait,
+    /// Tell the worker to set the task's cancellation flag.
+    Cancel,
+    /// The grace is over: kill the worker.
+    Kill,
+}
+
+impl Deadline {
+    fn new(options: &WorkerOptions, now: Instant) -> Self {
+        Self {
+            limit: options.task_timeout.and_then(|t| now.checked_add(t)),
+            grace: options.kill_grace,
+            cancelled_at: None,
+        }
+    }
+
+    fn step(&mut self, now: Instant, cancelled: bool) -> Step {
+        match self.cancelled_at {
+            None if cancelled || self.limit.is_some_and(|l| now >= l) => {
+                self.cancelled_at = Some(now);
+                Step::Cancel
+            }
+            None => Step::Wait,
+            Some(at) if now.duration_since(at) >= self.grace => Step::Kill,
+            Some(_) => Step::Wait,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -61,6 +101,8 @@ struct Pool {
     tasks: Vec<String>,
     options: WorkerOptions,
     state: Arc<HostState>,
+    /// The version's own task slots.
+    slots: Arc<tokio::sync::Semaphore>,
     inner: Mutex<PoolState>,
     changed: Condvar,
 }
@@ -96,6 +138,11 @@ struct Conn {
     dead: AtomicBool,
     /// The host closed it on purpose: its exit is not a crash.
     retiring: AtomicBool,
+    /// Why the host killed it, if it did (a task overran its time limit).
+    killed: Mutex<Option<String>>,
+    /// Set just before its reader thread reaps it: its pid may no longer be
+    /// its own.
+    reaped: AtomicBool,
     counter_slot: Option<usize>,
 }
 
@@ -141,6 +188,7 @@ pub(crate) struct Sent {
     rx: tokio::sync::oneshot::Receiver<CallResult>,
     conn: Arc<Conn>,
     id: u64,
+    task: usize,
     cancelled: Arc<AtomicBool>,
     pool: Arc<Pool>,
 }
@@ -148,18 +196,18 @@ pub(crate) struct Sent {
 impl Sent {
     /// The worker's answer; passes a cancellation on to the worker.
     pub(crate) async fn answer(mut self) -> CallResult {
-        let mut cancel_sent = false;
+        let mut deadline = Deadline::new(&self.pool.options, Instant::now());
         loop {
             tokio::select! {
                 result = &mut self.rx => {
                     return result.unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
                 }
-                () = tokio::time::sleep(CANCEL_POLL), if !cancel_sent => {
-                    if self.cancelled.load(Ordering::Acquire) {
-                        cancel_sent = true;
-                        let mut frame = Vec::with_capacity(16);
-                        channel::encode_cancel(&mut frame, self.id);
-                        self.conn.send_frame(&frame);
+                () = tokio::time::sleep(CANCEL_POLL) => {
+                    let cancelled = self.cancelled.load(Ordering::Acquire);
+                    match deadline.step(Instant::now(), cancelled) {
+                        Step::Wait => {}
+                        Step::Cancel => self.conn.cancel(self.id),
+                        Step::Kill => return Err(self.pool.overran(&self.conn, self.task)),
                     }
                 }
             }
@@ -253,6 +301,7 @@ impl WorkerPlugin {
             tasks: tasks.clone(),
             options: options.clone(),
             state: Arc::clone(state),
+            slots: Arc::new(tokio::sync::Semaphore::new(options.max_tasks.max(1))),
             inner: Mutex::new(PoolState {
                 workers: vec![None; count],
                 ..PoolState::default()
@@ -296,6 +345,10 @@ impl Plugin for WorkerPlugin {
         true
     }
 
+    fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        Some(Arc::clone(&self.pool.slots))
+    }
+
     fn send(&self, index: usize, call: &TaskCall) -> Option<Sent> {
         let conn = self.pool.pick_now()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -303,6 +356,7 @@ impl Plugin for WorkerPlugin {
         Some(Sent {
             rx,
             id,
+            task: index,
             conn,
             cancelled: call.canceller(),
             pool: Arc::clone(&self.pool),
@@ -342,6 +396,32 @@ impl Pool {
         TaskError::new(
             kind::WORKER_CRASHED,
             vec![json!(self.name), json!(self.version), json!(cause)],
+        )
+    }
+
+    /// A call to task `task` on `conn` overran its time limit and ignored
+    /// its cancellation: kills the worker (its other calls get
+    /// `WorkerCrashed`, it is replaced) and says so to this caller.
+    fn overran(&self, conn: &Conn, task: usize) -> TaskError {
+        let id = self.tasks.get(task).map_or("?", String::as_str);
+        let grace = self.options.kill_grace.as_secs_f64();
+        tracing::warn!(
+            plugin = %self.name, version = %self.version, pid = conn.pid, task = id,
+            "task overran its time limit and ignored its cancellation for {grace} s; killing its worker"
+        );
+        conn.kill(format!(
+            "killed by the host: a call to `{id}` overran its time limit"
+        ));
+        TaskError::new(
+            kind::TIME_LIMIT_EXCEEDED,
+            vec![
+                json!(self.name),
+                json!(self.version),
+                json!(id),
+                json!(format!(
+                    "cancelled at its time limit, still running {grace} s later: its worker was killed"
+                )),
+            ],
         )
     }
 
@@ -438,6 +518,8 @@ impl Pool {
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
+            killed: Mutex::new(None),
+            reaped: AtomicBool::new(false),
             counter_slot,
         });
         {
@@ -506,11 +588,18 @@ impl Pool {
             tracing::error!(plugin = %self.name, pid = conn.pid, %err, "bad frame from a plugin worker; killing it");
             let _ = child.kill();
         }
-        let status = spawn::reap(&mut child, EXIT_GRACE);
+        conn.reaped.store(true, Ordering::Release);
+        let status = {
+            // Not while a kill is being sent: the pid must still be ours.
+            let _killing = lock(&conn.killed);
+            spawn::reap(&mut child, EXIT_GRACE)
+        };
         let cause = status.map_or_else(|| "it stopped answering".to_owned(), spawn::describe);
-        let cause = match broken {
-            Some(_) => format!("sent a malformed frame and was killed ({cause})"),
-            None => cause,
+        let killed = lock(&conn.killed).clone();
+        let cause = match (broken, &killed) {
+            (_, Some(reason)) => reason.clone(),
+            (Some(_), None) => format!("sent a malformed frame and was killed ({cause})"),
+            (None, None) => cause,
         };
         let lost = conn.fail_all();
         self.state.counters().release(conn.counter_slot);
@@ -525,6 +614,11 @@ impl Pool {
             .iter()
             .filter_map(|p| self.tasks.get(p.task).map(String::as_str))
             .collect();
+        let what = if killed.is_some() {
+            "plugin worker killed"
+        } else {
+            "plugin worker crashed"
+        };
         tracing::error!(
             plugin = %self.name,
             version = %self.version,
@@ -532,17 +626,18 @@ impl Pool {
             pid = conn.pid,
             %cause,
             running = %running.join(","),
-            "plugin worker crashed"
+            "{what}"
         );
         for pending in lost {
             pending.reply.send(Err(self.crashed_error(&cause)));
         }
-        self.restart(index, cause);
+        self.restart(index, cause, killed.is_none());
     }
 
     /// Restarts worker `index` after its crash, with backoff, until one
     /// loads, the version is retired, or it crashed too often.
-    fn restart(self: Arc<Self>, index: usize, mut cause: String) {
+    /// A worker the host killed for a time limit does not count as a crash.
+    fn restart(self: Arc<Self>, index: usize, mut cause: String, mut crashed: bool) {
         loop {
             let delay = {
                 let mut inner = lock(&self.inner);
@@ -556,7 +651,10 @@ impl Pool {
                 {
                     inner.crashes.pop_front();
                 }
-                inner.crashes.push_back(now);
+                if crashed {
+                    inner.crashes.push_back(now);
+                }
+                crashed = true;
                 inner.last_cause = Some(cause.clone());
                 if inner.retired {
                     return;
@@ -660,7 +758,7 @@ impl Pool {
                 .name("taskit-revive".into())
                 .spawn(move || match pool.start_one() {
                     Ok((started, slot)) => Pool::serve(&pool, index, started, slot),
-                    Err(err) => pool.restart(index, format!("restart failed: {err}")),
+                    Err(err) => pool.restart(index, format!("restart failed: {err}"), true),
                 });
         }
     }
@@ -703,16 +801,16 @@ impl Conn {
         let (tx, rx) = mpsc::sync_channel(1);
         let id = self.start(pool, task, call, Reply::Blocking(tx))?;
         let _forget = Forget(self, id);
-        let mut cancel_sent = false;
+        let mut deadline = Deadline::new(&pool.options, Instant::now());
         loop {
             match rx.recv_timeout(CANCEL_POLL) {
                 Ok(result) => return result,
                 Err(RecvTimeoutError::Timeout) => {
-                    if !cancel_sent && call.cancelled().load(Ordering::Acquire) {
-                        cancel_sent = true;
-                        let mut frame = Vec::with_capacity(16);
-                        channel::encode_cancel(&mut frame, id);
-                        self.send_frame(&frame);
+                    let cancelled = call.cancelled().load(Ordering::Acquire);
+                    match deadline.step(Instant::now(), cancelled) {
+                        Step::Wait => {}
+                        Step::Cancel => self.cancel(id),
+                        Step::Kill => return Err(pool.overran(self, task)),
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -720,6 +818,32 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Asks the worker to set call `id`'s cancellation flag.
+    fn cancel(&self, id: u64) {
+        let mut frame = Vec::with_capacity(16);
+        channel::encode_cancel(&mut frame, id);
+        self.send_frame(&frame);
+    }
+
+    /// Kills the worker (once) for `reason`. From now on no call is sent
+    /// to it.
+    fn kill(&self, reason: String) {
+        // Held throughout: the reader thread takes it before reaping.
+        let mut killed = lock(&self.killed);
+        if killed.is_some() || self.reaped.load(Ordering::Acquire) {
+            return;
+        }
+        *killed = Some(reason);
+        {
+            let _pending = lock(&self.pending);
+            self.dead.store(true, Ordering::Release);
+        }
+        // SAFETY: a plain system call on our child, which its reader thread
+        // has not reaped (it sets `reaped`, then takes `killed` to reap), so
+        // the pid is still its own.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
     }
 
     /// Queues whole frames for the worker. Written here at once when the
