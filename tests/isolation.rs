@@ -248,3 +248,40 @@ fn tasks_that_never_return_hold_only_their_own_plugins_task_slots() {
     assert_eq!(fe.work_with::<i64>("add", &(2, 3), &options).unwrap(), 5);
     assert_eq!(fe.work_with::<u64>("running", &(), &options).unwrap(), 3);
 }
+
+#[test]
+fn sigterm_with_a_task_that_never_ends_exits_at_the_drain_timeout() {
+    let dir = crasher_dir("iso-drain");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--drain-timeout", "1"]);
+    let caller = std::thread::spawn(move || {
+        let fe = BlockingFrontEnd::new([addr]).unwrap();
+        remote(fe.work::<Value>("sleep-forever", &()))
+    });
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    wait_until("the task running", || {
+        fe.work::<u64>("running", &()).is_ok_and(|n| n >= 2)
+    });
+    // SAFETY: signalling a child process we own.
+    assert_eq!(
+        unsafe { libc::kill(host.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    host.expect_line(&[
+        "tasks still running after the drain timeout",
+        "abandoned=sleep-forever",
+    ]);
+    // Not `Stopping`: that would tell the client it never ran.
+    let (kind, args) = caller.join().unwrap();
+    assert_eq!(kind, kind::WORKER_CRASHED, "{args:?}");
+    assert!(
+        args[2].as_str().unwrap().contains("drain timeout"),
+        "{args:?}"
+    );
+    // Bounded: before the drain timeout existed, it never exited.
+    let status = host.wait_exit_within(std::time::Duration::from_secs(60));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "a stop that abandoned a task ends, and not cleanly"
+    );
+}

@@ -99,6 +99,12 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     init_timeout: Duration,
 
+    /// Seconds SIGTERM, SIGINT and <stop> wait for calls already accepted;
+    /// past them, the workers still running calls are killed (callers get
+    /// `WorkerCrashed`) and the host exits with status 1.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    drain_timeout: Duration,
+
     /// Seconds a task may run before its cancellation flag is set (process
     /// isolation; default: no limit but the client's timeout).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
@@ -152,11 +158,14 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let exit = runtime.block_on(run(args, admin_token))?;
-    if exit == Exit::Killed {
+    match exit {
         // Do not wait for tasks still running: that is what <kill> is for.
-        taskit_host::exit_now(0);
+        Exit::Killed => taskit_host::exit_now(0),
+        // Tasks that outlived the drain timeout are left behind (a thread
+        // still in a plugin cannot be stopped): not a clean stop.
+        Exit::Abandoned => taskit_host::exit_now(1),
+        Exit::Stopped => Ok(()),
     }
-    Ok(())
 }
 
 async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
@@ -202,6 +211,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         write_timeout: args.write_timeout,
         idle_timeout: args.idle_timeout,
         max_buffered: args.max_buffered,
+        drain_timeout: args.drain_timeout,
         ..ServerConfig::default()
     };
     let mut server = Server::start(config, plugins).await?;

@@ -59,6 +59,12 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
         None
     }
+    /// Shutdown waits no longer: stop the calls still running and answer
+    /// them, if it can (a worker process can be killed; a thread in this
+    /// process cannot). The task ids of the calls answered.
+    fn abandon(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -324,6 +330,19 @@ impl Registry {
         for plugin in plugins {
             plugin.revive();
         }
+    }
+
+    /// See [`Plugin::abandon`]: for every plugin version loaded.
+    pub(crate) fn abandon_running(&self) -> Vec<String> {
+        let plugins: Vec<Arc<dyn Plugin>> = {
+            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+            plugins
+                .by_file
+                .values()
+                .map(|i| Arc::clone(&i.plugin))
+                .collect()
+        };
+        plugins.iter().flat_map(|p| p.abandon()).collect()
     }
 
     /// What `<tasks>` answers: the in-process tasks as a plugin named

@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// running); beyond that the server stops reading large requests until
     /// calls finish. At least `max_message`.
     pub max_buffered: usize,
+    /// How long a stop waits for the calls it accepted; past it, the
+    /// workers still running calls are killed (their callers get
+    /// `WorkerCrashed`: the calls may have run), and the server ends with
+    /// [`Exit::Abandoned`].
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -85,9 +90,14 @@ impl Default for ServerConfig {
             max_in_flight_per_connection: 1024,
             idle_timeout: Duration::from_secs(300),
             max_buffered: 256 << 20,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// How long a stop past its drain timeout gives the `Stopping` answers to
+/// be written and connections to close.
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
 
 /// How a server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +106,9 @@ pub enum Exit {
     Stopped,
     /// `<kill>`: ended at once.
     Killed,
+    /// A stop that passed its drain timeout with tasks still running (see
+    /// [`ServerConfig::drain_timeout`]).
+    Abandoned,
 }
 
 /// What a server serves: a plugins directory kept loaded (whose registry may
@@ -365,13 +378,32 @@ async fn drain_when_stopping(shared: Arc<Shared>) {
         return;
     }
     tracing::info!("stopping: answering accepted calls, accepting no new ones");
-    loop {
-        if drain.calls_answered_within(RUNNING_POLL).await {
-            if shared.registry().running_tasks() == 0 {
-                break;
+    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+        loop {
+            if drain.calls_answered_within(RUNNING_POLL).await {
+                if shared.registry().running_tasks() == 0 {
+                    break;
+                }
+                tokio::time::sleep(RUNNING_POLL).await;
             }
-            tokio::time::sleep(RUNNING_POLL).await;
         }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        let running = shared.registry().running_tasks();
+        let abandoned = shared.registry().abandon_running();
+        tracing::error!(
+            running,
+            abandoned = %abandoned.join(","),
+            "stopping: tasks still running after the drain timeout; their workers killed (callers told WorkerCrashed), calls running in this process abandoned"
+        );
+        // A moment for those answers to be written.
+        let _ = drain.calls_answered_within(ABANDON_GRACE).await;
+        drain.close();
+        let _ = drain.connections_closed_within(ABANDON_GRACE).await;
+        drain.end(Exit::Abandoned);
+        return;
     }
     drain.close();
     // Each connection ends within its read or write timeout at worst.

@@ -366,6 +366,10 @@ impl Plugin for WorkerPlugin {
     fn revive(&self) {
         self.pool.revive();
     }
+
+    fn abandon(&self) -> Vec<String> {
+        self.pool.abandon()
+    }
 }
 
 impl Drop for WorkerPlugin {
@@ -733,6 +737,32 @@ impl Pool {
                 Err(err)
             }
         }
+    }
+
+    /// Shutdown could wait no longer: kills the workers, answers every
+    /// call they had `WorkerCrashed` (not `Stopping`, which tells a client
+    /// the call never ran and may go elsewhere: these may have run), and
+    /// starts none again. The task ids of the calls abandoned.
+    fn abandon(&self) -> Vec<String> {
+        let workers: Vec<Arc<Conn>> = {
+            let mut inner = lock(&self.inner);
+            inner.retired = true;
+            inner.workers.iter().flatten().cloned().collect()
+        };
+        self.changed.notify_all();
+        let mut abandoned = Vec::new();
+        for conn in workers {
+            conn.retiring.store(true, Ordering::Release);
+            for pending in conn.fail_all() {
+                let task = self.tasks.get(pending.task).cloned().unwrap_or_default();
+                pending.reply.send(Err(self.crashed_error(
+                    "killed at shutdown: still running after the drain timeout",
+                )));
+                abandoned.push(task);
+            }
+            conn.kill("abandoned at shutdown".into());
+        }
+        abandoned
     }
 
     /// Forgets past crashes and restarts what is not running (`<reload>`).
