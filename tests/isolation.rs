@@ -285,3 +285,28 @@ fn sigterm_with_a_task_that_never_ends_exits_at_the_drain_timeout() {
         "a stop that abandoned a task ends, and not cleanly"
     );
 }
+
+#[test]
+fn a_worker_past_its_memory_limit_dies_out_of_memory_alone() {
+    let dir = crasher_dir("iso-memory");
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--workers-per-plugin", "1", "--worker-memory-limit", "512"],
+    );
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let bystander = Bystander::start(addr);
+    let (kind, args) = remote(fe.work::<Value>("alloc", &()));
+    assert_eq!(kind, kind::WORKER_CRASHED, "{args:?}");
+    assert_eq!(args[2], "out of memory", "{args:?}");
+    host.expect_line(&[
+        "plugin worker crashed",
+        "cause=out of memory",
+        "running=alloc",
+    ]);
+    assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+    let (answered, failed) = bystander.finish();
+    assert_eq!(
+        failed, 0,
+        "the demo plugin's caller saw failures ({answered} answered)"
+    );
+}

@@ -115,6 +115,13 @@ struct Args {
     /// `TimeLimitExceeded` (process isolation).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     kill_grace: Duration,
+
+    /// Hard cap on each worker's address space, in MiB (RLIMIT_AS: virtual
+    /// memory, so leave room for thread stacks and allocator arenas; 256 or
+    /// more). A worker past it dies; its callers get `WorkerCrashed`, cause
+    /// "out of memory" (process isolation).
+    #[arg(long, value_name = "MIB")]
+    worker_memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,6 +197,9 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             options.task_timeout = args.task_timeout;
             options.kill_grace = args.kill_grace;
             options.max_tasks = args.max_tasks;
+            options.memory_limit = args
+                .worker_memory_limit
+                .map(|mib| mib.saturating_mul(1 << 20));
             options.max_frame = options.max_frame.max(args.max_message);
             Isolation::Process(options)
         }

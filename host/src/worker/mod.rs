@@ -73,6 +73,10 @@ pub struct WorkerOptions {
     /// How long a cancelled task (time limit, or the client gave up) may
     /// go on before its worker is killed and replaced.
     pub kill_grace: Duration,
+    /// A hard cap on each worker's address space, in bytes (`RLIMIT_AS`;
+    /// `None`: no cap). A worker that reaches it fails an allocation and
+    /// dies; its calls get `WorkerCrashed` with the cause "out of memory".
+    pub memory_limit: Option<u64>,
 }
 
 impl WorkerOptions {
@@ -91,6 +95,7 @@ impl WorkerOptions {
             max_tasks: 64,
             task_timeout: None,
             kill_grace: Duration::from_secs(5),
+            memory_limit: None,
         }
     }
 

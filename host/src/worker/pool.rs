@@ -535,12 +535,18 @@ impl Pool {
         }
         pool.changed.notify_all();
         let (name, version) = (pool.name.clone(), pool.version.clone());
+        let out_of_memory = Arc::new(AtomicBool::new(false));
+        let oom = Arc::clone(&out_of_memory);
         let relay = std::thread::Builder::new()
             .name(format!("taskit-out-{pid}"))
-            .spawn(move || spawn::relay_output(output, &name, &version, pid));
-        if let Err(err) = relay {
-            tracing::warn!(%err, "cannot relay a worker's output");
-        }
+            .spawn(move || spawn::relay_output(output, &name, &version, pid, &oom));
+        let relay = match relay {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(%err, "cannot relay a worker's output");
+                None
+            }
+        };
         let writer = Arc::clone(&conn);
         if let Err(err) = std::thread::Builder::new()
             .name(format!("taskit-send-{pid}"))
@@ -551,7 +557,13 @@ impl Pool {
         let reader_pool = Arc::clone(pool);
         let reader = std::thread::Builder::new()
             .name(format!("taskit-worker-{pid}"))
-            .spawn(move || reader_pool.read(index, conn, channel, child));
+            .spawn(move || {
+                let output = Output {
+                    relay,
+                    out_of_memory,
+                };
+                reader_pool.read(index, conn, channel, child, output)
+            });
         if let Err(err) = reader {
             tracing::error!(%err, "cannot start a worker's reader thread");
         }
@@ -559,7 +571,14 @@ impl Pool {
 
     /// The reader thread of one worker: replies and log records until the
     /// channel closes; then the worker's end, and its restart.
-    fn read(self: Arc<Self>, index: usize, conn: Arc<Conn>, channel: UnixStream, mut child: Child) {
+    fn read(
+        self: Arc<Self>,
+        index: usize,
+        conn: Arc<Conn>,
+        channel: UnixStream,
+        mut child: Child,
+        output: Output,
+    ) {
         // Buffered: a burst of replies costs one read.
         let mut channel = std::io::BufReader::with_capacity(64 << 10, channel);
         let mut buf = Vec::new();
@@ -599,6 +618,11 @@ impl Pool {
             spawn::reap(&mut child, EXIT_GRACE)
         };
         let cause = status.map_or_else(|| "it stopped answering".to_owned(), spawn::describe);
+        let cause = if output.ran_out_of_memory() {
+            "out of memory".to_owned()
+        } else {
+            cause
+        };
         let killed = lock(&conn.killed).clone();
         let cause = match (broken, &killed) {
             (_, Some(reason)) => reason.clone(),
@@ -987,6 +1011,26 @@ fn send_now(socket: &UnixStream, frame: &[u8]) -> std::io::Result<usize> {
             std::io::ErrorKind::WouldBlock => return Ok(0),
             _ => return Err(err),
         }
+    }
+}
+
+/// The thread relaying a worker's output, and what it saw.
+struct Output {
+    relay: Option<std::thread::JoinHandle<()>>,
+    out_of_memory: Arc<AtomicBool>,
+}
+
+impl Output {
+    /// Whether the worker reported an allocation failure before it died
+    /// (its last lines are read first, for a moment at most).
+    fn ran_out_of_memory(self) -> bool {
+        if let Some(relay) = self.relay {
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while !relay.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        self.out_of_memory.load(Ordering::Acquire)
     }
 }
 

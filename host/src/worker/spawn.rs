@@ -96,9 +96,24 @@ pub(crate) fn start(launch: &Launch<'_>) -> io::Result<Started> {
         }
         None => -1,
     };
+    let memory_limit = launch.options.memory_limit;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(bytes) = memory_limit {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Neither the worker nor anything it runs may gain privileges
+            // (setuid binaries, file capabilities).
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             // Dup above the target numbers first, so neither lands on the
             // other; dup2 then clears close-on-exec on 3 and 4.
             let channel = libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -115,6 +130,10 @@ pub(crate) fn start(launch: &Launch<'_>) -> io::Result<Started> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Nothing but stdio, the channel and the counters crosses
+            // (whatever the host's embedder opened without close-on-exec).
+            let first_unused: u32 = if counters_fd >= 0 { 5 } else { 4 };
+            libc::syscall(libc::SYS_close_range, first_unused, u32::MAX, 0u32);
             Ok(())
         });
     }
@@ -288,7 +307,13 @@ const MAX_OUTPUT_LINE: usize = 4096;
 
 /// Logs what a worker writes to its standard output and error, line by
 /// line, tagged with the plugin, until it closes them.
-pub(crate) fn relay_output(output: io::PipeReader, plugin: &str, version: &str, pid: u32) {
+pub(crate) fn relay_output(
+    output: io::PipeReader,
+    plugin: &str,
+    version: &str,
+    pid: u32,
+    out_of_memory: &std::sync::atomic::AtomicBool,
+) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -305,6 +330,10 @@ pub(crate) fn relay_output(output: io::PipeReader, plugin: &str, version: &str, 
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end();
+        // What Rust's allocation failure handler prints before aborting.
+        if text.starts_with("memory allocation of") && text.ends_with("failed") {
+            out_of_memory.store(true, std::sync::atomic::Ordering::Release);
+        }
         if !text.is_empty() {
             tracing::warn!(plugin, version, pid, output = %text, "plugin worker output");
         }
