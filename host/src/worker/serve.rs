@@ -1,14 +1,14 @@
 //! The worker process: maps one plugin version, reports READY or REFUSED,
 //! then runs the calls the host sends until its channel closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::{c_void, OsString};
 use std::io::Write;
 use std::os::fd::{BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use abi_stable::prefix_type::WithMetadata;
 use abi_stable::std_types::{RSlice, RStr};
@@ -128,18 +128,19 @@ pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
     let mut frame = Vec::new();
     channel::encode_ready(&mut frame, &opened.name, &opened.version, &opened.tasks);
     send(&frame);
-    let timings = opened.tasks.iter().map(|_| AtomicU64::new(0)).collect();
     let worker = Arc::new(Worker {
-        timings,
         plugin: opened,
         services,
         writer,
         max_frame: args.max_frame,
         cancels: Mutex::new(HashMap::new()),
-        queue: Mutex::new(Queue::default()),
-        work: Condvar::new(),
+        reader: Mutex::new(Reader {
+            channel: std::io::BufReader::with_capacity(64 << 10, channel),
+            buf: Vec::new(),
+        }),
+        waiting: AtomicUsize::new(0),
     });
-    worker.serve(channel)
+    worker.lead()
 }
 
 /// The worker's state while it serves.
@@ -150,16 +151,15 @@ struct Worker {
     max_frame: usize,
     /// Cancellation flags of the calls running, by id.
     cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
-    queue: Mutex<Queue>,
-    work: Condvar,
-    /// Per task number: its average time in nanoseconds (0: never timed).
-    timings: Vec<AtomicU64>,
+    /// The channel's reading end: whichever thread holds it reads.
+    reader: Mutex<Reader>,
+    /// Threads waiting to read.
+    waiting: AtomicUsize,
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    idle: usize,
+struct Reader {
+    channel: std::io::BufReader<UnixStream>,
+    buf: Vec<u8>,
 }
 
 struct Job {
@@ -172,29 +172,55 @@ struct Job {
 }
 
 impl Worker {
-    /// Reads calls until the host closes the channel, then ends the process
-    /// (without waiting for calls still running: the host no longer wants
-    /// their answers).
-    ///
-    /// A task that has been quick (under [`INLINE_NS`] on average) runs
-    /// right here on the reader thread, and its reply waits in a buffer
-    /// until no more input is at hand, so a burst of calls costs one read
-    /// and one write, not a thread hand-off each. Anything else runs on a
-    /// pool thread.
-    fn serve(self: Arc<Self>, channel: UnixStream) -> ! {
-        let mut reader = std::io::BufReader::with_capacity(64 << 10, channel);
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
+    /// Every thread of the worker runs this: take the reading end, read
+    /// until a call arrives, hand the reading end to the next thread, run
+    /// the call, answer it, and go back to waiting. A call runs on the
+    /// thread that read it, so it costs no hand-off, and a call that turns
+    /// slow holds up no other: another thread is already reading. When the
+    /// host closes the channel, the process ends (without waiting for calls
+    /// still running: the host no longer wants their answers).
+    fn lead(self: Arc<Self>) -> ! {
         loop {
-            if reader.buffer().is_empty() && !out.is_empty() {
-                self.write(&out);
-                out.clear();
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            let job = self.next_call(&mut reader);
+            if self.waiting.load(Ordering::Acquire) == 0 {
+                // Nobody to read while this call runs: one more thread
+                // (the host bounds the calls in flight, hence the threads).
+                let next = Arc::clone(&self);
+                if std::thread::Builder::new()
+                    .name("taskit-task".into())
+                    .spawn(move || next.lead())
+                    .is_err()
+                {
+                    eprintln!("taskit worker: cannot start a thread; calls wait for this one");
+                }
             }
-            match channel::read_frame(&mut reader, &mut buf, self.max_frame) {
+            drop(reader);
+            let result = self.call(&job);
+            self.cancels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job.id);
+            let mut frame = Vec::new();
+            channel::encode_reply(&mut frame, job.id, &result);
+            let _ = self
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write_all(&frame);
+        }
+    }
+
+    /// Reads frames until a call; passes cancellations on meanwhile.
+    fn next_call(&self, reader: &mut Reader) -> Job {
+        loop {
+            match channel::read_frame(&mut reader.channel, &mut reader.buf, self.max_frame) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => std::process::exit(0),
             }
-            match channel::parse_to_worker(&buf) {
+            match channel::parse_to_worker(&reader.buf) {
                 Ok(ToWorker::Call {
                     id,
                     codec,
@@ -202,25 +228,19 @@ impl Worker {
                     args,
                     kwargs,
                 }) => {
-                    if self.is_quick(task) {
-                        let cancelled = AtomicBool::new(false);
-                        let result = self.call(task, codec, args, kwargs, &cancelled);
-                        channel::encode_reply(&mut out, id, &result);
-                        continue;
-                    }
                     let cancelled = Arc::new(AtomicBool::new(false));
                     self.cancels
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(id, Arc::clone(&cancelled));
-                    self.submit(Job {
+                    return Job {
                         id,
                         task,
                         codec,
                         args: args.to_vec(),
                         kwargs: kwargs.to_vec(),
                         cancelled,
-                    });
+                    };
                 }
                 Ok(ToWorker::Cancel { id }) => {
                     if let Some(flag) = self
@@ -240,107 +260,20 @@ impl Worker {
         }
     }
 
-    fn write(&self, frames: &[u8]) {
-        let _ = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_all(frames);
-    }
-
-    /// Whether task `task` has been quick enough to run on the reader.
-    fn is_quick(&self, task: usize) -> bool {
-        self.timings
-            .get(task)
-            .is_some_and(|t| (1..INLINE_NS).contains(&t.load(Ordering::Relaxed)))
-    }
-
-    /// Queues a job for an idle thread, starting one if none is idle (the
-    /// host bounds the calls in flight, hence the threads).
-    fn submit(self: &Arc<Self>, job: Job) {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.jobs.push_back(job);
-        if queue.idle > 0 {
-            drop(queue);
-            self.work.notify_one();
-            return;
-        }
-        drop(queue);
-        let worker = Arc::clone(self);
-        if std::thread::Builder::new()
-            .name("taskit-task".into())
-            .spawn(move || worker.run_jobs())
-            .is_err()
-        {
-            eprintln!("taskit worker: cannot start a thread; the call waits for a busy one");
-        }
-    }
-
-    fn run_jobs(&self) {
-        loop {
-            let job = {
-                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                loop {
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
-                    }
-                    queue.idle += 1;
-                    queue = self
-                        .work
-                        .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    queue.idle -= 1;
-                }
-            };
-            let result = self.call(job.task, job.codec, &job.args, &job.kwargs, &job.cancelled);
-            self.cancels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&job.id);
-            let mut frame = Vec::new();
-            channel::encode_reply(&mut frame, job.id, &result);
-            self.write(&frame);
-        }
-    }
-
-    /// Runs task `task` and keeps its timing.
-    fn call(
-        &self,
-        task: usize,
-        codec: taskit_plugin_api::CodecKind,
-        args: &[u8],
-        kwargs: &[u8],
-        cancelled: &AtomicBool,
-    ) -> Result<Vec<u8>, TaskError> {
-        if task >= self.plugin.tasks.len() {
+    /// Runs a call.
+    fn call(&self, job: &Job) -> Result<Vec<u8>, TaskError> {
+        if job.task >= self.plugin.tasks.len() {
             return Err(TaskError::msg(kind::PROTOCOL_ERROR, "no such task number"));
         }
         let request = CallRequest {
-            task,
-            codec: RStr::from_str(codec.name()),
-            args: RSlice::from_slice(args),
-            kwargs: RSlice::from_slice(kwargs),
-            cancelled,
+            task: job.task,
+            codec: RStr::from_str(job.codec.name()),
+            args: RSlice::from_slice(&job.args),
+            kwargs: RSlice::from_slice(&job.kwargs),
+            cancelled: &job.cancelled,
             host: self.services,
         };
-        let started = std::time::Instant::now();
-        let result = self.plugin.call(&request);
-        if result.is_ok() {
-            let took = u64::try_from(started.elapsed().as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            if let Some(t) = self.timings.get(task) {
-                // Down slowly, up at once: one slow call stops inlining.
-                let old = t.load(Ordering::Relaxed);
-                let new = if old == 0 || took > old {
-                    took
-                } else {
-                    old - (old - took) / 8
-                };
-                t.store(new.max(1), Ordering::Relaxed);
-            }
-        }
-        match result {
+        match self.plugin.call(&request) {
             Ok(bytes) if bytes.len() + 64 > self.max_frame => Err(TaskError::msg(
                 kind::MESSAGE_TOO_LARGE,
                 format!(
@@ -353,9 +286,6 @@ impl Worker {
         }
     }
 }
-
-/// A task averaging less than this runs on the worker's reader thread.
-const INLINE_NS: u64 = 50_000;
 
 /// What the plugin's [`HostServices`] reach in a worker: the shared running
 /// count and the channel for log records.
