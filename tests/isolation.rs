@@ -131,11 +131,35 @@ fn a_plugin_that_keeps_crashing_is_marked_failed_until_a_reload() {
     );
     // Other plugins are unaffected.
     assert_eq!(fe.work::<i64>("add", &(2, 2)).unwrap(), 4);
+    // <tasks> says so.
+    let crasher = |fe: &BlockingFrontEnd| {
+        fe.tasks(addr)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "crasher")
+            .unwrap()
+    };
+    let summary = crasher(&fe);
+    assert_eq!(summary.isolation, "process");
+    assert_eq!(summary.restarts, 4, "{summary:?}");
+    assert_eq!(summary.last_crash.as_deref(), Some("killed by SIGSEGV"));
+    assert!(summary.failed.is_some(), "{summary:?}");
+    assert!(summary.workers.is_empty(), "{summary:?}");
 
     // A reload revives it.
     fe.reload(addr).unwrap();
     host.expect_line(&["revived", "plugin=crasher"]);
     assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+    let summary = crasher(&fe);
+    assert!(summary.failed.is_none(), "{summary:?}");
+    assert_eq!(summary.workers.len(), 1, "{summary:?}");
+    let demo = fe
+        .tasks(addr)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "demo")
+        .unwrap();
+    assert_eq!((demo.isolation.as_str(), demo.restarts), ("process", 0));
 }
 
 #[test]

@@ -213,7 +213,23 @@ fn describe(signal: Signal, outcome: Result<Reply, FrontendError>) -> (u8, Strin
         Ok(Reply::Tasks(plugins)) => {
             let text = plugins
                 .iter()
-                .map(|p| format!("{} {} [{}]", p.name, p.version, p.tasks.join(", ")))
+                .map(|p| {
+                    let mut line = format!("{} {} [{}]", p.name, p.version, p.tasks.join(", "));
+                    if p.isolation == "process" {
+                        let pids: Vec<String> = p.workers.iter().map(u32::to_string).collect();
+                        line += &format!(" workers={}", pids.join(","));
+                        if p.restarts > 0 {
+                            line += &format!(" restarts={}", p.restarts);
+                        }
+                        if let Some(cause) = &p.last_crash {
+                            line += &format!(" last_crash=\"{cause}\"");
+                        }
+                        if p.failed.is_some() {
+                            line += " FAILED";
+                        }
+                    }
+                    line
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             let text = if text.is_empty() {

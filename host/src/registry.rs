@@ -59,12 +59,34 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
         None
     }
+    /// How it runs, for `<tasks>`.
+    fn health(&self) -> Health {
+        Health {
+            isolation: "none",
+            ..Health::default()
+        }
+    }
     /// Shutdown waits no longer: stop the calls still running and answer
     /// them, if it can (a worker process can be killed; a thread in this
     /// process cannot). The task ids of the calls answered.
     fn abandon(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// How a plugin version runs, as `<tasks>` reports it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Health {
+    /// `process` or `none`.
+    pub(crate) isolation: &'static str,
+    /// Pids of its live workers.
+    pub(crate) workers: Vec<u32>,
+    /// Workers restarted after a crash.
+    pub(crate) restarts: u64,
+    /// The cause of its last crash.
+    pub(crate) last_crash: Option<String>,
+    /// Why it is marked failed, if it is.
+    pub(crate) failed: Option<String>,
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -357,14 +379,32 @@ impl Registry {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             file: String::new(),
             tasks: locals,
+            isolation: "none".to_owned(),
+            ..PluginSummary::default()
         });
+        let health: HashMap<PathBuf, Health> = {
+            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+            plugins
+                .by_file
+                .iter()
+                .map(|(file, i)| (file.clone(), i.plugin.health()))
+                .collect()
+        };
         embedded
             .into_iter()
-            .chain(self.plugins().into_iter().map(|p| PluginSummary {
-                name: p.name,
-                version: p.version,
-                file: p.file.display().to_string(),
-                tasks: p.tasks,
+            .chain(self.plugins().into_iter().map(|p| {
+                let health = health.get(&p.file).cloned().unwrap_or_default();
+                PluginSummary {
+                    name: p.name,
+                    version: p.version,
+                    file: p.file.display().to_string(),
+                    tasks: p.tasks,
+                    isolation: health.isolation.to_owned(),
+                    workers: health.workers,
+                    restarts: health.restarts,
+                    last_crash: health.last_crash,
+                    failed: health.failed,
+                }
             }))
             .collect()
     }

@@ -21,7 +21,7 @@ use super::spawn::{self, Launch, Ready, Started};
 use super::WorkerOptions;
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
-use crate::registry::Plugin;
+use crate::registry::{Health, Plugin};
 use crate::services::{emit_plugin_log, HostState};
 
 /// How often a call waiting on a worker looks at its cancellation flag.
@@ -369,6 +369,23 @@ impl Plugin for WorkerPlugin {
 
     fn abandon(&self) -> Vec<String> {
         self.pool.abandon()
+    }
+
+    fn health(&self) -> Health {
+        let inner = lock(&self.pool.inner);
+        Health {
+            isolation: "process",
+            workers: inner
+                .workers
+                .iter()
+                .flatten()
+                .filter(|c| !c.dead.load(Ordering::Acquire))
+                .map(|c| c.pid)
+                .collect(),
+            restarts: inner.restarts,
+            last_crash: inner.last_cause.clone(),
+            failed: inner.failed.clone(),
+        }
     }
 }
 

@@ -116,7 +116,7 @@ impl Reply {
 }
 
 /// One entry of the `<tasks>` reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginSummary {
     /// The plugin's name (`embedded` for the host program's own tasks).
     pub name: String,
@@ -126,6 +126,26 @@ pub struct PluginSummary {
     pub file: String,
     /// The ids it serves.
     pub tasks: Vec<String>,
+    /// Where it runs: `process` (worker processes), `none` (in the host),
+    /// or empty when the host did not say (an older host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub isolation: String,
+    /// The process ids of its workers running now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<u32>,
+    /// Workers started again after a crash, over this version's life.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u64,
+    /// How its last worker crash ended ("killed by SIGSEGV").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crash: Option<String>,
+    /// Set when it crashed too often and is no longer started: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The `<reload>` reply: files loaded, refused and removed by the rescan.
