@@ -127,25 +127,22 @@ pub struct PluginSummary {
     /// The ids it serves.
     pub tasks: Vec<String>,
     /// Where it runs: `process` (worker processes), `none` (in the host),
-    /// or empty when the host did not say (an older host).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// or empty when the host did not say (an older host, in JSON; always
+    /// written, as bincode has no optional fields).
+    #[serde(default)]
     pub isolation: String,
     /// The process ids of its workers running now.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub workers: Vec<u32>,
     /// Workers started again after a crash, over this version's life.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub restarts: u64,
     /// How its last worker crash ended ("killed by SIGSEGV").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_crash: Option<String>,
     /// Set when it crashed too often and is no longer started: why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub failed: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// The `<reload>` reply: files loaded, refused and removed by the rescan.
