@@ -334,3 +334,33 @@ fn a_worker_past_its_memory_limit_dies_out_of_memory_alone() {
         "the demo plugin's caller saw failures ({answered} answered)"
     );
 }
+
+#[test]
+fn a_worker_is_replaced_after_its_share_of_calls_and_exits() {
+    let dir = crasher_dir("iso-max-calls");
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--workers-per-plugin", "1", "--worker-max-calls", "3"],
+    );
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let pids: Vec<u32> = (0..7)
+        .map(|_| fe.work("crasher-pid", &()).unwrap())
+        .collect();
+    assert_eq!(pids[0], pids[1]);
+    assert_eq!(pids[1], pids[2]);
+    assert_ne!(pids[2], pids[3], "{pids:?}");
+    assert_eq!(pids[3], pids[5]);
+    assert_ne!(pids[5], pids[6], "{pids:?}");
+    // The old ones are gone, reaped, not crashed.
+    for old in [pids[0], pids[3]] {
+        wait_until("the replaced worker to exit", || {
+            !std::path::Path::new(&format!("/proc/{old}")).exists()
+        });
+    }
+    assert!(host
+        .try_expect_line(
+            &["plugin worker crashed"],
+            std::time::Duration::from_millis(200)
+        )
+        .is_none());
+}

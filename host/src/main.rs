@@ -122,6 +122,12 @@ struct Args {
     /// "out of memory" (process isolation).
     #[arg(long, value_name = "MIB")]
     worker_memory_limit: Option<u64>,
+
+    /// Calls a worker takes before a fresh one replaces it (it finishes its
+    /// calls, then exits, returning whatever its plugin leaked; process
+    /// isolation; default: never).
+    #[arg(long, value_name = "N")]
+    worker_max_calls: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -197,6 +203,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             options.task_timeout = args.task_timeout;
             options.kill_grace = args.kill_grace;
             options.max_tasks = args.max_tasks;
+            options.max_calls = args.worker_max_calls;
             options.memory_limit = args
                 .worker_memory_limit
                 .map(|mib| mib.saturating_mul(1 << 20));

@@ -77,6 +77,10 @@ pub struct WorkerOptions {
     /// `None`: no cap). A worker that reaches it fails an allocation and
     /// dies; its calls get `WorkerCrashed` with the cause "out of memory".
     pub memory_limit: Option<u64>,
+    /// Calls a worker takes before it is replaced (Celery's
+    /// max-tasks-per-child): it finishes its calls, a fresh one takes over,
+    /// the old one exits and returns its memory. `None`: never.
+    pub max_calls: Option<u64>,
 }
 
 impl WorkerOptions {
@@ -96,6 +100,7 @@ impl WorkerOptions {
             task_timeout: None,
             kill_grace: Duration::from_secs(5),
             memory_limit: None,
+            max_calls: None,
         }
     }
 

@@ -143,6 +143,13 @@ struct Conn {
     /// Set just before its reader thread reaps it: its pid may no longer be
     /// its own.
     reaped: AtomicBool,
+    /// Its slot in the pool.
+    index: usize,
+    /// Calls sent to it so far.
+    started: AtomicU64,
+    /// It took its share of calls (`max_calls`): it gets no more, and
+    /// exits once its last one is answered.
+    draining: AtomicBool,
     counter_slot: Option<usize>,
 }
 
@@ -338,6 +345,7 @@ impl Plugin for WorkerPlugin {
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
         let conn = self.pool.pick()?;
+        Pool::count_call(&self.pool, &conn);
         conn.call(&self.pool, index, call)
     }
 
@@ -353,6 +361,7 @@ impl Plugin for WorkerPlugin {
         let conn = self.pool.pick_now()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = conn.start(&self.pool, index, call, Reply::Async(tx)).ok()?;
+        Pool::count_call(&self.pool, &conn);
         Some(Sent {
             rx,
             id,
@@ -500,8 +509,31 @@ impl Pool {
             .workers
             .iter()
             .flatten()
-            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .filter(|c| !c.dead.load(Ordering::Acquire) && !c.draining.load(Ordering::Acquire))
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Counts a call sent to `conn`; at `max_calls`, starts its
+    /// replacement and lets it drain.
+    fn count_call(pool: &Arc<Pool>, conn: &Arc<Conn>) {
+        let Some(max) = pool.options.max_calls else {
+            return;
+        };
+        if conn.started.fetch_add(1, Ordering::AcqRel) + 1 != max.max(1) {
+            return;
+        }
+        conn.draining.store(true, Ordering::Release);
+        tracing::debug!(plugin = %pool.name, pid = conn.pid, calls = max, "recycling a worker");
+        let (pool, index) = (Arc::clone(pool), conn.index);
+        let started = std::thread::Builder::new()
+            .name("taskit-recycle".into())
+            .spawn(move || match pool.start_one() {
+                Ok((started, slot)) => Pool::serve(&pool, index, started, slot),
+                Err(err) => pool.restart(index, format!("replacement failed: {err}"), true),
+            });
+        if let Err(err) = started {
+            tracing::error!(%err, "cannot start a worker's replacement");
+        }
     }
 
     /// The wait before the next restart, given the recent crashes.
@@ -541,6 +573,9 @@ impl Pool {
             retiring: AtomicBool::new(false),
             killed: Mutex::new(None),
             reaped: AtomicBool::new(false),
+            index,
+            started: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             counter_slot,
         });
         {
@@ -686,6 +721,14 @@ impl Pool {
         loop {
             let delay = {
                 let mut inner = lock(&self.inner);
+                if inner.workers[index]
+                    .as_ref()
+                    .is_some_and(|c| !c.dead.load(Ordering::Acquire))
+                {
+                    // A replacement already serves this slot (a recycled
+                    // worker crashed while draining): nothing to restart.
+                    return;
+                }
                 inner.workers[index] = None;
                 let now = Instant::now();
                 let window = self.options.crash_window;
@@ -971,16 +1014,27 @@ impl Conn {
     }
 
     fn answer(&self, id: u64, result: CallResult) {
-        if let Some(pending) = lock(&self.pending).remove(&id) {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let pending = lock(&self.pending).remove(&id);
+        if let Some(pending) = pending {
             pending.reply.send(result);
+            self.one_less();
         }
     }
 
     /// Drops call `id` if it is still pending (its caller gave up).
     fn forget(&self, id: u64) {
-        if lock(&self.pending).remove(&id).is_some() {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let pending = lock(&self.pending).remove(&id);
+        if pending.is_some() {
+            self.one_less();
+        }
+    }
+
+    /// One call fewer in flight; a draining worker with none left exits.
+    fn one_less(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.draining.load(Ordering::Acquire)
+        {
+            self.retire();
         }
     }
 
