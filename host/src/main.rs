@@ -208,7 +208,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
                 .worker_memory_limit
                 .map(|mib| mib.saturating_mul(1 << 20));
             options.max_frame = options.max_frame.max(args.max_message);
-            Isolation::Process(options)
+            Isolation::Process(Box::new(options))
         }
     };
     let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))

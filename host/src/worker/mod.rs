@@ -34,7 +34,7 @@ pub enum Isolation {
     /// crashes, aborts or exits ends the host. For trusted plugins.
     InProcess,
     /// In worker processes (`--isolation process`).
-    Process(WorkerOptions),
+    Process(Box<WorkerOptions>),
 }
 
 /// How worker processes are started and supervised.
