@@ -345,8 +345,11 @@ impl Plugin for WorkerPlugin {
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
         let conn = self.pool.pick()?;
+        let result = conn.call(&self.pool, index, call);
+        // Counted once sent and answered (counting before it is sent could
+        // retire the worker under it).
         Pool::count_call(&self.pool, &conn);
-        conn.call(&self.pool, index, call)
+        result
     }
 
     fn is_remote(&self) -> bool {
@@ -522,7 +525,12 @@ impl Pool {
         if conn.started.fetch_add(1, Ordering::AcqRel) + 1 != max.max(1) {
             return;
         }
-        conn.draining.store(true, Ordering::Release);
+        // SeqCst here and in `one_less`: whichever of the two comes second
+        // sees the other's write, so the worker is retired either way.
+        conn.draining.store(true, Ordering::SeqCst);
+        if conn.in_flight.load(Ordering::SeqCst) == 0 {
+            conn.retire();
+        }
         tracing::debug!(plugin = %pool.name, pid = conn.pid, calls = max, "recycling a worker");
         let (pool, index) = (Arc::clone(pool), conn.index);
         let started = std::thread::Builder::new()
@@ -580,10 +588,16 @@ impl Pool {
         });
         {
             let mut inner = lock(&pool.inner);
-            if inner.retired {
+            let taken = inner.workers[index].as_ref().is_some_and(|c| {
+                !c.dead.load(Ordering::Acquire) && !c.draining.load(Ordering::Acquire)
+            });
+            if inner.retired || taken {
+                // No longer wanted, or a restart and a replacement raced
+                // for the slot and the other won: this one exits at once.
                 conn.retire();
+            } else {
+                inner.workers[index] = Some(Arc::clone(&conn));
             }
-            inner.workers[index] = Some(Arc::clone(&conn));
         }
         pool.changed.notify_all();
         let (name, version) = (pool.name.clone(), pool.version.clone());
@@ -1031,8 +1045,8 @@ impl Conn {
 
     /// One call fewer in flight; a draining worker with none left exits.
     fn one_less(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.draining.load(Ordering::Acquire)
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.draining.load(Ordering::SeqCst)
         {
             self.retire();
         }
