@@ -84,6 +84,8 @@ fn a_task_that_kills_its_worker_fails_alone_and_a_fresh_worker_answers_next() {
         // Rust reports a stack overflow and aborts; without its handler
         // the guard page's SIGSEGV ends the process.
         ("recurse", &["killed by SIGABRT", "killed by SIGSEGV"][..]),
+        // What any panic does in a plugin built with `panic = "abort"`.
+        ("panic-abort", &["killed by SIGABRT"][..]),
     ] {
         let before: u32 = fe.work("crasher-pid", &()).unwrap();
         let (kind, args) = remote(fe.work::<Value>(task, &()));
@@ -101,6 +103,9 @@ fn a_task_that_kills_its_worker_fails_alone_and_a_fresh_worker_answers_next() {
         let after: u32 = fe.work("crasher-pid", &()).unwrap();
         assert_ne!(before, after, "{task}: a fresh worker answers");
         assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+        // A reload forgives past crashes: five in a minute would mark the
+        // plugin failed (see below).
+        fe.reload(addr).unwrap();
     }
 
     let (answered, failed) = bystander.finish();
@@ -245,10 +250,10 @@ fn a_task_past_its_time_limit_is_cancelled_then_its_worker_killed_and_replaced()
     let after: u32 = fe.work("crasher-pid", &()).unwrap();
     assert_ne!(before, after, "a fresh worker answers");
     // A kill for a time limit is not a crash: the plugin is never marked
-    // failed for it.
-    for _ in 0..5 {
-        let (kind, _) = remote(fe.work::<Value>("sleep-forever", &()));
-        assert_eq!(kind, kind::TIME_LIMIT_EXCEEDED);
+    // failed for it. A busy loop ends the same way.
+    for task in ["sleep-forever", "spin", "sleep-forever", "spin", "spin"] {
+        let (kind, args) = remote(fe.work::<Value>(task, &()));
+        assert_eq!(kind, kind::TIME_LIMIT_EXCEEDED, "{task}: {args:?}");
     }
     assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
 }
@@ -363,4 +368,26 @@ fn a_worker_is_replaced_after_its_share_of_calls_and_exits() {
             std::time::Duration::from_millis(200)
         )
         .is_none());
+}
+
+#[test]
+fn recycling_workers_keeps_a_leaking_plugin_under_its_memory_limit() {
+    // 100 MiB leaked per call, 512 MiB allowed per worker: without
+    // recycling the fifth call or so runs out of memory.
+    let dir = crasher_dir("iso-leak");
+    let (_host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--workers-per-plugin",
+            "1",
+            "--worker-memory-limit",
+            "512",
+            "--worker-max-calls",
+            "2",
+        ],
+    );
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    for i in 0..10 {
+        assert_eq!(fe.work::<u64>("leak", &()).unwrap(), 100, "call {i}");
+    }
 }

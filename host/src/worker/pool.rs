@@ -863,14 +863,16 @@ impl Pool {
         abandoned
     }
 
-    /// Forgets past crashes and restarts what is not running (`<reload>`).
+    /// Forgets past crashes and, if the version was given up on, restarts
+    /// what is not running (`<reload>`, SIGHUP).
     fn revive(self: &Arc<Self>) {
         let dead: Vec<usize> = {
             let mut inner = lock(&self.inner);
+            // A forced reload forgives past crashes, failed or not.
+            inner.crashes.clear();
             if inner.failed.take().is_none() {
                 return;
             }
-            inner.crashes.clear();
             inner
                 .workers
                 .iter()
