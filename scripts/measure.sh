@@ -7,8 +7,11 @@
 # Fuzzing is separate: fuzz/run.sh SECONDS.
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release -p taskit-host -p taskit-demo -p taskit-demo-next \
-    -p taskit-fixture-faulty -p taskit-fixture-removable -p taskit --bins
+# Two commands: `--bins` would apply to the plugin packages too, which
+# have no binaries, and leave their libraries unbuilt.
+cargo build --release -p taskit-host -p taskit --bins
+cargo build --release -p taskit-demo -p taskit-demo-next -p taskit-fixture-faulty \
+    -p taskit-fixture-removable -p taskit-fixture-crasher
 venv=target/release/taskit4-venv
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

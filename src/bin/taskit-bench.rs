@@ -265,6 +265,9 @@ fn main() -> anyhow::Result<()> {
         if args.reloads > 0 {
             reload_figures(host, args.reloads, &mut rows, &mut figures)?;
         }
+        if args.isolation == "process" {
+            crash_figures(host, &rt, &mut rows, &mut figures)?;
+        }
     }
     drop(host);
     write_plots(&args.plots, distributions, curves)?;
@@ -321,6 +324,61 @@ fn isolation_figures(
     figures.insert("none_json_throughput_256".into(), json!(tput));
     figures.insert("isolation_latency_ratio".into(), json!(lat_ratio));
     figures.insert("isolation_throughput_ratio".into(), json!(tput_ratio));
+    Ok(())
+}
+
+/// Crashes a worker 4 times (one fewer than marks a plugin failed) with
+/// the crasher fixture's `segv`: how long its caller waits for the
+/// `WorkerCrashed` answer, and how long until a fresh worker answers.
+/// Skipped if the fixture is not built.
+fn crash_figures(
+    host: &SelfHost,
+    rt: &tokio::runtime::Runtime,
+    rows: &mut Vec<(String, String)>,
+    figures: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let Ok(crasher) = built_library("taskit_fixture_crasher") else {
+        rows.push((
+            "worker crashes".into(),
+            "skipped: taskit-fixture-crasher not built".into(),
+        ));
+        return Ok(());
+    };
+    let dir = host.plugins_dir();
+    let tmp = dir.join(".crasher.so.tmp");
+    std::fs::copy(&crasher, &tmp)?;
+    std::fs::rename(&tmp, dir.join("crasher.so"))?;
+    let fe = FrontEnd::new([BackendAddr::from(host.addr)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.block_on(fe.call::<String>("crasher-fine", &())).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the crasher plugin never loaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut answered, mut restarted) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let sent = Instant::now();
+        match rt.block_on(fe.call::<Value>("segv", &())) {
+            Err(taskit_plugin_api::frontend::FrontendError::BackendProcessing { kind, .. })
+                if kind == "WorkerCrashed" => {}
+            other => anyhow::bail!("segv answered {other:?}"),
+        }
+        answered.push(sent.elapsed().as_secs_f64() * 1000.0);
+        rt.block_on(fe.call::<String>("crasher-fine", &()))?;
+        restarted.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    rows.push((
+        "worker crash: call to WorkerCrashed answer (4 crashes)".into(),
+        format!("max {:.1} ms", max(&answered)),
+    ));
+    rows.push((
+        "worker crash: call to a fresh worker's answer (backoff included)".into(),
+        format!("max {:.0} ms", max(&restarted)),
+    ));
+    figures.insert(
+        "crash".into(),
+        json!({"answer_ms": answered, "fresh_worker_ms": restarted}),
+    );
     Ok(())
 }
 
