@@ -57,6 +57,14 @@ impl Bystander {
     }
 }
 
+/// A host serving `dir` in process isolation, whatever
+/// `TASKIT_TEST_ISOLATION` says.
+fn serving(dir: &std::path::Path, extra: &[&str]) -> (HostProcess, SocketAddr) {
+    let mut args = vec!["--isolation", "process"];
+    args.extend_from_slice(extra);
+    HostProcess::serving(dir, &args)
+}
+
 fn crasher_dir(label: &str) -> TempDir {
     let dir = demo_dir(label);
     install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
@@ -73,7 +81,7 @@ fn remote(result: Result<Value, FrontendError>) -> (String, Vec<Value>) {
 #[test]
 fn a_task_that_kills_its_worker_fails_alone_and_a_fresh_worker_answers_next() {
     let dir = crasher_dir("iso-crash");
-    let (mut host, addr) = HostProcess::serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let (mut host, addr) = serving(dir.path(), &["--workers-per-plugin", "1"]);
     let fe = BlockingFrontEnd::new([addr]).unwrap();
     let bystander = Bystander::start(addr);
 
@@ -119,7 +127,7 @@ fn a_task_that_kills_its_worker_fails_alone_and_a_fresh_worker_answers_next() {
 #[test]
 fn a_plugin_that_keeps_crashing_is_marked_failed_until_a_reload() {
     let dir = crasher_dir("iso-failed");
-    let (mut host, addr) = HostProcess::serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let (mut host, addr) = serving(dir.path(), &["--workers-per-plugin", "1"]);
     let fe = BlockingFrontEnd::new([addr]).unwrap();
     // Five crashes within a minute.
     for _ in 0..5 {
@@ -173,6 +181,8 @@ fn an_init_that_never_returns_is_refused_at_the_init_timeout() {
     install_by_rename(&plugin("taskit_fixture_init_hang"), dir.path(), "hang.so");
     // At start: the host still gets ready, without it.
     let mut host = HostProcess::start(&[
+        "--isolation",
+        "process",
         "--plugins",
         dir.path().to_str().unwrap(),
         "--init-timeout",
@@ -196,8 +206,8 @@ fn an_init_that_never_returns_is_refused_at_the_init_timeout() {
 fn an_idempotent_call_whose_worker_crashed_is_retried_on_the_next_backend() {
     use taskit_plugin_api::frontend::CallOptions;
     let (dir1, dir2) = (crasher_dir("iso-retry-1"), crasher_dir("iso-retry-2"));
-    let (mut first, addr1) = HostProcess::serving(dir1.path(), &[]);
-    let (mut second, addr2) = HostProcess::serving(dir2.path(), &[]);
+    let (mut first, addr1) = serving(dir1.path(), &[]);
+    let (mut second, addr2) = serving(dir2.path(), &[]);
     let fe = BlockingFrontEnd::new([addr1, addr2]).unwrap();
 
     // Not idempotent: it may have run, so it is not sent again.
@@ -225,7 +235,7 @@ fn an_idempotent_call_whose_worker_crashed_is_retried_on_the_next_backend() {
 #[test]
 fn a_task_past_its_time_limit_is_cancelled_then_its_worker_killed_and_replaced() {
     let dir = crasher_dir("iso-time-limit");
-    let (mut host, addr) = HostProcess::serving(
+    let (mut host, addr) = serving(
         dir.path(),
         &[
             "--workers-per-plugin",
@@ -262,7 +272,7 @@ fn a_task_past_its_time_limit_is_cancelled_then_its_worker_killed_and_replaced()
 fn tasks_that_never_return_hold_only_their_own_plugins_task_slots() {
     use taskit_plugin_api::frontend::CallOptions;
     let dir = crasher_dir("iso-slots");
-    let (_host, addr) = HostProcess::serving(dir.path(), &["--max-tasks", "2"]);
+    let (_host, addr) = serving(dir.path(), &["--max-tasks", "2"]);
     let fe = BlockingFrontEnd::new([addr]).unwrap();
     // Every slot of the crasher plugin, and more, taken for good.
     for _ in 0..4 {
@@ -281,7 +291,7 @@ fn tasks_that_never_return_hold_only_their_own_plugins_task_slots() {
 #[test]
 fn sigterm_with_a_task_that_never_ends_exits_at_the_drain_timeout() {
     let dir = crasher_dir("iso-drain");
-    let (mut host, addr) = HostProcess::serving(dir.path(), &["--drain-timeout", "1"]);
+    let (mut host, addr) = serving(dir.path(), &["--drain-timeout", "1"]);
     let caller = std::thread::spawn(move || {
         let fe = BlockingFrontEnd::new([addr]).unwrap();
         remote(fe.work::<Value>("sleep-forever", &()))
@@ -318,7 +328,7 @@ fn sigterm_with_a_task_that_never_ends_exits_at_the_drain_timeout() {
 #[test]
 fn a_worker_past_its_memory_limit_dies_out_of_memory_alone() {
     let dir = crasher_dir("iso-memory");
-    let (mut host, addr) = HostProcess::serving(
+    let (mut host, addr) = serving(
         dir.path(),
         &["--workers-per-plugin", "1", "--worker-memory-limit", "512"],
     );
@@ -343,7 +353,7 @@ fn a_worker_past_its_memory_limit_dies_out_of_memory_alone() {
 #[test]
 fn a_worker_is_replaced_after_its_share_of_calls_and_exits() {
     let dir = crasher_dir("iso-max-calls");
-    let (mut host, addr) = HostProcess::serving(
+    let (mut host, addr) = serving(
         dir.path(),
         &["--workers-per-plugin", "1", "--worker-max-calls", "3"],
     );
@@ -375,7 +385,7 @@ fn recycling_workers_keeps_a_leaking_plugin_under_its_memory_limit() {
     // 100 MiB leaked per call, 512 MiB allowed per worker: without
     // recycling the fifth call or so runs out of memory.
     let dir = crasher_dir("iso-leak");
-    let (_host, addr) = HostProcess::serving(
+    let (_host, addr) = serving(
         dir.path(),
         &[
             "--workers-per-plugin",

@@ -29,9 +29,20 @@ impl HostProcess {
     }
 
     /// As [`spawn`](Self::spawn), reporting a failure to start.
+    ///
+    /// With `TASKIT_TEST_ISOLATION` set (`none` or `process`), a host whose
+    /// arguments do not choose its isolation gets `--isolation` with that
+    /// value: CI runs the end-to-end tests once more with
+    /// `TASKIT_TEST_ISOLATION=none`.
     pub fn try_spawn(binary: &Path, args: &[&str], filter: &str) -> std::io::Result<Self> {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Ok(mode) = std::env::var("TASKIT_TEST_ISOLATION") {
+            if !args.iter().any(|a| a == "--isolation") {
+                args.extend(["--isolation".to_owned(), mode]);
+            }
+        }
         let mut child = Command::new(binary)
-            .args(args)
+            .args(&args)
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
