@@ -298,9 +298,6 @@ pub(crate) struct Loader {
     max_bytes: u64,
     state: Arc<HostState>,
     isolation: Isolation,
-    /// The async runtime the loader was made in, if any (workers' replies
-    /// are read there).
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Loader {
@@ -319,7 +316,6 @@ impl Loader {
             max_bytes,
             state,
             isolation,
-            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -342,8 +338,7 @@ impl Loader {
                 .and_then(|opened| PluginVersion::init(file, opened, &self.state))
                 .map(|v| Arc::new(v) as Arc<dyn Plugin>),
             Isolation::Process(options) => {
-                WorkerPlugin::start(file, options, &self.state, self.runtime.clone())
-                    .map(|p| p as Arc<dyn Plugin>)
+                WorkerPlugin::start(file, options, &self.state).map(|p| p as Arc<dyn Plugin>)
             }
         };
         match loaded {

@@ -18,8 +18,9 @@
 use std::io::{self, Read};
 
 use taskit_plugin_api::host_side::abi::LogLevel;
-use taskit_plugin_api::wire::native::{self, codec_from_id, codec_id, ErrorStatus, Response};
-pub(crate) use taskit_plugin_api::wire::native::{declared_len, LENGTH_LEN};
+use taskit_plugin_api::wire::native::{
+    self, codec_from_id, codec_id, declared_len, ErrorStatus, Response, LENGTH_LEN,
+};
 use taskit_plugin_api::{CodecKind, TaskError};
 
 use crate::loader::LoadError;

@@ -103,9 +103,6 @@ struct Pool {
     state: Arc<HostState>,
     /// The version's own task slots.
     slots: Arc<tokio::sync::Semaphore>,
-    /// The host's async runtime, if it has one: workers' replies are read
-    /// there (else on a thread per worker).
-    runtime: Option<tokio::runtime::Handle>,
     inner: Mutex<PoolState>,
     changed: Condvar,
 }
@@ -240,7 +237,6 @@ impl WorkerPlugin {
         file: Prepared,
         options: &WorkerOptions,
         state: &Arc<HostState>,
-        runtime: Option<tokio::runtime::Handle>,
     ) -> Result<Arc<Self>, LoadError> {
         let count = options.workers_per_plugin.max(1);
         let label = file
@@ -313,7 +309,6 @@ impl WorkerPlugin {
             options: options.clone(),
             state: Arc::clone(state),
             slots: Arc::new(tokio::sync::Semaphore::new(options.max_tasks.max(1))),
-            runtime,
             inner: Mutex::new(PoolState {
                 workers: vec![None; count],
                 ..PoolState::default()
@@ -625,32 +620,16 @@ impl Pool {
         {
             tracing::error!(%err, "cannot start a worker's writer thread");
         }
-        let output = Output {
-            relay,
-            out_of_memory,
-        };
         let reader_pool = Arc::clone(pool);
-        if let Some(runtime) = &pool.runtime {
-            let channel = channel.set_nonblocking(true).and_then(|()| {
-                let _entered = runtime.enter();
-                tokio::net::UnixStream::from_std(channel)
-            });
-            match channel {
-                Ok(channel) => {
-                    runtime.spawn(reader_pool.read_async(index, conn, channel, child, output));
-                }
-                Err(err) => {
-                    tracing::error!(%err, "cannot read a worker's channel");
-                    let _ = std::thread::spawn(move || {
-                        reader_pool.after_exit(index, conn, child, output, Some(err.to_string()))
-                    });
-                }
-            }
-            return;
-        }
         let reader = std::thread::Builder::new()
             .name(format!("taskit-worker-{pid}"))
-            .spawn(move || reader_pool.read(index, conn, channel, child, output));
+            .spawn(move || {
+                let output = Output {
+                    relay,
+                    out_of_memory,
+                };
+                reader_pool.read(index, conn, channel, child, output)
+            });
         if let Err(err) = reader {
             tracing::error!(%err, "cannot start a worker's reader thread");
         }
@@ -663,101 +642,36 @@ impl Pool {
         index: usize,
         conn: Arc<Conn>,
         channel: UnixStream,
-        child: Child,
+        mut child: Child,
         output: Output,
     ) {
         // Buffered: a burst of replies costs one read.
         let mut channel = std::io::BufReader::with_capacity(64 << 10, channel);
         let mut buf = Vec::new();
-        let broken = loop {
+        let mut broken = None;
+        loop {
             match channel::read_frame(&mut channel, &mut buf, self.options.max_frame) {
                 Ok(true) => {}
-                Ok(false) => break None,
-                Err(err) => break Some(err.to_string()),
-            }
-            if let Err(err) = self.take_frame(&conn, &buf) {
-                break Some(err);
-            }
-        };
-        self.after_exit(index, conn, child, output, broken);
-    }
-
-    /// The reader of one worker as a task on the host's async runtime: a
-    /// reply wakes the task awaiting it directly, with no reader thread in
-    /// between. The worker's end is then handled on a blocking thread.
-    async fn read_async(
-        self: Arc<Self>,
-        index: usize,
-        conn: Arc<Conn>,
-        channel: tokio::net::UnixStream,
-        child: Child,
-        output: Output,
-    ) {
-        use tokio::io::AsyncReadExt;
-        let mut channel = channel;
-        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-        let mut start = 0;
-        let broken = 'read: loop {
-            // Every whole frame in the buffer.
-            while let Some(len) = channel::declared_len(&buf[start..]) {
-                if len > self.options.max_frame {
-                    break 'read Some(format!(
-                        "a frame of {len} bytes, over the limit of {}",
-                        self.options.max_frame
-                    ));
-                }
-                let whole = channel::LENGTH_LEN + len;
-                if buf.len() - start < whole {
+                Ok(false) => break,
+                Err(err) => {
+                    broken = Some(err.to_string());
                     break;
                 }
-                let body = &buf[start + channel::LENGTH_LEN..start + whole];
-                if let Err(err) = self.take_frame(&conn, body) {
-                    break 'read Some(err);
+            }
+            match channel::parse_from_worker(&buf) {
+                Ok(FromWorker::Reply { id, result }) => conn.answer(id, result.map(<[u8]>::to_vec)),
+                Ok(FromWorker::Log {
+                    level,
+                    target,
+                    message,
+                }) => emit_plugin_log(&self.name, &self.version, level, target, message),
+                Ok(FromWorker::Ready { .. } | FromWorker::Refused(_)) => {}
+                Err(err) => {
+                    broken = Some(err);
+                    break;
                 }
-                start += whole;
             }
-            buf.drain(..start);
-            start = 0;
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(64 << 10);
-            }
-            match channel.read_buf(&mut buf).await {
-                Ok(0) => break None,
-                Ok(_) => {}
-                Err(err) => break Some(err.to_string()),
-            }
-        };
-        drop(channel);
-        let _ = tokio::task::spawn_blocking(move || {
-            self.after_exit(index, conn, child, output, broken)
-        })
-        .await;
-    }
-
-    /// Handles one frame from a worker: a reply, or a log record.
-    fn take_frame(&self, conn: &Conn, body: &[u8]) -> Result<(), String> {
-        match channel::parse_from_worker(body)? {
-            FromWorker::Reply { id, result } => conn.answer(id, result.map(<[u8]>::to_vec)),
-            FromWorker::Log {
-                level,
-                target,
-                message,
-            } => emit_plugin_log(&self.name, &self.version, level, target, message),
-            FromWorker::Ready { .. } | FromWorker::Refused(_) => {}
         }
-        Ok(())
-    }
-
-    /// A worker's channel closed: reap it, answer its calls, say why, and
-    /// restart it unless the host closed it.
-    fn after_exit(
-        self: Arc<Self>,
-        index: usize,
-        conn: Arc<Conn>,
-        mut child: Child,
-        output: Output,
-        broken: Option<String>,
-    ) {
         if let Some(err) = &broken {
             // It speaks nonsense: it cannot be trusted with another call.
             tracing::error!(plugin = %self.name, pid = conn.pid, %err, "bad frame from a plugin worker; killing it");
@@ -1105,7 +1019,7 @@ impl Conn {
             let frames = std::mem::take(&mut outbox.frames);
             outbox.flushing = true;
             drop(outbox);
-            let written = write_all_waiting(&self.socket, &frames);
+            let written = (&self.socket).write_all(&frames);
             outbox = lock(&self.outbox);
             outbox.flushing = false;
             if written.is_err() {
@@ -1160,30 +1074,6 @@ impl Conn {
         self.close_outbox();
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
-}
-
-/// Writes all of `bytes`, waiting for room when the socket is full (it may
-/// be in non-blocking mode).
-fn write_all_waiting(socket: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    while !bytes.is_empty() {
-        match (&*socket).write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fd = libc::pollfd {
-                    fd: socket.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, waiting without a time limit.
-                unsafe { libc::poll(&mut fd, 1, -1) };
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Writes what the socket takes without blocking.
