@@ -17,7 +17,7 @@ use taskit_plugin_api::error::kind;
 use taskit_plugin_api::TaskError;
 
 use super::channel::{self, FromWorker};
-use super::spawn::{self, Launch, Ready, Started};
+use super::spawn::{self, Launch, Started};
 use super::WorkerOptions;
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
@@ -288,18 +288,14 @@ impl WorkerPlugin {
             }
             return Err(err);
         }
-        let Ready {
-            name,
-            version,
-            tasks,
-        } = ready
-            .first()
-            .map(|(_, _, r)| Ready {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                tasks: r.tasks.clone(),
-            })
-            .expect("at least one worker");
+        let Some((_, _, first)) = ready.first() else {
+            return Err(LoadError::Init("no worker was started".into()));
+        };
+        let (name, version, tasks) = (
+            first.name.clone(),
+            first.version.clone(),
+            first.tasks.clone(),
+        );
         let pool = Arc::new(Pool {
             name,
             version,
