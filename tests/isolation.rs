@@ -401,3 +401,42 @@ fn recycling_workers_keeps_a_leaking_plugin_under_its_memory_limit() {
         assert_eq!(fe.work::<u64>("leak", &()).unwrap(), 100, "call {i}");
     }
 }
+
+#[test]
+fn workers_run_as_the_user_they_are_given() {
+    // SAFETY: a plain system call.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: switching users needs root");
+        return;
+    }
+    let out = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "no user `nobody` here");
+    let nobody: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let dir = crasher_dir("iso-user");
+    let (_host, addr) = serving(dir.path(), &["--worker-user", "nobody"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<u32>("crasher-uid", &()).unwrap(), nobody);
+    // Everything else works as before: the plugin was mapped from the
+    // descriptor the host passed, the shadow directory stays private.
+    assert_eq!(fe.work::<i64>("add", &(2, 2)).unwrap(), 4);
+    assert_eq!(fe.work::<u64>("running", &()).unwrap(), 1);
+}
+
+#[test]
+fn a_worker_user_that_does_not_exist_stops_the_host_at_start() {
+    let dir = crasher_dir("iso-no-user");
+    let mut host = HostProcess::start(&[
+        "--isolation",
+        "process",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--worker-user",
+        "no-such-user-here",
+    ]);
+    let status = host.wait_exit_within(std::time::Duration::from_secs(60));
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+    host.expect_line(&["no user named", "no-such-user-here"]);
+}

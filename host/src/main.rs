@@ -128,6 +128,39 @@ struct Args {
     /// isolation; default: never).
     #[arg(long, value_name = "N")]
     worker_max_calls: Option<u64>,
+
+    /// Run plugin workers as this user (and its primary group), not as the
+    /// host's; the host must run as root to switch (process isolation).
+    #[arg(long, value_name = "USER")]
+    worker_user: Option<String>,
+}
+
+/// The user and group ids of `name`.
+fn user_ids(name: &str) -> anyhow::Result<(u32, u32)> {
+    let c_name = std::ffi::CString::new(name).context("a user name without NUL bytes")?;
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives its use.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    anyhow::ensure!(
+        rc == 0 && !found.is_null(),
+        "--worker-user: no user named {name:?}"
+    );
+    // SAFETY: a plain system call.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0 || entry.pw_uid == unsafe { libc::geteuid() },
+        "--worker-user {name}: only a host running as root can run workers as another user"
+    );
+    Ok((entry.pw_uid, entry.pw_gid))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,6 +237,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             options.kill_grace = args.kill_grace;
             options.max_tasks = args.max_tasks;
             options.max_calls = args.worker_max_calls;
+            options.user = args.worker_user.as_deref().map(user_ids).transpose()?;
             options.memory_limit = args
                 .worker_memory_limit
                 .map(|mib| mib.saturating_mul(1 << 20));

@@ -400,8 +400,9 @@ impl Loader {
     }
 }
 
-/// Copies `source` to a new file readable by this user only and returns the
-/// copy (opened for reading), its size and a hash of its contents.
+/// Copies `source` to a new read-only file in the private shadow directory
+/// and returns the copy (opened for reading), its size and a hash of its
+/// contents.
 ///
 /// Only a regular file of at most `max_bytes` is copied: the file is opened
 /// without blocking (a FIFO would otherwise block until a writer comes) and
@@ -434,7 +435,10 @@ fn copy_private(
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o700)
+        // Read-only, readable by a worker running as another user through
+        // the descriptor the host passes it; nobody else can reach it, as
+        // the shadow directory is the host user's alone.
+        .mode(0o444)
         .open(shadow)
         .map_err(|e| io("create", shadow, e))?;
     let mut hasher = std::hash::DefaultHasher::new();

@@ -81,6 +81,9 @@ pub struct WorkerOptions {
     /// max-tasks-per-child): it finishes its calls, a fresh one takes over,
     /// the old one exits and returns its memory. `None`: never.
     pub max_calls: Option<u64>,
+    /// Run workers as this user and group id (`--worker-user`; the host
+    /// must be able to switch: root). `None`: the host's own.
+    pub user: Option<(u32, u32)>,
 }
 
 impl WorkerOptions {
@@ -101,6 +104,7 @@ impl WorkerOptions {
             kill_grace: Duration::from_secs(5),
             memory_limit: None,
             max_calls: None,
+            user: None,
         }
     }
 

@@ -21,6 +21,10 @@ use crate::services::{emit_plugin_log, plugin_log_enabled};
 /// counters at.
 pub(crate) const CHANNEL_FD: i32 = 3;
 pub(crate) const COUNTERS_FD: i32 = 4;
+/// The plugin's shadow copy, opened by the host: the worker maps
+/// `/proc/self/fd/5`, so it needs no access to the shadow directory (it may
+/// run as another user) and maps exactly the file the host checked.
+pub(crate) const SHADOW_FD: i32 = 5;
 
 /// A worker that is running, not yet known to have loaded its plugin.
 pub(crate) struct Started {
@@ -75,10 +79,11 @@ fn on_spawner_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static
 pub(crate) fn start(launch: &Launch<'_>) -> io::Result<Started> {
     let (ours, theirs) = UnixStream::pair()?;
     let (output, output_writer) = io::pipe()?;
+    let shadow = std::fs::File::open(launch.shadow)?;
     let mut cmd = Command::new(&launch.options.program);
     cmd.args(&launch.options.args)
         .arg("--shadow")
-        .arg(launch.shadow)
+        .arg(format!("/proc/self/fd/{SHADOW_FD}"))
         .arg("--source")
         .arg(launch.source)
         .arg("--log-level")
@@ -97,6 +102,8 @@ pub(crate) fn start(launch: &Launch<'_>) -> io::Result<Started> {
         None => -1,
     };
     let memory_limit = launch.options.memory_limit;
+    let user = launch.options.user;
+    let shadow_fd = shadow.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -120,25 +127,44 @@ pub(crate) fn start(launch: &Launch<'_>) -> io::Result<Started> {
             if channel < 0 || libc::dup2(channel, CHANNEL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            let shadow = libc::fcntl(shadow_fd, libc::F_DUPFD_CLOEXEC, 10);
             if counters_fd >= 0 {
                 let counters = libc::fcntl(counters_fd, libc::F_DUPFD_CLOEXEC, 10);
                 if counters < 0 || libc::dup2(counters, COUNTERS_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            } else if libc::dup2(
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY),
+                COUNTERS_FD,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
-            // Die with the host, even one killed with SIGKILL.
+            if shadow < 0 || libc::dup2(shadow, SHADOW_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Die with the host, even one killed with SIGKILL (set after
+            // the user change, which clears it).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // Nothing but stdio, the channel and the counters crosses
-            // (whatever the host's embedder opened without close-on-exec).
-            let first_unused: u32 = if counters_fd >= 0 { 5 } else { 4 };
-            libc::syscall(libc::SYS_close_range, first_unused, u32::MAX, 0u32);
+            // Nothing but stdio, the channel, the counters and the plugin
+            // crosses (whatever the host's embedder opened without
+            // close-on-exec).
+            libc::syscall(libc::SYS_close_range, SHADOW_FD as u32 + 1, u32::MAX, 0u32);
             Ok(())
         });
     }
     let child = on_spawner_thread(move || cmd.spawn())??;
-    drop(theirs);
+    drop((theirs, shadow));
     Ok(Started {
         child,
         channel: ours,
