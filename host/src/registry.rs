@@ -341,30 +341,25 @@ impl Registry {
     /// Serves again every plugin version that was given up on (a forced
     /// reload; see [`PluginHost::reload`](crate::PluginHost::reload)).
     pub(crate) fn revive_all(&self) {
-        let plugins: Vec<Arc<dyn Plugin>> = {
-            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-            plugins
-                .by_file
-                .values()
-                .map(|i| Arc::clone(&i.plugin))
-                .collect()
-        };
-        for plugin in plugins {
+        for plugin in self.installed() {
             plugin.revive();
         }
     }
 
     /// See [`Plugin::abandon`]: for every plugin version loaded.
     pub(crate) fn abandon_running(&self) -> Vec<String> {
-        let plugins: Vec<Arc<dyn Plugin>> = {
-            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-            plugins
-                .by_file
-                .values()
-                .map(|i| Arc::clone(&i.plugin))
-                .collect()
-        };
-        plugins.iter().flat_map(|p| p.abandon()).collect()
+        self.installed().iter().flat_map(|p| p.abandon()).collect()
+    }
+
+    /// Every plugin version installed now, taken out of the lock (what is
+    /// done with them may take a while).
+    fn installed(&self) -> Vec<Arc<dyn Plugin>> {
+        let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        plugins
+            .by_file
+            .values()
+            .map(|i| Arc::clone(&i.plugin))
+            .collect()
     }
 
     /// What `<tasks>` answers: the in-process tasks as a plugin named
@@ -382,14 +377,11 @@ impl Registry {
             isolation: "none".to_owned(),
             ..PluginSummary::default()
         });
-        let health: HashMap<PathBuf, Health> = {
-            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-            plugins
-                .by_file
-                .iter()
-                .map(|(file, i)| (file.clone(), i.plugin.health()))
-                .collect()
-        };
+        let health: HashMap<PathBuf, Health> = self
+            .installed()
+            .iter()
+            .map(|p| (p.source().to_owned(), p.health()))
+            .collect();
         embedded
             .into_iter()
             .chain(self.plugins().into_iter().map(|p| {

@@ -54,48 +54,56 @@ impl Drop for RunningGuard {
     }
 }
 
-/// What a plugin's [`HostServices::data`] points to: the shared counters and
-/// the plugin's identity, used to tag its log records.
-struct PluginData {
-    state: Arc<HostState>,
-    plugin: String,
-    version: String,
+/// What a plugin reaches through its [`HostServices`], wherever it runs:
+/// in this process ([`services_for`]) or in a worker process.
+pub(crate) trait Services: Send + Sync + 'static {
+    /// Tasks running now, host-wide.
+    fn running_tasks(&self) -> u64;
+    /// A task started a subtask.
+    fn subtask_enter(&self);
+    /// A subtask ended (never below zero).
+    fn subtask_exit(&self);
+    /// Whether records at `level` are wanted.
+    fn log_enabled(&self, level: LogLevel) -> bool;
+    /// One record of the plugin's.
+    fn log(&self, level: LogLevel, target: &str, message: &str);
 }
 
-/// Services for one loaded plugin version.
+/// The handle a plugin gets for `services`.
 ///
-/// The data behind them is leaked on purpose: a plugin may keep the handle in
+/// The data behind it is leaked on purpose: a plugin may keep the handle in
 /// a static or in a thread it spawned, and plugin code stays mapped for the
 /// life of the process (see `docs/plugins.md`), so the data must too. It is a
 /// few dozen bytes per loaded version.
-pub(crate) fn services_for(state: &Arc<HostState>, plugin: &str, version: &str) -> HostServices {
-    let data: &'static PluginData = Box::leak(Box::new(PluginData {
-        state: Arc::clone(state),
-        plugin: plugin.to_owned(),
-        version: version.to_owned(),
-    }));
-    // SAFETY: `data` is leaked (never freed) and is what the vtable's
+pub(crate) fn leak_services<S: Services>(services: S) -> HostServices {
+    let data: &'static S = Box::leak(Box::new(services));
+    // SAFETY: `data` is leaked (never freed) and is what `VTableOf::<S>`'s
     // functions expect.
-    unsafe { HostServices::new(data as *const PluginData as *const c_void, vtable()) }
+    unsafe { HostServices::new(data as *const S as *const c_void, VTableOf::<S>::get()) }
 }
 
-const VTABLE: &WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
-    running_tasks,
-    subtask_enter,
-    subtask_exit,
-    log_enabled,
-    log,
-});
+/// The vtable that calls `S`'s methods, one per `S`.
+struct VTableOf<S>(std::marker::PhantomData<S>);
 
-fn vtable() -> HostVTableRef {
-    HostVTableRef(VTABLE.static_as_prefix())
+impl<S: Services> VTableOf<S> {
+    const VTABLE: &'static WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
+        running_tasks: running_tasks::<S>,
+        subtask_enter: subtask_enter::<S>,
+        subtask_exit: subtask_exit::<S>,
+        log_enabled: log_enabled::<S>,
+        log: log::<S>,
+    });
+
+    fn get() -> HostVTableRef {
+        HostVTableRef(Self::VTABLE.static_as_prefix())
+    }
 }
 
 /// # Safety
 ///
-/// `data` must come from `services_for`: a leaked, never freed `PluginData`.
-unsafe fn data<'a>(data: *const c_void) -> &'a PluginData {
-    unsafe { &*(data as *const PluginData) }
+/// `d` must come from [`leak_services`] with this `S`.
+unsafe fn data<'a, S>(d: *const c_void) -> &'a S {
+    unsafe { &*(d as *const S) }
 }
 
 /// Runs `f` without letting a panic unwind into the plugin that called us
@@ -104,43 +112,80 @@ fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
-unsafe extern "C" fn running_tasks(d: *const c_void) -> u64 {
-    let d = unsafe { data(d) };
-    guarded(0, || d.state.running_tasks())
+unsafe extern "C" fn running_tasks<S: Services>(d: *const c_void) -> u64 {
+    let d = unsafe { data::<S>(d) };
+    guarded(0, || d.running_tasks())
 }
 
-unsafe extern "C" fn subtask_enter(d: *const c_void) {
-    let d = unsafe { data(d) };
-    counters::up(d.state.counters.host());
+unsafe extern "C" fn subtask_enter<S: Services>(d: *const c_void) {
+    let d = unsafe { data::<S>(d) };
+    guarded((), || d.subtask_enter())
 }
 
-unsafe extern "C" fn subtask_exit(d: *const c_void) {
-    let d = unsafe { data(d) };
-    counters::down(d.state.counters.host());
+unsafe extern "C" fn subtask_exit<S: Services>(d: *const c_void) {
+    let d = unsafe { data::<S>(d) };
+    guarded((), || d.subtask_exit())
+}
+
+unsafe extern "C" fn log_enabled<S: Services>(d: *const c_void, level: u8) -> bool {
+    let d = unsafe { data::<S>(d) };
+    // A subscriber that panics must not take the process down.
+    guarded(false, || d.log_enabled(LogLevel::from_u8(level)))
+}
+
+unsafe extern "C" fn log<S: Services>(
+    d: *const c_void,
+    level: u8,
+    target: RStr<'_>,
+    message: RStr<'_>,
+) {
+    let d = unsafe { data::<S>(d) };
+    guarded((), || d.log(LogLevel::from_u8(level), &target, &message))
+}
+
+/// A plugin version in this process: the shared counters and the plugin's
+/// identity, used to tag its log records.
+struct InProcess {
+    state: Arc<HostState>,
+    plugin: String,
+    version: String,
+}
+
+impl Services for InProcess {
+    fn running_tasks(&self) -> u64 {
+        self.state.running_tasks()
+    }
+
+    fn subtask_enter(&self) {
+        counters::up(self.state.counters.host());
+    }
+
+    fn subtask_exit(&self) {
+        counters::down(self.state.counters.host());
+    }
+
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        plugin_log_enabled(level)
+    }
+
+    fn log(&self, level: LogLevel, target: &str, message: &str) {
+        emit_plugin_log(&self.plugin, &self.version, level, target, message);
+    }
+}
+
+/// Services for one plugin version loaded in this process.
+pub(crate) fn services_for(state: &Arc<HostState>, plugin: &str, version: &str) -> HostServices {
+    leak_services(InProcess {
+        state: Arc::clone(state),
+        plugin: plugin.to_owned(),
+        version: version.to_owned(),
+    })
 }
 
 /// The target every plugin record is emitted under: filter plugin logs with
 /// `RUST_LOG=taskit::plugin=debug`, or one plugin with
 /// `RUST_LOG='taskit::plugin[{plugin=demo}]=debug'`.
 pub const PLUGIN_LOG_TARGET: &str = "taskit::plugin";
-
-unsafe extern "C" fn log_enabled(_: *const c_void, level: u8) -> bool {
-    // A subscriber that panics must not take the process down.
-    guarded(false, || plugin_log_enabled(LogLevel::from_u8(level)))
-}
-
-unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
-    let d = unsafe { data(d) };
-    guarded((), || {
-        emit_plugin_log(
-            &d.plugin,
-            &d.version,
-            LogLevel::from_u8(level),
-            &target,
-            &message,
-        )
-    })
-}
 
 /// Whether the host's subscriber wants plugin records at `level`.
 pub(crate) fn plugin_log_enabled(level: LogLevel) -> bool {

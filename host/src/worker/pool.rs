@@ -78,7 +78,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One plugin version, served by its workers.
 pub(crate) struct WorkerPlugin {
     file: Prepared,
-    tasks: Vec<String>,
     pool: Arc<Pool>,
 }
 
@@ -301,7 +300,7 @@ impl WorkerPlugin {
             version,
             source: file.source.clone(),
             shadow: file.shadow.clone(),
-            tasks: tasks.clone(),
+            tasks,
             options: options.clone(),
             state: Arc::clone(state),
             slots: Arc::new(tokio::sync::Semaphore::new(options.max_tasks.max(1))),
@@ -314,7 +313,7 @@ impl WorkerPlugin {
         for (index, (started, slot, _)) in ready.into_iter().enumerate() {
             Pool::serve(&pool, index, started, slot);
         }
-        Ok(Arc::new(Self { file, tasks, pool }))
+        Ok(Arc::new(Self { file, pool }))
     }
 }
 
@@ -336,7 +335,7 @@ impl Plugin for WorkerPlugin {
     }
 
     fn tasks(&self) -> &[String] {
-        &self.tasks
+        &self.pool.tasks
     }
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
@@ -465,9 +464,7 @@ impl Pool {
     /// waits for one as long as a restart may take.
     fn pick(&self) -> Result<Arc<Conn>, TaskError> {
         let mut inner = lock(&self.inner);
-        let deadline = Instant::now()
-            + self.options.max_backoff.min(self.backoff(&inner))
-            + self.options.init_timeout;
+        let deadline = Instant::now() + self.backoff(&inner) + self.options.init_timeout;
         loop {
             if let Some(why) = &inner.failed {
                 return Err(self.unavailable_error(why));

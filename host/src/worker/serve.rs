@@ -2,7 +2,7 @@
 //! then runs the calls the host sends until its channel closes.
 
 use std::collections::HashMap;
-use std::ffi::{c_void, OsString};
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixStream;
@@ -10,18 +10,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use abi_stable::prefix_type::WithMetadata;
 use abi_stable::std_types::{RSlice, RStr};
 use taskit_plugin_api::error::kind;
-use taskit_plugin_api::host_side::abi::{
-    CallRequest, HostServices, HostVTable, HostVTableRef, LogLevel,
-};
+use taskit_plugin_api::host_side::abi::{CallRequest, HostServices, LogLevel};
 use taskit_plugin_api::TaskError;
 
 use super::channel::{self, ToWorker};
 use super::spawn::{CHANNEL_FD, COUNTERS_FD};
 use crate::counters;
 use crate::loader::Opened;
+use crate::services::{leak_services, Services};
 
 /// Longest log message a plugin may send in one record; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 64 << 10;
@@ -103,7 +101,7 @@ pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
             return 2;
         }
     };
-    let services = services(Services {
+    let services = leak_services(WorkerServices {
         words,
         writer: Arc::clone(&writer),
         log_level: args.log_level,
@@ -289,87 +287,55 @@ impl Worker {
 
 /// What the plugin's [`HostServices`] reach in a worker: the shared running
 /// count and the channel for log records.
-struct Services {
+struct WorkerServices {
     words: Option<(&'static [AtomicU64], usize)>,
     writer: Arc<Mutex<UnixStream>>,
     log_level: u8,
 }
 
-/// Leaked: the plugin may keep the handle for the life of the process.
-fn services(data: Services) -> HostServices {
-    let data: &'static Services = Box::leak(Box::new(data));
-    // SAFETY: `data` is never freed and is what the vtable expects.
-    unsafe { HostServices::new(data as *const Services as *const c_void, vtable()) }
-}
+impl Services for WorkerServices {
+    fn running_tasks(&self) -> u64 {
+        self.words.map_or(0, |(words, _)| counters::sum(words))
+    }
 
-const VTABLE: &WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
-    running_tasks,
-    subtask_enter,
-    subtask_exit,
-    log_enabled,
-    log,
-});
-
-fn vtable() -> HostVTableRef {
-    HostVTableRef(VTABLE.static_as_prefix())
-}
-
-/// # Safety
-///
-/// `d` must come from [`services`].
-unsafe fn data<'a>(d: *const c_void) -> &'a Services {
-    unsafe { &*(d as *const Services) }
-}
-
-unsafe extern "C" fn running_tasks(d: *const c_void) -> u64 {
-    let d = unsafe { data(d) };
-    d.words.map_or(0, |(words, _)| counters::sum(words))
-}
-
-unsafe extern "C" fn subtask_enter(d: *const c_void) {
-    let d = unsafe { data(d) };
-    if let Some((words, slot)) = d.words {
-        if let Some(word) = words.get(slot) {
+    fn subtask_enter(&self) {
+        if let Some(word) = self.own_word() {
             counters::up(word);
         }
     }
-}
 
-unsafe extern "C" fn subtask_exit(d: *const c_void) {
-    let d = unsafe { data(d) };
-    if let Some((words, slot)) = d.words {
-        if let Some(word) = words.get(slot) {
+    fn subtask_exit(&self) {
+        if let Some(word) = self.own_word() {
             counters::down(word);
         }
     }
+
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        level as u8 >= self.log_level
+    }
+
+    fn log(&self, level: LogLevel, target: &str, message: &str) {
+        if !self.log_enabled(level) {
+            return;
+        }
+        let mut cut = message.len().min(MAX_LOG_MESSAGE);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut frame = Vec::with_capacity(cut + 64);
+        channel::encode_log(&mut frame, level, target, &message[..cut]);
+        // A poisoned lock is still usable.
+        let _ = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(&frame);
+    }
 }
 
-unsafe extern "C" fn log_enabled(d: *const c_void, level: u8) -> bool {
-    let d = unsafe { data(d) };
-    level >= d.log_level
-}
-
-unsafe extern "C" fn log(d: *const c_void, level: u8, target: RStr<'_>, message: RStr<'_>) {
-    let d = unsafe { data(d) };
-    if level < d.log_level {
-        return;
+impl WorkerServices {
+    /// This worker's word of the shared counters, if it has one.
+    fn own_word(&self) -> Option<&'static AtomicU64> {
+        self.words.and_then(|(words, slot)| words.get(slot))
     }
-    let message = message.as_str();
-    let mut cut = message.len().min(MAX_LOG_MESSAGE);
-    while !message.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut frame = Vec::with_capacity(cut + 64);
-    channel::encode_log(
-        &mut frame,
-        LogLevel::from_u8(level),
-        &target,
-        &message[..cut],
-    );
-    // Never panic back into the plugin: a poisoned lock is still usable.
-    let _ = d
-        .writer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .write_all(&frame);
 }
