@@ -186,7 +186,8 @@ fn an_init_that_never_returns_is_refused_at_the_init_timeout() {
         "--plugins",
         dir.path().to_str().unwrap(),
         "--init-timeout",
-        "1",
+        // Short, yet ample for a plugin that does load on a busy machine.
+        "4",
     ]);
     host.expect_line(&["refused plugin file", "hang.so", "--init-timeout"]);
     let addr = host.ready();
@@ -241,9 +242,9 @@ fn a_task_past_its_time_limit_is_cancelled_then_its_worker_killed_and_replaced()
             "--workers-per-plugin",
             "1",
             "--task-timeout",
-            "0.5",
+            "1",
             "--kill-grace",
-            "0.5",
+            "1",
         ],
     );
     let fe = BlockingFrontEnd::new([addr]).unwrap();
