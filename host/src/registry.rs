@@ -23,7 +23,7 @@ use taskit_plugin_api::{TaskError, TaskFn};
 
 use crate::call::TaskCall;
 use crate::services::{services_for, HostState};
-use crate::worker::Sent;
+use crate::worker::{Batch, Deliver, Ticket};
 
 /// One version of one plugin file, as the registry sees it: its identity,
 /// its task ids, and a way to run them. The loader's in-process
@@ -49,14 +49,9 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
     fn is_remote(&self) -> bool {
         false
     }
-    /// Sends task number `index` off to run elsewhere and returns its
-    /// answer to await; `None` if it cannot be sent now (then
-    /// [`run`](Self::run) it).
-    fn send(&self, _index: usize, _call: &TaskCall) -> Option<Sent> {
-        None
-    }
-    /// Its own task slots, if it has them (else the server's are used).
-    fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+    /// A worker process ready to take a call to task number `index`, if
+    /// it runs in workers and one is live now (else [`run`](Self::run) it).
+    fn ticket(&self, _index: usize) -> Option<Ticket> {
         None
     }
     /// How it runs, for `<tasks>`.
@@ -129,36 +124,55 @@ impl Route {
 }
 
 impl Route {
-    /// The task slots of what serves it, if it has its own.
-    pub(crate) fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
-        match &self.target {
-            Target::Plugin { plugin, .. } => plugin.slots(),
-            Target::Local(_) => None,
-        }
-    }
-
     /// Whether the task runs in a worker process.
     pub(crate) fn is_remote(&self) -> bool {
         matches!(&self.target, Target::Plugin { plugin, .. } if plugin.is_remote())
     }
 
-    /// Sends the call to the worker process that serves it, counted as
-    /// running until the answer arrives; `None` if the task does not run in
-    /// a worker or none is ready now (then [`run`](Self::run) it).
-    pub(crate) fn send(
-        &self,
-        call: &TaskCall,
-    ) -> Option<impl std::future::Future<Output = Result<Vec<u8>, TaskError>> + Send + 'static>
-    {
+    /// A worker process ready to take the call, if the task runs in one
+    /// and a worker is live now (else [`run`](Self::run) it).
+    pub(crate) fn remote(&self) -> Option<Remote> {
         let Target::Plugin { plugin, index } = &self.target else {
             return None;
         };
-        let running = self.running.enter();
-        let sent = plugin.send(*index, call)?;
-        Some(async move {
-            let _running = running;
-            sent.answer().await
+        Some(Remote {
+            ticket: plugin.ticket(*index)?,
+            plugin: Arc::clone(plugin),
         })
+    }
+}
+
+/// A call about to go to a plugin's worker processes (counted as running
+/// while a worker has it), holding its plugin version until it is answered
+/// (a version no call holds has its workers stopped).
+pub(crate) struct Remote {
+    ticket: Ticket,
+    plugin: Arc<dyn Plugin>,
+}
+
+impl Remote {
+    /// Sends the call, queued in `batch`; its answer goes to `deliver`
+    /// (on another thread).
+    pub(crate) fn dispatch(self, call: &TaskCall, deliver: Deliver, batch: &mut Batch) {
+        let plugin = self.plugin;
+        let deliver: Deliver = Box::new(move |result| {
+            deliver(result);
+            drop(plugin);
+        });
+        self.ticket.dispatch(call, deliver, batch);
+    }
+
+    /// Sends the call; its answer, to await.
+    pub(crate) fn send(
+        self,
+        call: &TaskCall,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, TaskError>> + Send + 'static {
+        let (sent, plugin) = (self.ticket.send(call), self.plugin);
+        async move {
+            let answer = sent.answer().await;
+            drop(plugin);
+            answer
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use taskit_plugin_api::TaskError;
 
 use super::Shared;
 use crate::call::TaskCall;
-use crate::registry::Route;
+use crate::registry::{Remote, Route};
 use crate::ReloadSummary;
 
 /// What the connection must do once a reply is written.
@@ -57,6 +57,15 @@ impl Job {
     /// The call.
     pub(crate) fn call(&self) -> &TaskCall {
         &self.call
+    }
+
+    /// For a task in worker processes: where to submit the call (its
+    /// plugin's own task slots and queue decide when it runs).
+    pub(crate) fn remote(&self) -> Option<Remote> {
+        match &self.target {
+            Target::Task(route) => route.remote(),
+            _ => None,
+        }
     }
 
     /// Whether it is `<status>`, the one call a stopping host still answers.
@@ -162,22 +171,18 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
         Target::Refused(err) => return (Err(err), After::Nothing),
         Target::Task(route) => route,
     };
-    // A plugin in worker processes has task slots of its own: one whose
-    // tasks hang never holds another's.
-    let slots = route
-        .slots()
-        .unwrap_or_else(|| Arc::clone(&shared.task_slots));
-    let Ok(slot) = slots.acquire_owned().await else {
+    // A plugin in worker processes has task slots of its own (one whose
+    // tasks hang never holds another's); its call is awaited, holding no
+    // thread.
+    if let Some(remote) = route.remote() {
+        return (remote.send(&call).await, After::Nothing);
+    }
+    let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
         return (
             Err(TaskError::msg(kind::STOPPING, call.task())),
             After::Nothing,
         );
     };
-    // A task in a worker process is awaited, holding no thread.
-    if let Some(answer) = route.send(&call) {
-        let _slot = slot;
-        return (answer.await, After::Nothing);
-    }
     let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;

@@ -24,10 +24,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::budget::SMALL_REQUEST;
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::{AcceptedCall, Phase};
 use super::Shared;
 use crate::call::TaskCall;
+use crate::worker::Batch;
 
 /// One reply ready to be written, with what its call held until then.
 struct Outgoing {
@@ -70,6 +72,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         in_flight: Arc::new(Semaphore::new(max_in_flight)),
         max_in_flight,
         cancels: Cancels::default(),
+        batch: Batch::default(),
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
@@ -77,6 +80,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
             Next::Frame { body, budget } => {
                 if !conn.handle(body, budget).await {
                     break Ended::Fatal;
+                }
+                // Calls to workers go out together, once this read's calls
+                // are all sent.
+                if !frames.holds_small_frame(conn.shared.config.max_message) {
+                    conn.batch.flush();
                 }
             }
             Next::TooLarge(err) => {
@@ -155,6 +163,15 @@ impl FrameReader {
         }
     }
 
+    /// Whether a whole frame that needs no budget (so no wait) is read
+    /// already.
+    fn holds_small_frame(&self, max: usize) -> bool {
+        matches!(
+            native::split_frame(&self.buf[self.start..], max),
+            Ok(Some((_, len))) if len <= SMALL_REQUEST
+        )
+    }
+
     async fn next(&mut self, conn: &Connection, broken: &Notify) -> Next<'_> {
         let shared = &conn.shared;
         let max = shared.config.max_message;
@@ -229,6 +246,8 @@ struct Connection {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     cancels: Cancels,
+    /// Calls to worker processes not yet written.
+    batch: Batch,
 }
 
 impl Connection {
@@ -262,8 +281,16 @@ impl Connection {
         let job = Job::new(&self.shared, call);
         // Back-pressure: a client with too many calls in flight (or not
         // reading its replies) is not read from.
-        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-            return false;
+        let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Calls queued for workers must not wait with this one.
+                self.batch.flush();
+                let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                    return false;
+                };
+                permit
+            }
         };
         let held = Held {
             _accepted: Some(accepted),
@@ -282,6 +309,22 @@ impl Connection {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, job.call().canceller());
+        // A task in worker processes: submitted from here (sent with the
+        // other calls of this read, or queued for a task slot), its answer
+        // queued for the client by the thread that has it, with no task
+        // awaiting it.
+        if let Some(remote) = job.remote() {
+            let (tx, cancels) = (self.tx.clone(), Arc::clone(&self.cancels));
+            let deliver = Box::new(move |result| {
+                cancels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                send_reply(&tx, id, result, After::Nothing, held);
+            });
+            remote.dispatch(job.call(), deliver, &mut self.batch);
+            return true;
+        }
         let (shared, tx, cancels) = (
             Arc::clone(&self.shared),
             self.tx.clone(),

@@ -280,6 +280,12 @@ pub(crate) fn parse_from_worker(body: &[u8]) -> Result<FromWorker<'_>, String> {
 
 /// Reads one frame into `buf` (replacing its contents). `Ok(false)` at a
 /// clean end of the stream; a frame longer than `max` is an error.
+/// Whether `buf` starts with a whole frame.
+pub(crate) fn holds_frame(buf: &[u8]) -> bool {
+    declared_len(buf).is_some_and(|len| buf.len() - LENGTH_LEN >= len)
+}
+
+/// Reads one frame's body into `buf`; false at the end of the stream.
 pub(crate) fn read_frame(
     reader: &mut impl Read,
     buf: &mut Vec<u8>,

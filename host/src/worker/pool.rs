@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -17,59 +17,17 @@ use taskit_plugin_api::error::kind;
 use taskit_plugin_api::TaskError;
 
 use super::channel::{self, FromWorker};
+use super::limits::{Deadline, Limits, Step};
 use super::spawn::{self, Launch, Started};
 use super::WorkerOptions;
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
 use crate::registry::{Health, Plugin};
-use crate::services::{emit_plugin_log, HostState};
-
-/// How often a call waiting on a worker looks at its cancellation flag.
-const CANCEL_POLL: Duration = Duration::from_millis(20);
+use crate::services::{emit_plugin_log, HostState, RunningGuard};
 
 /// How long the host waits for a worker whose channel closed to exit
 /// before killing it.
 const EXIT_GRACE: Duration = Duration::from_millis(50);
-
-/// The time limits of one call: cancel at the task timeout (or when the
-/// client cancels), kill its worker a grace period later.
-struct Deadline {
-    limit: Option<Instant>,
-    grace: Duration,
-    cancelled_at: Option<Instant>,
-}
-
-/// What a waiting call does next.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    Wait,
-    /// Tell the worker to set the task's cancellation flag.
-    Cancel,
-    /// The grace is over: kill the worker.
-    Kill,
-}
-
-impl Deadline {
-    fn new(options: &WorkerOptions, now: Instant) -> Self {
-        Self {
-            limit: options.task_timeout.and_then(|t| now.checked_add(t)),
-            grace: options.kill_grace,
-            cancelled_at: None,
-        }
-    }
-
-    fn step(&mut self, now: Instant, cancelled: bool) -> Step {
-        match self.cancelled_at {
-            None if cancelled || self.limit.is_some_and(|l| now >= l) => {
-                self.cancelled_at = Some(now);
-                Step::Cancel
-            }
-            None => Step::Wait,
-            Some(at) if now.duration_since(at) >= self.grace => Step::Kill,
-            Some(_) => Step::Wait,
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -92,7 +50,7 @@ impl std::fmt::Debug for WorkerPlugin {
 }
 
 /// What the workers of a version share.
-struct Pool {
+pub(super) struct Pool {
     name: String,
     version: String,
     source: std::path::PathBuf,
@@ -100,10 +58,33 @@ struct Pool {
     tasks: Vec<String>,
     options: WorkerOptions,
     state: Arc<HostState>,
-    /// The version's own task slots.
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Its calls in workers, and those waiting for a task slot (never
+    /// taken while `inner` is held).
+    admission: Mutex<Admission>,
+    /// The id of the next call: unique over the version's workers.
+    next_id: AtomicU64,
     inner: Mutex<PoolState>,
     changed: Condvar,
+    limits: Arc<Limits>,
+}
+
+/// A version's task slots (`--max-tasks`, per plugin): calls beyond them
+/// wait here, in order, and go out as answers free slots.
+#[derive(Default)]
+struct Admission {
+    /// Calls sent to workers and not yet answered.
+    running: usize,
+    waiting: VecDeque<Call>,
+}
+
+/// A call on its way to a worker.
+struct Call {
+    id: u64,
+    task: usize,
+    /// Its CALL frame.
+    frame: Vec<u8>,
+    deliver: Deliver,
+    cancelled: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -111,6 +92,9 @@ struct PoolState {
     /// One entry per worker slot: the live worker, or `None` while it is
     /// being restarted.
     workers: Vec<Option<Arc<Conn>>>,
+    /// Every worker not yet reaped, replaced ones included (a worker
+    /// replaced after its share of calls still answers those it has).
+    conns: Vec<Weak<Conn>>,
     /// When recent crashes happened (within the crash window).
     crashes: VecDeque<Instant>,
     /// Set once the version crashed too often: why.
@@ -131,7 +115,6 @@ struct Conn {
     flush: Condvar,
     pending: Mutex<HashMap<u64, Pending>>,
     in_flight: AtomicUsize,
-    next_id: AtomicU64,
     /// Set (under `pending`'s lock) once the worker is gone: no call may
     /// be added after.
     dead: AtomicBool,
@@ -154,30 +137,28 @@ struct Conn {
 
 struct Pending {
     task: usize,
-    reply: Reply,
+    deliver: Deliver,
+    /// Set when the caller gives up on the call.
+    cancelled: Arc<AtomicBool>,
+    deadline: Deadline,
+    /// Counts it as running (from the moment it is sent).
+    running: RunningGuard,
+}
+
+impl Pending {
+    fn answer(self, result: CallResult) {
+        // No longer running once its caller can see the answer.
+        drop(self.running);
+        (self.deliver)(result);
+    }
 }
 
 type CallResult = Result<Vec<u8>, TaskError>;
 
-/// Where a worker's answer goes: a thread blocked on it, or a task
-/// awaiting it.
-enum Reply {
-    Blocking(SyncSender<CallResult>),
-    Async(tokio::sync::oneshot::Sender<CallResult>),
-}
-
-impl Reply {
-    fn send(self, result: CallResult) {
-        match self {
-            Self::Blocking(tx) => {
-                let _ = tx.send(result);
-            }
-            Self::Async(tx) => {
-                let _ = tx.send(result);
-            }
-        }
-    }
-}
+/// Where a worker's answer goes, called on whichever thread has it (the
+/// worker's reader thread, mostly): a channel to the waiting caller, or the
+/// reply queue of the client's connection.
+pub(crate) type Deliver = Box<dyn FnOnce(CallResult) + Send>;
 
 /// Frames waiting for the worker's socket, and whether the writer thread is
 /// writing some now (then nobody else may write: frames must not
@@ -187,45 +168,86 @@ struct Outbox {
     frames: Vec<u8>,
     flushing: bool,
     closed: bool,
+    /// A [`Batch`] holds frames here: it writes them when it is flushed.
+    corked: bool,
 }
 
-/// A call sent to a worker, its answer awaited without a thread.
+/// Calls queued for workers while their caller has more to send: written
+/// when the batch is flushed or dropped, in one write per worker.
+#[derive(Default)]
+pub(crate) struct Batch {
+    corked: Vec<Arc<Conn>>,
+}
+
+impl Batch {
+    /// Writes the calls queued.
+    pub(crate) fn flush(&mut self) {
+        for conn in self.corked.drain(..) {
+            conn.uncork();
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A task of a version in workers, ready to take calls.
+pub(crate) struct Ticket {
+    pool: Arc<Pool>,
+    task: usize,
+}
+
+impl Ticket {
+    /// Submits the call (its frame queued in `batch` if it goes out now);
+    /// its answer goes to `deliver`.
+    pub(crate) fn dispatch(self, call: &TaskCall, deliver: Deliver, batch: &mut Batch) {
+        self.pool.submit(self.task, call, deliver, Some(batch));
+    }
+
+    /// Submits the call; its answer, to await.
+    pub(crate) fn send(self, call: &TaskCall) -> Sent {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deliver = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        let id = self.pool.submit(self.task, call, deliver, None);
+        Sent {
+            rx,
+            id,
+            pool: self.pool,
+            answered: false,
+        }
+    }
+}
+
+/// A call submitted to a version's workers, its answer awaited without a
+/// thread.
 pub(crate) struct Sent {
     rx: tokio::sync::oneshot::Receiver<CallResult>,
-    conn: Arc<Conn>,
     id: u64,
-    task: usize,
-    cancelled: Arc<AtomicBool>,
     pool: Arc<Pool>,
+    answered: bool,
 }
 
 impl Sent {
-    /// The worker's answer; passes a cancellation on to the worker.
+    /// The worker's answer. (Time limits and cancellations are the limits
+    /// thread's: see `limits`.)
     pub(crate) async fn answer(mut self) -> CallResult {
-        let mut deadline = Deadline::new(&self.pool.options, Instant::now());
-        loop {
-            tokio::select! {
-                result = &mut self.rx => {
-                    return result.unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
-                }
-                () = tokio::time::sleep(CANCEL_POLL) => {
-                    let cancelled = self.cancelled.load(Ordering::Acquire);
-                    match deadline.step(Instant::now(), cancelled) {
-                        Step::Wait => {}
-                        Step::Cancel => self.conn.cancel(self.id),
-                        Step::Kill => return Err(self.pool.overran(&self.conn, self.task)),
-                    }
-                }
-            }
-        }
+        let answer = (&mut self.rx).await;
+        self.answered = true;
+        answer.unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
     }
 }
 
 impl Drop for Sent {
     fn drop(&mut self) {
-        // Answered, or given up on (the connection went away): either way
-        // no longer pending here.
-        self.conn.forget(self.id);
+        // Given up on (the connection went away): no longer wanted.
+        if !self.answered {
+            self.pool.forget(self.id);
+        }
     }
 }
 
@@ -303,15 +325,21 @@ impl WorkerPlugin {
             tasks,
             options: options.clone(),
             state: Arc::clone(state),
-            slots: Arc::new(tokio::sync::Semaphore::new(options.max_tasks.max(1))),
+            admission: Mutex::default(),
+            next_id: AtomicU64::new(1),
             inner: Mutex::new(PoolState {
                 workers: vec![None; count],
                 ..PoolState::default()
             }),
             changed: Condvar::new(),
+            limits: Arc::default(),
         });
         for (index, (started, slot, _)) in ready.into_iter().enumerate() {
             Pool::serve(&pool, index, started, slot);
+        }
+        if let Err(err) = Limits::start(&pool) {
+            // Calls still run; only time limits and cancellations are lost.
+            tracing::error!(plugin = %pool.name, %err, "cannot start the time-limits thread");
         }
         Ok(Arc::new(Self { file, pool }))
     }
@@ -339,34 +367,23 @@ impl Plugin for WorkerPlugin {
     }
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
-        let conn = self.pool.pick()?;
-        let result = conn.call(&self.pool, index, call);
-        // Counted once sent and answered (counting before it is sent could
-        // retire the worker under it).
-        Pool::count_call(&self.pool, &conn);
-        result
+        let (tx, rx) = mpsc::sync_channel(1);
+        let deliver = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        self.pool.submit(index, call, deliver, None);
+        rx.recv()
+            .unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
     }
 
     fn is_remote(&self) -> bool {
         true
     }
 
-    fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
-        Some(Arc::clone(&self.pool.slots))
-    }
-
-    fn send(&self, index: usize, call: &TaskCall) -> Option<Sent> {
-        let conn = self.pool.pick_now()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let id = conn.start(&self.pool, index, call, Reply::Async(tx)).ok()?;
-        Pool::count_call(&self.pool, &conn);
-        Some(Sent {
-            rx,
-            id,
-            task: index,
-            conn,
-            cancelled: call.canceller(),
+    fn ticket(&self, index: usize) -> Option<Ticket> {
+        Some(Ticket {
             pool: Arc::clone(&self.pool),
+            task: index,
         })
     }
 
@@ -406,6 +423,8 @@ impl Drop for WorkerPlugin {
             inner.workers.iter().flatten().cloned().collect()
         };
         self.pool.changed.notify_all();
+        self.pool.limits.wake();
+        self.pool.refill(None);
         for conn in workers {
             conn.retire();
         }
@@ -420,6 +439,56 @@ impl Drop for WorkerPlugin {
 }
 
 impl Pool {
+    pub(super) fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    pub(super) fn is_retired(&self) -> bool {
+        lock(&self.inner).retired
+    }
+
+    /// Looks over the calls in flight: passes cancellations on (the
+    /// client's, or the task timeout's), and kills the worker of a call
+    /// that ignored its cancellation for the kill grace. Whether any call
+    /// is in flight.
+    pub(super) fn enforce_limits(self: &Arc<Self>, now: Instant) -> bool {
+        let conns = self.conns();
+        let mut busy = false;
+        for conn in conns {
+            let (mut cancel, mut overran) = (Vec::new(), Vec::new());
+            let overran_calls: Vec<Pending>;
+            {
+                let mut pending = lock(&conn.pending);
+                busy |= !pending.is_empty();
+                for (&id, call) in pending.iter_mut() {
+                    match call
+                        .deadline
+                        .step(now, call.cancelled.load(Ordering::Acquire))
+                    {
+                        Step::Wait => {}
+                        Step::Cancel => cancel.push(id),
+                        Step::Kill => overran.push(id),
+                    }
+                }
+                overran_calls = overran
+                    .into_iter()
+                    .filter_map(|id| pending.remove(&id))
+                    .collect();
+            }
+            for id in cancel {
+                conn.cancel(id);
+            }
+            let answered = overran_calls.len();
+            for call in overran_calls {
+                conn.one_less();
+                let err = self.overran(&conn, call.task);
+                call.answer(Err(err));
+            }
+            self.release(answered, None);
+        }
+        busy
+    }
+
     fn crashed_error(&self, cause: &str) -> TaskError {
         TaskError::new(
             kind::WORKER_CRASHED,
@@ -460,44 +529,156 @@ impl Pool {
         )
     }
 
-    /// The least loaded live worker. While none is live (all restarting),
-    /// waits for one as long as a restart may take.
-    fn pick(&self) -> Result<Arc<Conn>, TaskError> {
-        let mut inner = lock(&self.inner);
-        let deadline = Instant::now() + self.backoff(&inner) + self.options.init_timeout;
-        loop {
-            if let Some(why) = &inner.failed {
-                return Err(self.unavailable_error(why));
+    /// Submits a call: sent now to the least loaded live worker if a task
+    /// slot is free (queued in `batch`, if given), else kept waiting until
+    /// an answer frees a slot or a worker is back. Its id.
+    fn submit(
+        self: &Arc<Self>,
+        task: usize,
+        call: &TaskCall,
+        deliver: Deliver,
+        batch: Option<&mut Batch>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(32 + call.args().len() + call.kwargs().len());
+        channel::encode_call(
+            &mut frame,
+            id,
+            call.codec(),
+            task,
+            call.args(),
+            call.kwargs(),
+        );
+        let call = Call {
+            id,
+            task,
+            frame,
+            deliver,
+            cancelled: call.canceller(),
+        };
+        let mut admission = lock(&self.admission);
+        let to = match self.live_worker() {
+            Err(err) => {
+                drop(admission);
+                (call.deliver)(Err(err));
+                return id;
             }
-            if inner.retired {
-                return Err(self.unavailable_error("this version is no longer served"));
+            Ok(Some(conn))
+                if admission.running < self.options.max_tasks.max(1)
+                    && admission.waiting.is_empty() =>
+            {
+                conn
             }
-            if let Some(conn) = Self::least_loaded(&inner) {
-                return Ok(Arc::clone(conn));
+            Ok(_) => {
+                admission.waiting.push_back(call);
+                return id;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let cause = inner.last_cause.clone().unwrap_or_default();
-                return Err(self.unavailable_error(&format!(
-                    "no worker is running (restarting after: {cause})"
-                )));
+        };
+        admission.running += 1;
+        drop(admission);
+        self.send_to(&to, call, batch);
+        id
+    }
+
+    /// Sends a call that holds a task slot to `conn`. Should the worker be
+    /// dead already, the call waits again, first in line.
+    fn send_to(self: &Arc<Self>, conn: &Arc<Conn>, call: Call, batch: Option<&mut Batch>) {
+        match conn.start(self, call, batch) {
+            // Counted once sent (counting before could retire the worker
+            // under the call).
+            Ok(()) => {
+                self.limits.wake();
+                Pool::count_call(self, conn);
             }
-            inner = self
-                .changed
-                .wait_timeout(inner, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            Err(call) => {
+                {
+                    let mut admission = lock(&self.admission);
+                    admission.running -= 1;
+                    admission.waiting.push_front(call);
+                }
+                self.refill(None);
+            }
         }
     }
 
-    /// The least loaded live worker, if one is live now and the version is
-    /// serving.
-    fn pick_now(&self) -> Option<Arc<Conn>> {
-        let inner = lock(&self.inner);
-        if inner.failed.is_some() || inner.retired {
-            return None;
+    /// `answered` calls left the workers: their slots go to the calls
+    /// waiting.
+    fn release(self: &Arc<Self>, answered: usize, batch: Option<&mut Batch>) {
+        if answered == 0 {
+            return;
         }
-        Self::least_loaded(&inner).cloned()
+        {
+            let mut admission = lock(&self.admission);
+            admission.running = admission.running.saturating_sub(answered);
+        }
+        self.refill(batch);
+    }
+
+    /// Sends waiting calls while slots are free and a worker is live; if the
+    /// version can no longer serve, answers them with why.
+    fn refill(self: &Arc<Self>, mut batch: Option<&mut Batch>) {
+        loop {
+            let mut admission = lock(&self.admission);
+            if admission.waiting.is_empty() || admission.running >= self.options.max_tasks.max(1) {
+                return;
+            }
+            match self.live_worker() {
+                Ok(Some(conn)) => {
+                    let Some(call) = admission.waiting.pop_front() else {
+                        return;
+                    };
+                    admission.running += 1;
+                    drop(admission);
+                    self.send_to(&conn, call, batch.as_deref_mut());
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    let waiting = std::mem::take(&mut admission.waiting);
+                    drop(admission);
+                    for call in waiting {
+                        (call.deliver)(Err(err.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Forgets call `id` (its caller gave up), wherever it is.
+    fn forget(self: &Arc<Self>, id: u64) {
+        {
+            let mut admission = lock(&self.admission);
+            if let Some(at) = admission.waiting.iter().position(|c| c.id == id) {
+                admission.waiting.remove(at);
+                return;
+            }
+        }
+        let conns = self.conns();
+        if conns.iter().any(|conn| conn.forget(id)) {
+            self.release(1, None);
+        }
+    }
+
+    /// The least loaded live worker (`None` while all are restarting or
+    /// replaced), or why the version serves no more.
+    fn live_worker(&self) -> Result<Option<Arc<Conn>>, TaskError> {
+        let inner = lock(&self.inner);
+        if let Some(why) = &inner.failed {
+            return Err(self.unavailable_error(why));
+        }
+        if inner.retired {
+            return Err(self.unavailable_error("this version is no longer served"));
+        }
+        Ok(Self::least_loaded(&inner).cloned())
+    }
+
+    /// Every worker not yet reaped.
+    fn conns(&self) -> Vec<Arc<Conn>> {
+        lock(&self.inner)
+            .conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     fn least_loaded(inner: &PoolState) -> Option<&Arc<Conn>> {
@@ -569,7 +750,6 @@ impl Pool {
             flush: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
             killed: Mutex::new(None),
@@ -591,8 +771,12 @@ impl Pool {
             } else {
                 inner.workers[index] = Some(Arc::clone(&conn));
             }
+            inner.conns.retain(|c| c.strong_count() > 0);
+            inner.conns.push(Arc::downgrade(&conn));
         }
         pool.changed.notify_all();
+        // Calls waiting for a worker go to this one.
+        pool.refill(None);
         let (name, version) = (pool.name.clone(), pool.version.clone());
         let out_of_memory = Arc::new(AtomicBool::new(false));
         let oom = Arc::clone(&out_of_memory);
@@ -642,7 +826,12 @@ impl Pool {
         let mut channel = std::io::BufReader::with_capacity(64 << 10, channel);
         let mut buf = Vec::new();
         let mut broken = None;
+        // Calls sent in the slots these answers free go out together.
+        let mut batch = Batch::default();
         loop {
+            if !channel::holds_frame(channel.buffer()) {
+                batch.flush();
+            }
             match channel::read_frame(&mut channel, &mut buf, self.options.max_frame) {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -652,7 +841,11 @@ impl Pool {
                 }
             }
             match channel::parse_from_worker(&buf) {
-                Ok(FromWorker::Reply { id, result }) => conn.answer(id, result.map(<[u8]>::to_vec)),
+                Ok(FromWorker::Reply { id, result }) => {
+                    if conn.answer(id, result.map(<[u8]>::to_vec)) {
+                        self.release(1, Some(&mut batch));
+                    }
+                }
                 Ok(FromWorker::Log {
                     level,
                     target,
@@ -692,9 +885,11 @@ impl Pool {
         self.state.counters().release(conn.counter_slot);
         if conn.retiring.load(Ordering::Acquire) {
             tracing::debug!(plugin = %self.name, version = %self.version, pid = conn.pid, %cause, "worker exited");
+            let answered = lost.len();
             for pending in lost {
-                pending.reply.send(Err(self.crashed_error(&cause)));
+                pending.answer(Err(self.crashed_error(&cause)));
             }
+            self.release(answered, None);
             return;
         }
         let running: Vec<&str> = lost
@@ -715,9 +910,11 @@ impl Pool {
             running = %running.join(","),
             "{what}"
         );
+        let answered = lost.len();
         for pending in lost {
-            pending.reply.send(Err(self.crashed_error(&cause)));
+            pending.answer(Err(self.crashed_error(&cause)));
         }
+        self.release(answered, None);
         self.restart(index, cause, killed.is_none());
     }
 
@@ -764,6 +961,8 @@ impl Pool {
                     inner.failed = Some(why);
                     drop(inner);
                     self.changed.notify_all();
+                    // The calls waiting for a worker are answered.
+                    self.refill(None);
                     return;
                 }
                 self.backoff(&inner)
@@ -846,12 +1045,20 @@ impl Pool {
             conn.retiring.store(true, Ordering::Release);
             for pending in conn.fail_all() {
                 let task = self.tasks.get(pending.task).cloned().unwrap_or_default();
-                pending.reply.send(Err(self.crashed_error(
+                pending.answer(Err(self.crashed_error(
                     "killed at shutdown: still running after the drain timeout",
                 )));
                 abandoned.push(task);
             }
             conn.kill("abandoned at shutdown".into());
+        }
+        let waiting = std::mem::take(&mut lock(&self.admission).waiting);
+        for call in waiting {
+            abandoned.extend(self.tasks.get(call.task).cloned());
+            (call.deliver)(Err(TaskError::msg(
+                kind::STOPPING,
+                "the host stopped before a task slot was free; the call did not run",
+            )));
         }
         abandoned
     }
@@ -888,59 +1095,64 @@ impl Pool {
 }
 
 impl Conn {
-    /// Registers a call and sends it; its id.
+    /// Registers a call and sends it (queued in `batch`, if given); gives
+    /// it back if the worker is dead already.
     fn start(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
-        task: usize,
-        call: &TaskCall,
-        reply: Reply,
-    ) -> Result<u64, TaskError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        call: Call,
+        batch: Option<&mut Batch>,
+    ) -> Result<(), Call> {
+        let Call {
+            id,
+            task,
+            frame,
+            deliver,
+            cancelled,
+        } = call;
         {
             let mut pending = lock(&self.pending);
             if self.dead.load(Ordering::Acquire) {
-                return Err(pool.crashed_error("the worker died as the call was sent"));
+                return Err(Call {
+                    id,
+                    task,
+                    frame,
+                    deliver,
+                    cancelled,
+                });
             }
-            pending.insert(id, Pending { task, reply });
+            pending.insert(
+                id,
+                Pending {
+                    task,
+                    deliver,
+                    cancelled,
+                    deadline: Deadline::new(&pool.options, Instant::now()),
+                    running: pool.state.enter(),
+                },
+            );
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Vec::with_capacity(32 + call.args().len() + call.kwargs().len());
-        channel::encode_call(
-            &mut frame,
-            id,
-            call.codec(),
-            task,
-            call.args(),
-            call.kwargs(),
-        );
-        self.send_frame(&frame);
-        Ok(id)
-    }
-
-    /// Sends `call` to the worker and waits for its answer on this thread,
-    /// passing on a cancellation.
-    fn call(&self, pool: &Pool, task: usize, call: &TaskCall) -> CallResult {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let id = self.start(pool, task, call, Reply::Blocking(tx))?;
-        let _forget = Forget(self, id);
-        let mut deadline = Deadline::new(&pool.options, Instant::now());
-        loop {
-            match rx.recv_timeout(CANCEL_POLL) {
-                Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => {
-                    let cancelled = call.cancelled().load(Ordering::Acquire);
-                    match deadline.step(Instant::now(), cancelled) {
-                        Step::Wait => {}
-                        Step::Cancel => self.cancel(id),
-                        Step::Kill => return Err(pool.overran(self, task)),
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(pool.crashed_error("the worker went away"));
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return Ok(());
+        }
+        let queued = outbox.frames.len();
+        outbox.frames.extend_from_slice(&frame);
+        match batch {
+            Some(batch) => {
+                if !outbox.corked {
+                    outbox.corked = true;
+                    batch.corked.push(Arc::clone(self));
                 }
             }
+            None if queued == 0 => self.write_queued(outbox),
+            None => {
+                drop(outbox);
+                self.flush.notify_one();
+            }
         }
+        Ok(())
     }
 
     /// Asks the worker to set call `id`'s cancellation flag.
@@ -969,27 +1181,46 @@ impl Conn {
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
     }
 
-    /// Queues whole frames for the worker. Written here at once when the
-    /// socket takes them without blocking and nothing is queued; otherwise
-    /// the writer thread writes them, so no caller ever blocks on a worker
-    /// that does not read.
+    /// Queues a whole frame for the worker and writes what is queued.
     fn send_frame(&self, frame: &[u8]) {
         let mut outbox = lock(&self.outbox);
         if outbox.closed {
             return;
         }
-        if outbox.frames.is_empty() && !outbox.flushing {
-            match send_now(&self.socket, frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => outbox.frames.extend_from_slice(&frame[n..]),
+        outbox.frames.extend_from_slice(frame);
+        self.write_queued(outbox);
+    }
+
+    /// Writes the frames a batch held.
+    fn uncork(&self) {
+        let mut outbox = lock(&self.outbox);
+        outbox.corked = false;
+        if !outbox.closed && !outbox.frames.is_empty() {
+            self.write_queued(outbox);
+        }
+    }
+
+    /// Writes the queued frames here at once when the socket takes them
+    /// without blocking and the writer thread is not writing; whatever is
+    /// left, the writer thread writes, so no caller ever blocks on a worker
+    /// that does not read.
+    fn write_queued(&self, mut outbox: MutexGuard<'_, Outbox>) {
+        if !outbox.flushing {
+            match send_now(&self.socket, &outbox.frames) {
+                Ok(n) if n == outbox.frames.len() => {
+                    outbox.frames.clear();
+                    return;
+                }
+                Ok(n) => {
+                    outbox.frames.drain(..n);
+                }
                 Err(_) => {
                     // Gone: the reader thread answers the calls.
                     outbox.closed = true;
+                    outbox.frames = Vec::new();
                     return;
                 }
             }
-        } else {
-            outbox.frames.extend_from_slice(frame);
         }
         drop(outbox);
         self.flush.notify_one();
@@ -1022,20 +1253,25 @@ impl Conn {
         }
     }
 
-    fn answer(&self, id: u64, result: CallResult) {
+    /// Delivers the answer to call `id`; whether it was pending.
+    fn answer(&self, id: u64, result: CallResult) -> bool {
         let pending = lock(&self.pending).remove(&id);
-        if let Some(pending) = pending {
-            pending.reply.send(result);
-            self.one_less();
-        }
+        let Some(pending) = pending else {
+            return false;
+        };
+        pending.answer(result);
+        self.one_less();
+        true
     }
 
     /// Drops call `id` if it is still pending (its caller gave up).
-    fn forget(&self, id: u64) {
+    /// Whether it was.
+    fn forget(&self, id: u64) -> bool {
         let pending = lock(&self.pending).remove(&id);
         if pending.is_some() {
             self.one_less();
         }
+        pending.is_some()
     }
 
     /// One call fewer in flight; a draining worker with none left exits.
@@ -1111,14 +1347,5 @@ impl Output {
             }
         }
         self.out_of_memory.load(Ordering::Acquire)
-    }
-}
-
-/// Drops a blocking call's pending entry however its wait ends.
-struct Forget<'a>(&'a Conn, u64);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.0.forget(self.1);
     }
 }

@@ -7,8 +7,9 @@ use std::io::Write;
 use std::os::fd::{BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use abi_stable::std_types::{RSlice, RStr};
 use taskit_plugin_api::error::kind;
@@ -94,8 +95,11 @@ pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
         let fd = unsafe { BorrowedFd::borrow_raw(COUNTERS_FD) };
         counters::map(fd).ok().map(|words| (words, slot))
     });
-    let writer = match channel.try_clone() {
-        Ok(w) => Arc::new(Mutex::new(w)),
+    let out = match channel.try_clone() {
+        Ok(socket) => Arc::new(Out {
+            socket,
+            frames: Mutex::new(Vec::new()),
+        }),
         Err(err) => {
             eprintln!("taskit worker: cannot use the channel: {err}");
             return 2;
@@ -103,56 +107,142 @@ pub fn run_worker(args: impl Iterator<Item = OsString>) -> i32 {
     };
     let services = leak_services(WorkerServices {
         words,
-        writer: Arc::clone(&writer),
+        out: Arc::clone(&out),
         log_level: args.log_level,
     });
-    let send = |frame: &[u8]| {
-        let _ = writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_all(frame);
-    };
     let opened = match Opened::open(&args.shadow, &args.source)
         .and_then(|opened| opened.init(services).map(|()| opened))
     {
         Ok(opened) => opened,
         Err(err) => {
-            let mut frame = Vec::new();
-            channel::encode_refused(&mut frame, &err);
-            send(&frame);
+            out.send(|frame| channel::encode_refused(frame, &err));
             return 0;
         }
     };
-    let mut frame = Vec::new();
-    channel::encode_ready(&mut frame, &opened.name, &opened.version, &opened.tasks);
-    send(&frame);
+    out.send(|frame| channel::encode_ready(frame, &opened.name, &opened.version, &opened.tasks));
     let worker = Arc::new(Worker {
         plugin: opened,
         services,
-        writer,
+        out,
         max_frame: args.max_frame,
         cancels: Mutex::new(HashMap::new()),
         reader: Mutex::new(Reader {
             channel: std::io::BufReader::with_capacity(64 << 10, channel),
             buf: Vec::new(),
         }),
-        waiting: AtomicUsize::new(0),
+        reading: AtomicBool::new(false),
+        inline: AtomicU64::new(0),
+        spares: Mutex::new(Spares::default()),
+        promoted: Condvar::new(),
+        watchdog_parked: AtomicBool::new(false),
+        watchdog: Mutex::new(()),
+        unparked: Condvar::new(),
     });
-    worker.lead()
+    let watched = Arc::clone(&worker);
+    if let Err(err) = std::thread::Builder::new()
+        .name("taskit-watchdog".into())
+        .spawn(move || watched.watch())
+    {
+        eprintln!("taskit worker: cannot start its watchdog: {err}");
+        return 2;
+    }
+    worker.serve()
+}
+
+/// How long the reading thread may run a call before another thread takes
+/// over reading (a call queued behind one that turned slow waits about this
+/// long, at most twice it).
+const TAKE_OVER_AFTER: Duration = Duration::from_millis(1);
+
+/// Watchdog rounds with no call running before the watchdog sleeps until
+/// the next call (so an idle worker does not wake every millisecond).
+const QUIET_ROUNDS: u32 = 1000;
+
+/// Replies queued past this size are written at once.
+const FLUSH_AT: usize = 64 << 10;
+
+/// The channel's writing end, and the frames queued for it. Replies queue
+/// while more calls are already read; they are written in one go before the
+/// reading thread waits for more, or by the thread that ran the call when
+/// another one reads meanwhile.
+struct Out {
+    socket: UnixStream,
+    frames: Mutex<Vec<u8>>,
+}
+
+impl Out {
+    /// Queues a frame (`encode` appends it).
+    fn queue(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut frames = lock(&self.frames);
+        encode(&mut frames);
+        if frames.len() >= FLUSH_AT {
+            Self::write(&self.socket, &mut frames);
+        }
+    }
+
+    /// Queues a frame and writes everything queued.
+    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut frames = lock(&self.frames);
+        encode(&mut frames);
+        Self::write(&self.socket, &mut frames);
+    }
+
+    /// Writes everything queued.
+    fn flush(&self) {
+        let mut frames = lock(&self.frames);
+        if !frames.is_empty() {
+            Self::write(&self.socket, &mut frames);
+        }
+    }
+
+    fn write(mut socket: &UnixStream, frames: &mut Vec<u8>) {
+        // A failed write means the host is gone; the next read ends the
+        // process.
+        let _ = socket.write_all(frames);
+        frames.clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The worker's state while it serves.
+///
+/// One thread at a time reads the channel (it holds `reading`), and runs
+/// each call it reads itself, with no hand-off to another thread. While it
+/// runs one, nobody reads: should the call take longer than
+/// [`TAKE_OVER_AFTER`], the watchdog wakes a spare thread (or starts one) to
+/// take over reading, so a call that turns slow holds up no other for
+/// longer than that. The thread that ran the call then becomes a spare.
 struct Worker {
     plugin: Opened,
     services: HostServices,
-    writer: Arc<Mutex<UnixStream>>,
+    out: Arc<Out>,
     max_frame: usize,
     /// Cancellation flags of the calls running, by id.
     cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
-    /// The channel's reading end: whichever thread holds it reads.
+    /// The channel's reading end, used by the thread holding `reading`.
     reader: Mutex<Reader>,
-    /// Threads waiting to read.
-    waiting: AtomicUsize,
+    /// Some thread reads, or will read next.
+    reading: AtomicBool,
+    /// The id of the call the last reading thread runs, while it runs it
+    /// (0: none). Call ids start at 1.
+    inline: AtomicU64,
+    spares: Mutex<Spares>,
+    promoted: Condvar,
+    /// The watchdog sleeps until a call runs.
+    watchdog_parked: AtomicBool,
+    watchdog: Mutex<()>,
+    unparked: Condvar,
+}
+
+/// Threads with nothing to do, waiting for their turn to read.
+#[derive(Default)]
+struct Spares {
+    idle: usize,
+    /// Turns handed out but not yet taken.
+    promoted: usize,
 }
 
 struct Reader {
@@ -170,50 +260,44 @@ struct Job {
 }
 
 impl Worker {
-    /// Every thread of the worker runs this: take the reading end, read
-    /// until a call arrives, hand the reading end to the next thread, run
-    /// the call, answer it, and go back to waiting. A call runs on the
-    /// thread that read it, so it costs no hand-off, and a call that turns
-    /// slow holds up no other: another thread is already reading. When the
-    /// host closes the channel, the process ends (without waiting for calls
-    /// still running: the host no longer wants their answers).
-    fn lead(self: Arc<Self>) -> ! {
+    /// Every thread of the worker runs this: take the turn to read, read a
+    /// call, run it, queue its answer; without the turn, wait as a spare.
+    /// When the host closes the channel, the process ends (without waiting
+    /// for calls still running: the host no longer wants their answers).
+    fn serve(self: Arc<Self>) -> ! {
         loop {
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            let job = self.next_call(&mut reader);
-            if self.waiting.load(Ordering::Acquire) == 0 {
-                // Nobody to read while this call runs: one more thread
-                // (the host bounds the calls in flight, hence the threads).
-                let next = Arc::clone(&self);
-                if std::thread::Builder::new()
-                    .name("taskit-task".into())
-                    .spawn(move || next.lead())
-                    .is_err()
-                {
-                    eprintln!("taskit worker: cannot start a thread; calls wait for this one");
-                }
+            if self
+                .reading
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // Another thread reads: it may be waiting for the host
+                // already, so this thread's answer goes out now.
+                self.out.flush();
+                self.wait_for_turn();
+                continue;
             }
-            drop(reader);
+            let job = self.next_call(&mut lock(&self.reader));
+            self.inline.store(job.id, Ordering::SeqCst);
+            self.reading.store(false, Ordering::Release);
+            self.wake_watchdog();
             let result = self.call(&job);
-            self.cancels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&job.id);
-            let mut frame = Vec::new();
-            channel::encode_reply(&mut frame, job.id, &result);
             let _ = self
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .write_all(&frame);
+                .inline
+                .compare_exchange(job.id, 0, Ordering::AcqRel, Ordering::Relaxed);
+            lock(&self.cancels).remove(&job.id);
+            self.out
+                .queue(|frame| channel::encode_reply(frame, job.id, &result));
         }
     }
 
-    /// Reads frames until a call; passes cancellations on meanwhile.
+    /// Reads frames until a call; passes cancellations on meanwhile. Before
+    /// waiting for the host, writes the answers queued.
     fn next_call(&self, reader: &mut Reader) -> Job {
         loop {
+            if !channel::holds_frame(reader.channel.buffer()) {
+                self.out.flush();
+            }
             match channel::read_frame(&mut reader.channel, &mut reader.buf, self.max_frame) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => std::process::exit(0),
@@ -227,10 +311,7 @@ impl Worker {
                     kwargs,
                 }) => {
                     let cancelled = Arc::new(AtomicBool::new(false));
-                    self.cancels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id, Arc::clone(&cancelled));
+                    lock(&self.cancels).insert(id, Arc::clone(&cancelled));
                     return Job {
                         id,
                         task,
@@ -241,12 +322,7 @@ impl Worker {
                     };
                 }
                 Ok(ToWorker::Cancel { id }) => {
-                    if let Some(flag) = self
-                        .cancels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&id)
-                    {
+                    if let Some(flag) = lock(&self.cancels).get(&id) {
                         flag.store(true, Ordering::Release);
                     }
                 }
@@ -255,6 +331,91 @@ impl Worker {
                     std::process::exit(2);
                 }
             }
+        }
+    }
+
+    /// Waits until the watchdog hands this thread the turn to read.
+    fn wait_for_turn(&self) {
+        let mut spares = lock(&self.spares);
+        spares.idle += 1;
+        while spares.promoted == 0 {
+            spares = self
+                .promoted
+                .wait(spares)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        spares.promoted -= 1;
+        spares.idle -= 1;
+    }
+
+    /// Gets another thread reading: a spare, or a new thread. (The host
+    /// bounds the calls in flight, hence the threads.)
+    fn take_over(self: &Arc<Self>) {
+        let mut spares = lock(&self.spares);
+        if spares.idle > spares.promoted {
+            spares.promoted += 1;
+            self.promoted.notify_one();
+            return;
+        }
+        drop(spares);
+        let next = Arc::clone(self);
+        if std::thread::Builder::new()
+            .name("taskit-task".into())
+            .spawn(move || next.serve())
+            .is_err()
+        {
+            eprintln!("taskit worker: cannot start a thread; calls wait for the running one");
+        }
+    }
+
+    /// Wakes the watchdog if it sleeps (a call has just started).
+    fn wake_watchdog(&self) {
+        if self.watchdog_parked.swap(false, Ordering::SeqCst) {
+            let _watchdog = lock(&self.watchdog);
+            self.unparked.notify_one();
+        }
+    }
+
+    /// The watchdog: every [`TAKE_OVER_AFTER`], if the same call has been
+    /// running on the reading thread since the last round and nobody reads,
+    /// gets another thread reading.
+    fn watch(self: Arc<Self>) {
+        let (mut seen, mut quiet) = (0, 0);
+        loop {
+            std::thread::sleep(TAKE_OVER_AFTER);
+            let running = self.inline.load(Ordering::SeqCst);
+            if running == 0 {
+                quiet += 1;
+                if quiet >= QUIET_ROUNDS {
+                    self.park_watchdog();
+                    quiet = 0;
+                }
+                continue;
+            }
+            quiet = 0;
+            if running == seen && !self.reading.load(Ordering::Acquire) {
+                self.take_over();
+                // Once per call.
+                seen = 0;
+            } else {
+                seen = running;
+            }
+        }
+    }
+
+    /// Sleeps until a call starts.
+    fn park_watchdog(&self) {
+        let mut watchdog = lock(&self.watchdog);
+        self.watchdog_parked.store(true, Ordering::SeqCst);
+        if self.inline.load(Ordering::SeqCst) != 0 {
+            self.watchdog_parked.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.watchdog_parked.load(Ordering::SeqCst) {
+            watchdog = self
+                .unparked
+                .wait(watchdog)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -289,7 +450,7 @@ impl Worker {
 /// count and the channel for log records.
 struct WorkerServices {
     words: Option<(&'static [AtomicU64], usize)>,
-    writer: Arc<Mutex<UnixStream>>,
+    out: Arc<Out>,
     log_level: u8,
 }
 
@@ -322,14 +483,8 @@ impl Services for WorkerServices {
         while !message.is_char_boundary(cut) {
             cut -= 1;
         }
-        let mut frame = Vec::with_capacity(cut + 64);
-        channel::encode_log(&mut frame, level, target, &message[..cut]);
-        // A poisoned lock is still usable.
-        let _ = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_all(&frame);
+        self.out
+            .send(|frame| channel::encode_log(frame, level, target, &message[..cut]));
     }
 }
 
