@@ -287,6 +287,85 @@ fn tasks_that_never_return_hold_only_their_own_plugins_task_slots() {
     // The demo plugin still has its own.
     assert_eq!(fe.work_with::<i64>("add", &(2, 3), &options).unwrap(), 5);
     assert_eq!(fe.work_with::<u64>("running", &(), &options).unwrap(), 3);
+    // The two calls past the crasher's slots wait in its queue, not run.
+    wait_until("two calls waiting", || {
+        let crasher = summary_of(&fe, addr, "crasher");
+        (crasher.running, crasher.waiting) == (2, 2)
+    });
+}
+
+/// What `<tasks>` says of plugin `name`.
+fn summary_of(
+    fe: &BlockingFrontEnd,
+    addr: SocketAddr,
+    name: &str,
+) -> taskit_plugin_api::wire::admin::PluginSummary {
+    fe.tasks(addr)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == name)
+        .unwrap()
+}
+
+#[test]
+fn a_call_that_turns_slow_in_a_worker_holds_up_no_call_after_it() {
+    use taskit_plugin_api::frontend::CallOptions;
+    let dir = crasher_dir("iso-takeover");
+    // One worker: the call after runs in the same process.
+    let (_host, addr) = serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let pid = fe.work::<u32>("crasher-pid", &()).unwrap();
+    // Run on the worker thread that read it, as every call is.
+    fe.ignore("sleep-forever", ());
+    wait_until("the call running", || {
+        summary_of(&fe, addr, "crasher").running == 1
+    });
+    // Bounded, so a worker that waited for the call before would fail
+    // here rather than hang.
+    let options = CallOptions::default().timeout(std::time::Duration::from_secs(30));
+    for _ in 0..10 {
+        assert_eq!(
+            fe.work_with::<u32>("crasher-pid", &(), &options).unwrap(),
+            pid
+        );
+    }
+}
+
+#[test]
+fn calls_waiting_for_a_task_slot_at_shutdown_are_answered_stopping() {
+    let dir = crasher_dir("iso-drain-waiting");
+    let (mut host, addr) = serving(dir.path(), &["--drain-timeout", "1", "--max-tasks", "1"]);
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let fe = BlockingFrontEnd::new([addr]).unwrap();
+                match fe.work::<Value>("sleep-forever", &()) {
+                    Err(FrontendError::Stopping(_)) => kind::STOPPING.to_owned(),
+                    other => remote(other).0,
+                }
+            })
+        })
+        .collect();
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    wait_until("one call running, one waiting", || {
+        let crasher = summary_of(&fe, addr, "crasher");
+        (crasher.running, crasher.waiting) == (1, 1)
+    });
+    // SAFETY: signalling a child process we own.
+    assert_eq!(
+        unsafe { libc::kill(host.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    host.expect_line(&[
+        "tasks still running after the drain timeout",
+        "abandoned=sleep-forever,sleep-forever",
+    ]);
+    let mut kinds: Vec<String> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    kinds.sort();
+    // The one that ran may have: `WorkerCrashed`. The one that waited
+    // never ran (the reply says so), so it may go to another host:
+    // `Stopping`.
+    assert_eq!(kinds, [kind::STOPPING, kind::WORKER_CRASHED]);
 }
 
 #[test]

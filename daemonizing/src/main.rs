@@ -217,7 +217,12 @@ fn describe(signal: Signal, outcome: Result<Reply, FrontendError>) -> (u8, Strin
                     let mut line = format!("{} {} [{}]", p.name, p.version, p.tasks.join(", "));
                     if p.isolation == "process" {
                         let pids: Vec<String> = p.workers.iter().map(u32::to_string).collect();
-                        line += &format!(" workers={}", pids.join(","));
+                        line += &format!(
+                            " workers={} running={} waiting={}",
+                            pids.join(","),
+                            p.running,
+                            p.waiting
+                        );
                         if p.restarts > 0 {
                             line += &format!(" restarts={}", p.restarts);
                         }

@@ -82,6 +82,10 @@ pub(crate) struct Health {
     pub(crate) last_crash: Option<String>,
     /// Why it is marked failed, if it is.
     pub(crate) failed: Option<String>,
+    /// Calls in its workers.
+    pub(crate) running: usize,
+    /// Calls waiting for a task slot or a worker.
+    pub(crate) waiting: usize,
 }
 
 /// A Rust function of the host's own program, served by id beside plugins.
@@ -410,6 +414,8 @@ impl Registry {
                     restarts: health.restarts,
                     last_crash: health.last_crash,
                     failed: health.failed,
+                    running: health.running as u64,
+                    waiting: health.waiting as u64,
                 }
             }))
             .collect()

@@ -416,7 +416,12 @@ fn send_reply(tx: &Replies, id: u64, result: Result<Vec<u8>, TaskError>, after: 
             id,
             err.kind(),
             &err.args_json(),
-            ErrorStatus::Error,
+            // `Stopping` always means the task did not run.
+            if err.kind() == kind::STOPPING {
+                ErrorStatus::NotRun
+            } else {
+                ErrorStatus::Error
+            },
         ),
     }
     let _ = tx.send(Outgoing { frame, after, held });

@@ -396,8 +396,14 @@ impl Plugin for WorkerPlugin {
     }
 
     fn health(&self) -> Health {
+        let (running, waiting) = {
+            let admission = lock(&self.pool.admission);
+            (admission.running, admission.waiting.len())
+        };
         let inner = lock(&self.pool.inner);
         Health {
+            running,
+            waiting,
             isolation: "process",
             workers: inner
                 .workers

@@ -143,6 +143,13 @@ pub struct PluginSummary {
     /// Set when it crashed too often and is no longer started: why.
     #[serde(default)]
     pub failed: Option<String>,
+    /// Calls its workers are running now (worker processes only).
+    #[serde(default)]
+    pub running: u64,
+    /// Calls waiting for one of its task slots (`--max-tasks`), or for a
+    /// worker while all restart (worker processes only).
+    #[serde(default)]
+    pub waiting: u64,
 }
 
 /// The `<reload>` reply: files loaded, refused and removed by the rescan.
