@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod call;
 mod counters;
 mod loader;

@@ -21,9 +21,10 @@ use taskit_plugin_api::host_side::{run_task, TaskRunner};
 use taskit_plugin_api::wire::admin::{is_reserved, PluginSummary};
 use taskit_plugin_api::{TaskError, TaskFn};
 
+use crate::batch::Batch;
 use crate::call::TaskCall;
 use crate::services::{services_for, HostState};
-use crate::worker::{Batch, Deliver, Ticket};
+use crate::worker::{Deliver, Ticket};
 
 /// One version of one plugin file, as the registry sees it: its identity,
 /// its task ids, and a way to run them. The loader's in-process
@@ -159,8 +160,8 @@ impl Remote {
     /// (on another thread).
     pub(crate) fn dispatch(self, call: &TaskCall, deliver: Deliver, batch: &mut Batch) {
         let plugin = self.plugin;
-        let deliver: Deliver = Box::new(move |result| {
-            deliver(result);
+        let deliver: Deliver = Box::new(move |result, batch: &mut Batch| {
+            deliver(result, batch);
             drop(plugin);
         });
         self.ticket.dispatch(call, deliver, batch);

@@ -20,6 +20,7 @@ mod budget;
 mod dispatch;
 mod drain;
 mod native;
+mod replies;
 mod taskit4;
 
 use std::net::SocketAddr;

@@ -21,46 +21,36 @@ use taskit_plugin_api::{CodecKind, TaskError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::budget::SMALL_REQUEST;
 use super::dispatch::{execute, try_inline, After, Job};
-use super::drain::{AcceptedCall, Phase};
+use super::drain::Phase;
+use super::replies::{self, Held, Replies, Writer};
 use super::Shared;
+use crate::batch::Batch;
 use crate::call::TaskCall;
-use crate::worker::Batch;
-
-/// One reply ready to be written, with what its call held until then.
-struct Outgoing {
-    frame: Vec<u8>,
-    after: After,
-    held: Held,
-}
-
-/// What a call holds until its reply is written: its place in the drain,
-/// its in-flight permit on the connection, its bytes of the budget.
-#[derive(Default)]
-struct Held {
-    _accepted: Option<AcceptedCall>,
-    _in_flight: Option<OwnedSemaphorePermit>,
-    _budget: Option<OwnedSemaphorePermit>,
-}
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
-type Replies = mpsc::UnboundedSender<Outgoing>;
 
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let Some(codec) = handshake(&shared, &mut stream, peer).await else {
         return;
     };
+    // Answers from worker processes are written by the thread that reads
+    // them, through a descriptor of its own.
+    let direct = {
+        use std::os::fd::AsFd;
+        stream.as_fd().try_clone_to_owned().ok()
+    };
     let (reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (tx, replies) = replies::channel(direct);
     let broken = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         Arc::clone(&shared),
         writer,
-        rx,
+        replies,
         peer,
         Arc::clone(&broken),
     ));
@@ -292,17 +282,14 @@ impl Connection {
                 permit
             }
         };
-        let held = Held {
-            _accepted: Some(accepted),
-            _in_flight: Some(permit),
-            _budget: budget,
-        };
+        let held = Held::new(accepted, permit, budget);
         if self.shared.drain.is_stopping() && !job.is_status() {
             self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, held);
             return true;
         }
         if let Some(result) = try_inline(&self.shared, &job) {
-            send_reply(&self.tx, id, result, After::Nothing, held);
+            self.tx
+                .push(&encode_reply(id, result), After::Nothing, held);
             return true;
         }
         self.cancels
@@ -315,12 +302,12 @@ impl Connection {
         // awaiting it.
         if let Some(remote) = job.remote() {
             let (tx, cancels) = (self.tx.clone(), Arc::clone(&self.cancels));
-            let deliver = Box::new(move |result| {
+            let deliver = Box::new(move |result, batch: &mut Batch| {
                 cancels
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
-                send_reply(&tx, id, result, After::Nothing, held);
+                tx.push_held_back(&encode_reply(id, result), held, batch);
             });
             remote.dispatch(job.call(), deliver, &mut self.batch);
             return true;
@@ -336,7 +323,7 @@ impl Connection {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
-            send_reply(&tx, id, result, after, held);
+            tx.push(&encode_reply(id, result), after, held);
         });
         true
     }
@@ -353,11 +340,7 @@ impl Connection {
         let args = TaskError::msg(kind, message).args_json();
         let mut frame = Vec::new();
         native::encode_error(&mut frame, id, kind, &args, status);
-        let _ = self.tx.send(Outgoing {
-            frame,
-            after: After::Nothing,
-            held,
-        });
+        self.tx.push(&frame, After::Nothing, held);
     }
 
     /// A protocol error: reported, then the connection closes once the calls
@@ -406,8 +389,8 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) ->
     }
 }
 
-/// Queues the reply to call `id` for the writer.
-fn send_reply(tx: &Replies, id: u64, result: Result<Vec<u8>, TaskError>, after: After, held: Held) {
+/// The reply frame to call `id`.
+fn encode_reply(id: u64, result: Result<Vec<u8>, TaskError>) -> Vec<u8> {
     let mut frame = Vec::new();
     match result {
         Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
@@ -424,10 +407,10 @@ fn send_reply(tx: &Replies, id: u64, result: Result<Vec<u8>, TaskError>, after: 
             },
         ),
     }
-    let _ = tx.send(Outgoing { frame, after, held });
+    frame
 }
 
-/// Writes replies as they come, as many as are ready in one write. A write
+/// Writes replies as they come, all that are queued in one write. A write
 /// that makes no progress for the write timeout drops the connection.
 ///
 /// Replies to a broken connection count as answered when they are dropped:
@@ -435,28 +418,15 @@ fn send_reply(tx: &Replies, id: u64, result: Result<Vec<u8>, TaskError>, after: 
 async fn write_loop(
     shared: Arc<Shared>,
     mut writer: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    replies: Writer,
     peer: SocketAddr,
     broken_signal: Arc<Notify>,
 ) {
-    const BATCH_BYTES: usize = 256 << 10;
     const CHUNK: usize = 64 << 10;
-    let mut batch = Vec::with_capacity(16 << 10);
-    let mut held = Vec::new();
     let mut broken = false;
-    while let Some(first) = rx.recv().await {
-        let mut kill = false;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            batch.extend_from_slice(&item.frame);
-            kill |= item.after == After::Kill;
-            held.push(item.held);
-            if batch.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
+    while let Some(taken) = replies.take().await {
         if !broken {
-            for chunk in batch.chunks(CHUNK) {
+            for chunk in taken.frames.chunks(CHUNK) {
                 match tokio::time::timeout(shared.config.write_timeout, writer.write_all(chunk))
                     .await
                 {
@@ -473,10 +443,10 @@ async fn write_loop(
                 break;
             }
         }
-        batch.clear();
+        replies.written(taken.frames, broken);
         // Answered: the calls leave the drain's count, their permits free.
-        held.clear();
-        if kill {
+        drop(taken.held);
+        if taken.kill {
             shared.drain.end(super::Exit::Killed);
         }
     }

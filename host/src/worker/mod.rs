@@ -22,7 +22,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) use pool::{Batch, Deliver, Ticket, WorkerPlugin};
+pub(crate) use pool::{Deliver, Ticket, WorkerPlugin};
 pub use serve::run_worker;
 
 /// The hidden subcommand of `taskit-host` that runs a worker.

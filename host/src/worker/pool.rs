@@ -20,6 +20,7 @@ use super::channel::{self, FromWorker};
 use super::limits::{Deadline, Limits, Step};
 use super::spawn::{self, Launch, Started};
 use super::WorkerOptions;
+use crate::batch::{Batch, Corked};
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
 use crate::registry::{Health, Plugin};
@@ -146,10 +147,10 @@ struct Pending {
 }
 
 impl Pending {
-    fn answer(self, result: CallResult) {
+    fn answer(self, result: CallResult, batch: &mut Batch) {
         // No longer running once its caller can see the answer.
         drop(self.running);
-        (self.deliver)(result);
+        (self.deliver)(result, batch);
     }
 }
 
@@ -157,8 +158,9 @@ type CallResult = Result<Vec<u8>, TaskError>;
 
 /// Where a worker's answer goes, called on whichever thread has it (the
 /// worker's reader thread, mostly): a channel to the waiting caller, or the
-/// reply queue of the client's connection.
-pub(crate) type Deliver = Box<dyn FnOnce(CallResult) + Send>;
+/// replies of the client's connection. The batch holds back what it writes
+/// while that thread has more answers to deliver.
+pub(crate) type Deliver = Box<dyn FnOnce(CallResult, &mut Batch) + Send>;
 
 /// Frames waiting for the worker's socket, and whether the writer thread is
 /// writing some now (then nobody else may write: frames must not
@@ -172,28 +174,6 @@ struct Outbox {
     corked: bool,
 }
 
-/// Calls queued for workers while their caller has more to send: written
-/// when the batch is flushed or dropped, in one write per worker.
-#[derive(Default)]
-pub(crate) struct Batch {
-    corked: Vec<Arc<Conn>>,
-}
-
-impl Batch {
-    /// Writes the calls queued.
-    pub(crate) fn flush(&mut self) {
-        for conn in self.corked.drain(..) {
-            conn.uncork();
-        }
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
 /// A task of a version in workers, ready to take calls.
 pub(crate) struct Ticket {
     pool: Arc<Pool>,
@@ -204,16 +184,18 @@ impl Ticket {
     /// Submits the call (its frame queued in `batch` if it goes out now);
     /// its answer goes to `deliver`.
     pub(crate) fn dispatch(self, call: &TaskCall, deliver: Deliver, batch: &mut Batch) {
-        self.pool.submit(self.task, call, deliver, Some(batch));
+        self.pool.submit(self.task, call, deliver, batch);
     }
 
     /// Submits the call; its answer, to await.
     pub(crate) fn send(self, call: &TaskCall) -> Sent {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let deliver = Box::new(move |result| {
+        let deliver = Box::new(move |result, _: &mut Batch| {
             let _ = tx.send(result);
         });
-        let id = self.pool.submit(self.task, call, deliver, None);
+        let id = self
+            .pool
+            .submit(self.task, call, deliver, &mut Batch::default());
         Sent {
             rx,
             id,
@@ -368,10 +350,11 @@ impl Plugin for WorkerPlugin {
 
     fn run(&self, index: usize, call: &TaskCall) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let deliver = Box::new(move |result| {
+        let deliver = Box::new(move |result, _: &mut Batch| {
             let _ = tx.send(result);
         });
-        self.pool.submit(index, call, deliver, None);
+        self.pool
+            .submit(index, call, deliver, &mut Batch::default());
         rx.recv()
             .unwrap_or_else(|_| Err(self.pool.crashed_error("the worker went away")))
     }
@@ -430,7 +413,7 @@ impl Drop for WorkerPlugin {
         };
         self.pool.changed.notify_all();
         self.pool.limits.wake();
-        self.pool.refill(None);
+        self.pool.refill(&mut Batch::default());
         for conn in workers {
             conn.retire();
         }
@@ -460,6 +443,7 @@ impl Pool {
     pub(super) fn enforce_limits(self: &Arc<Self>, now: Instant) -> bool {
         let conns = self.conns();
         let mut busy = false;
+        let mut batch = Batch::default();
         for conn in conns {
             let (mut cancel, mut overran) = (Vec::new(), Vec::new());
             let overran_calls: Vec<Pending>;
@@ -488,9 +472,9 @@ impl Pool {
             for call in overran_calls {
                 conn.one_less();
                 let err = self.overran(&conn, call.task);
-                call.answer(Err(err));
+                call.answer(Err(err), &mut batch);
             }
-            self.release(answered, None);
+            self.release(answered, &mut batch);
         }
         busy
     }
@@ -543,7 +527,7 @@ impl Pool {
         task: usize,
         call: &TaskCall,
         deliver: Deliver,
-        batch: Option<&mut Batch>,
+        batch: &mut Batch,
     ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::with_capacity(32 + call.args().len() + call.kwargs().len());
@@ -566,7 +550,7 @@ impl Pool {
         let to = match self.live_worker() {
             Err(err) => {
                 drop(admission);
-                (call.deliver)(Err(err));
+                (call.deliver)(Err(err), batch);
                 return id;
             }
             Ok(Some(conn))
@@ -588,7 +572,7 @@ impl Pool {
 
     /// Sends a call that holds a task slot to `conn`. Should the worker be
     /// dead already, the call waits again, first in line.
-    fn send_to(self: &Arc<Self>, conn: &Arc<Conn>, call: Call, batch: Option<&mut Batch>) {
+    fn send_to(self: &Arc<Self>, conn: &Arc<Conn>, call: Call, batch: &mut Batch) {
         match conn.start(self, call, batch) {
             // Counted once sent (counting before could retire the worker
             // under the call).
@@ -602,14 +586,14 @@ impl Pool {
                     admission.running -= 1;
                     admission.waiting.push_front(call);
                 }
-                self.refill(None);
+                self.refill(batch);
             }
         }
     }
 
     /// `answered` calls left the workers: their slots go to the calls
     /// waiting.
-    fn release(self: &Arc<Self>, answered: usize, batch: Option<&mut Batch>) {
+    fn release(self: &Arc<Self>, answered: usize, batch: &mut Batch) {
         if answered == 0 {
             return;
         }
@@ -622,7 +606,7 @@ impl Pool {
 
     /// Sends waiting calls while slots are free and a worker is live; if the
     /// version can no longer serve, answers them with why.
-    fn refill(self: &Arc<Self>, mut batch: Option<&mut Batch>) {
+    fn refill(self: &Arc<Self>, batch: &mut Batch) {
         loop {
             let mut admission = lock(&self.admission);
             if admission.waiting.is_empty() || admission.running >= self.options.max_tasks.max(1) {
@@ -635,14 +619,14 @@ impl Pool {
                     };
                     admission.running += 1;
                     drop(admission);
-                    self.send_to(&conn, call, batch.as_deref_mut());
+                    self.send_to(&conn, call, batch);
                 }
                 Ok(None) => return,
                 Err(err) => {
                     let waiting = std::mem::take(&mut admission.waiting);
                     drop(admission);
                     for call in waiting {
-                        (call.deliver)(Err(err.clone()));
+                        (call.deliver)(Err(err.clone()), batch);
                     }
                     return;
                 }
@@ -661,7 +645,7 @@ impl Pool {
         }
         let conns = self.conns();
         if conns.iter().any(|conn| conn.forget(id)) {
-            self.release(1, None);
+            self.release(1, &mut Batch::default());
         }
     }
 
@@ -782,7 +766,7 @@ impl Pool {
         }
         pool.changed.notify_all();
         // Calls waiting for a worker go to this one.
-        pool.refill(None);
+        pool.refill(&mut Batch::default());
         let (name, version) = (pool.name.clone(), pool.version.clone());
         let out_of_memory = Arc::new(AtomicBool::new(false));
         let oom = Arc::clone(&out_of_memory);
@@ -848,8 +832,8 @@ impl Pool {
             }
             match channel::parse_from_worker(&buf) {
                 Ok(FromWorker::Reply { id, result }) => {
-                    if conn.answer(id, result.map(<[u8]>::to_vec)) {
-                        self.release(1, Some(&mut batch));
+                    if conn.answer(id, result.map(<[u8]>::to_vec), &mut batch) {
+                        self.release(1, &mut batch);
                     }
                 }
                 Ok(FromWorker::Log {
@@ -893,9 +877,9 @@ impl Pool {
             tracing::debug!(plugin = %self.name, version = %self.version, pid = conn.pid, %cause, "worker exited");
             let answered = lost.len();
             for pending in lost {
-                pending.answer(Err(self.crashed_error(&cause)));
+                pending.answer(Err(self.crashed_error(&cause)), &mut batch);
             }
-            self.release(answered, None);
+            self.release(answered, &mut batch);
             return;
         }
         let running: Vec<&str> = lost
@@ -918,9 +902,11 @@ impl Pool {
         );
         let answered = lost.len();
         for pending in lost {
-            pending.answer(Err(self.crashed_error(&cause)));
+            pending.answer(Err(self.crashed_error(&cause)), &mut batch);
         }
-        self.release(answered, None);
+        self.release(answered, &mut batch);
+        // Out before the restart's backoff.
+        drop(batch);
         self.restart(index, cause, killed.is_none());
     }
 
@@ -968,7 +954,7 @@ impl Pool {
                     drop(inner);
                     self.changed.notify_all();
                     // The calls waiting for a worker are answered.
-                    self.refill(None);
+                    self.refill(&mut Batch::default());
                     return;
                 }
                 self.backoff(&inner)
@@ -1047,13 +1033,17 @@ impl Pool {
         };
         self.changed.notify_all();
         let mut abandoned = Vec::new();
+        let mut batch = Batch::default();
         for conn in workers {
             conn.retiring.store(true, Ordering::Release);
             for pending in conn.fail_all() {
                 let task = self.tasks.get(pending.task).cloned().unwrap_or_default();
-                pending.answer(Err(self.crashed_error(
-                    "killed at shutdown: still running after the drain timeout",
-                )));
+                pending.answer(
+                    Err(self.crashed_error(
+                        "killed at shutdown: still running after the drain timeout",
+                    )),
+                    &mut batch,
+                );
                 abandoned.push(task);
             }
             conn.kill("abandoned at shutdown".into());
@@ -1061,10 +1051,13 @@ impl Pool {
         let waiting = std::mem::take(&mut lock(&self.admission).waiting);
         for call in waiting {
             abandoned.extend(self.tasks.get(call.task).cloned());
-            (call.deliver)(Err(TaskError::msg(
-                kind::STOPPING,
-                "the host stopped before a task slot was free; the call did not run",
-            )));
+            (call.deliver)(
+                Err(TaskError::msg(
+                    kind::STOPPING,
+                    "the host stopped before a task slot was free; the call did not run",
+                )),
+                &mut batch,
+            );
         }
         abandoned
     }
@@ -1103,12 +1096,7 @@ impl Pool {
 impl Conn {
     /// Registers a call and sends it (queued in `batch`, if given); gives
     /// it back if the worker is dead already.
-    fn start(
-        self: &Arc<Self>,
-        pool: &Pool,
-        call: Call,
-        batch: Option<&mut Batch>,
-    ) -> Result<(), Call> {
+    fn start(self: &Arc<Self>, pool: &Pool, call: Call, batch: &mut Batch) -> Result<(), Call> {
         let Call {
             id,
             task,
@@ -1143,20 +1131,10 @@ impl Conn {
         if outbox.closed {
             return Ok(());
         }
-        let queued = outbox.frames.len();
         outbox.frames.extend_from_slice(&frame);
-        match batch {
-            Some(batch) => {
-                if !outbox.corked {
-                    outbox.corked = true;
-                    batch.corked.push(Arc::clone(self));
-                }
-            }
-            None if queued == 0 => self.write_queued(outbox),
-            None => {
-                drop(outbox);
-                self.flush.notify_one();
-            }
+        if !outbox.corked {
+            outbox.corked = true;
+            batch.hold(Arc::clone(self) as Arc<dyn Corked>);
         }
         Ok(())
     }
@@ -1195,15 +1173,6 @@ impl Conn {
         }
         outbox.frames.extend_from_slice(frame);
         self.write_queued(outbox);
-    }
-
-    /// Writes the frames a batch held.
-    fn uncork(&self) {
-        let mut outbox = lock(&self.outbox);
-        outbox.corked = false;
-        if !outbox.closed && !outbox.frames.is_empty() {
-            self.write_queued(outbox);
-        }
     }
 
     /// Writes the queued frames here at once when the socket takes them
@@ -1260,12 +1229,12 @@ impl Conn {
     }
 
     /// Delivers the answer to call `id`; whether it was pending.
-    fn answer(&self, id: u64, result: CallResult) -> bool {
+    fn answer(&self, id: u64, result: CallResult, batch: &mut Batch) -> bool {
         let pending = lock(&self.pending).remove(&id);
         let Some(pending) = pending else {
             return false;
         };
-        pending.answer(result);
+        pending.answer(result, batch);
         self.one_less();
         true
     }
@@ -1308,6 +1277,17 @@ impl Conn {
         self.retiring.store(true, Ordering::Release);
         self.close_outbox();
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Corked for Conn {
+    /// Writes the calls a batch held back.
+    fn uncork(&self) {
+        let mut outbox = lock(&self.outbox);
+        outbox.corked = false;
+        if !outbox.closed && !outbox.frames.is_empty() {
+            self.write_queued(outbox);
+        }
     }
 }
 
