@@ -230,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     figures.insert("native_latency_over_floor".into(), json!(ratio));
 
     if host.is_some() && args.isolation == "process" {
-        isolation_figures(&rt, &args, &mut rows, &mut figures)?;
+        isolation_figures(&rt, &args, addr, &mut rows, &mut figures)?;
     }
 
     if let Some(python) = &args.python {
@@ -285,32 +285,46 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rounds of the isolation comparison: each measures both hosts, one
+/// after the other, so a change in the machine's load falls on both.
+const ISOLATION_ROUNDS: usize = 4;
+
 /// The price of process isolation, measured against a host running the
 /// same plugin in process, in this run: waited latency and throughput at
-/// 256 in flight (native JSON), as ratios.
+/// 256 in flight (native JSON), as ratios. Both hosts are measured in
+/// alternation ([`ISOLATION_ROUNDS`] rounds), the samples of each pooled.
 fn isolation_figures(
     rt: &tokio::runtime::Runtime,
     args: &Args,
+    ours: SocketAddr,
     rows: &mut Vec<(String, String)>,
     figures: &mut serde_json::Map<String, Value>,
 ) -> anyhow::Result<()> {
     let baseline = SelfHost::start_with(&["--isolation", "none"])?;
-    let backend = BackendAddr::from(baseline.addr);
-    let lat = rt.block_on(latency(backend.clone(), args.calls))?;
-    let tput = rt.block_on(throughput(backend, 256, args.seconds))?;
+    let hosts = [BackendAddr::from(ours), BackendAddr::from(baseline.addr)];
+    let calls = (args.calls / ISOLATION_ROUNDS).max(1);
+    let seconds = args.seconds / ISOLATION_ROUNDS as f64;
+    let (mut samples, mut done) = ([Vec::new(), Vec::new()], [0.0f64; 2]);
+    for _ in 0..ISOLATION_ROUNDS {
+        for (i, host) in hosts.iter().enumerate() {
+            samples[i].extend(rt.block_on(latency_samples(host.clone(), calls))?);
+            done[i] += rt.block_on(throughput(host.clone(), 256, seconds))? * seconds;
+        }
+    }
     drop(baseline);
-    let ours_lat = figures["native_json_latency"]["median_us"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let ours_tput = figures["native_json_throughput"]["256"]
-        .as_f64()
-        .unwrap_or(0.0);
-    rows.push(("--isolation none: waited add(4, 4)".into(), lat.describe()));
-    rows.push((
-        "--isolation none: throughput, 256 in flight".into(),
-        format!("{tput:.0} calls/s"),
-    ));
-    let lat_ratio = ours_lat / lat.median_us();
+    let [ours_lat, lat] = samples.map(Latency::from);
+    let [ours_tput, tput] = done.map(|n| n / (seconds * ISOLATION_ROUNDS as f64));
+    for (name, lat, tput) in [("process", &ours_lat, ours_tput), ("none", &lat, tput)] {
+        rows.push((
+            format!("--isolation {name}: waited add(4, 4), interleaved"),
+            lat.describe(),
+        ));
+        rows.push((
+            format!("--isolation {name}: throughput, 256 in flight, interleaved"),
+            format!("{tput:.0} calls/s"),
+        ));
+    }
+    let lat_ratio = ours_lat.median_us() / lat.median_us();
     let tput_ratio = ours_tput / tput;
     rows.push((
         "process / none: median latency".into(),
@@ -320,6 +334,11 @@ fn isolation_figures(
         "process / none: throughput at 256".into(),
         format!("{tput_ratio:.2}x"),
     ));
+    figures.insert("process_json_latency_interleaved".into(), ours_lat.json());
+    figures.insert(
+        "process_json_throughput_256_interleaved".into(),
+        json!(ours_tput),
+    );
     figures.insert("none_json_latency".into(), lat.json());
     figures.insert("none_json_throughput_256".into(), json!(tput));
     figures.insert("isolation_latency_ratio".into(), json!(lat_ratio));
@@ -642,6 +661,12 @@ fn ping_pong(request: usize, reply: usize, rounds: usize) -> anyhow::Result<Late
 }
 
 async fn latency(backend: BackendAddr, calls: usize) -> anyhow::Result<Latency> {
+    latency_samples(backend, calls).await.map(Latency::from)
+}
+
+/// The time of each of `calls` waited calls, after a tenth as many to warm
+/// up.
+async fn latency_samples(backend: BackendAddr, calls: usize) -> anyhow::Result<Vec<Duration>> {
     let fe = FrontEnd::new([backend]);
     let mut samples = Vec::with_capacity(calls);
     for i in 0..calls + calls / 10 {
@@ -654,7 +679,7 @@ async fn latency(backend: BackendAddr, calls: usize) -> anyhow::Result<Latency> 
             samples.push(t.elapsed());
         }
     }
-    Ok(Latency::from(samples))
+    Ok(samples)
 }
 
 async fn throughput(backend: BackendAddr, in_flight: usize, seconds: f64) -> anyhow::Result<f64> {
