@@ -6,9 +6,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release -p taskit-host -p taskitctl -p taskit-demo
+# Where cargo put them (CARGO_TARGET_DIR, if set).
+bin="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p plugins.d
 # Replace atomically, so a host already watching plugins.d never sees half a file.
-cp target/release/libtaskit_demo.so plugins.d/.demo.so.tmp
+cp "$bin/libtaskit_demo.so" plugins.d/.demo.so.tmp
 mv plugins.d/.demo.so.tmp plugins.d/demo.so
-echo "try, from another terminal: target/release/taskitctl call 127.0.0.1 add 4 4"
-exec target/release/taskit-host --plugins plugins.d "$@"
+echo "try, from another terminal: $bin/taskitctl call 127.0.0.1 add 4 4"
+exec "$bin/taskit-host" --plugins plugins.d "$@"

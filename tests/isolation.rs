@@ -332,6 +332,70 @@ fn a_call_that_turns_slow_in_a_worker_holds_up_no_call_after_it() {
 }
 
 #[test]
+fn a_call_whose_client_gives_up_while_it_waits_for_a_slot_leaves_the_queue() {
+    use taskit_plugin_api::frontend::CallOptions;
+    let dir = crasher_dir("iso-cancel-waiting");
+    let (_host, addr) = serving(dir.path(), &["--max-tasks", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    fe.ignore("sleep-forever", ());
+    wait_until("the slot taken", || {
+        summary_of(&fe, addr, "crasher").running == 1
+    });
+    // Waits for the slot, until its client gives up (and cancels it).
+    let options = CallOptions::default().timeout(std::time::Duration::from_millis(300));
+    assert!(fe.work_with::<u32>("crasher-pid", &(), &options).is_err());
+    wait_until("the cancelled call gone from the queue", || {
+        let crasher = summary_of(&fe, addr, "crasher");
+        (crasher.running, crasher.waiting) == (1, 0)
+    });
+}
+
+#[test]
+fn a_stop_past_the_drain_timeout_abandons_calls_on_replaced_workers_and_versions() {
+    let dir = crasher_dir("iso-drain-replaced");
+    // Each worker takes one call, then is replaced and drains.
+    let (mut host, addr) = serving(
+        dir.path(),
+        &["--drain-timeout", "1", "--worker-max-calls", "1"],
+    );
+    let call = move || {
+        std::thread::spawn(move || {
+            let fe = BlockingFrontEnd::new([addr]).unwrap();
+            remote(fe.work::<Value>("sleep-forever", &()))
+        })
+    };
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    let on_replaced_worker = call();
+    wait_until("the first call running", || {
+        summary_of(&fe, addr, "crasher").running == 1
+    });
+    // Its file removed and another serving its tasks: the call above now
+    // runs on a version that is no longer served.
+    std::fs::remove_file(dir.path().join("crasher.so")).unwrap();
+    host.expect_line(&["removed plugin", "crasher.so"]);
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher2.so");
+    host.expect_line(&["loaded plugin", "crasher2.so"]);
+    let on_current = call();
+    // Both running, and this call: the host's count.
+    wait_until("the second call running", || {
+        fe.work::<u64>("running", &()).unwrap() == 3
+    });
+    // SAFETY: signalling a child process we own.
+    assert_eq!(
+        unsafe { libc::kill(host.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    host.expect_line(&[
+        "tasks still running after the drain timeout",
+        "abandoned=sleep-forever,sleep-forever",
+    ]);
+    for caller in [on_replaced_worker, on_current] {
+        let (kind, args) = caller.join().unwrap();
+        assert_eq!(kind, kind::WORKER_CRASHED, "{args:?}");
+    }
+}
+
+#[test]
 fn calls_waiting_for_a_task_slot_at_shutdown_are_answered_stopping() {
     let dir = crasher_dir("iso-drain-waiting");
     let (mut host, addr) = serving(dir.path(), &["--drain-timeout", "1", "--max-tasks", "1"]);

@@ -198,7 +198,9 @@ fn the_readme_demo_command_serves_add() {
     std::thread::spawn(move || for _ in lines {});
     let addr =
         addr.unwrap_or_else(|| panic!("the demo host never got ready:\n{}", seen.join("\n")));
-    let out = Command::new(root.join("target/release/taskitctl"))
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let out = Command::new(target.join("release/taskitctl"))
         .args(["call", &addr, "add", "4", "4"])
         .output()
         .unwrap();

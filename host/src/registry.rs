@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use taskit_plugin_api::error::kind;
 use taskit_plugin_api::host_side::abi::HostServices;
@@ -243,9 +243,24 @@ pub struct Registry {
 #[derive(Default)]
 struct Plugins {
     by_file: BTreeMap<PathBuf, Installed>,
+    /// Versions replaced or removed, while calls may still hold them (a
+    /// stop past its drain timeout abandons their calls too).
+    retired: Vec<Weak<dyn Plugin>>,
     /// In-process tasks; they win every conflict with a plugin.
     locals: BTreeMap<String, Arc<LocalTask>>,
     next_rank: u64,
+}
+
+impl Plugins {
+    /// Remembers a version in workers taken out of service while calls may
+    /// hold it. (A version in process is never freed, and has nothing to
+    /// abandon.)
+    fn retire(&mut self, plugin: &Arc<dyn Plugin>) {
+        if plugin.is_remote() {
+            self.retired.retain(|p| p.strong_count() > 0);
+            self.retired.push(Arc::downgrade(plugin));
+        }
+    }
 }
 
 impl Default for Registry {
@@ -365,9 +380,18 @@ impl Registry {
         }
     }
 
-    /// See [`Plugin::abandon`]: for every plugin version loaded.
+    /// See [`Plugin::abandon`]: for every plugin version loaded, and every
+    /// version replaced or removed that calls still hold.
     pub(crate) fn abandon_running(&self) -> Vec<String> {
-        self.installed().iter().flat_map(|p| p.abandon()).collect()
+        let retired: Vec<Arc<dyn Plugin>> = {
+            let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+            plugins.retired.iter().filter_map(Weak::upgrade).collect()
+        };
+        self.installed()
+            .iter()
+            .chain(&retired)
+            .flat_map(|p| p.abandon())
+            .collect()
     }
 
     /// Every plugin version installed now, taken out of the lock (what is
@@ -454,6 +478,9 @@ impl Registry {
             .by_file
             .insert(source.clone(), installed)
             .map(|i| i.plugin);
+        if let Some(old) = &old {
+            plugins.retire(old);
+        }
         let conflicts = self.rebuild(&plugins);
         let mine = conflicts
             .into_iter()
@@ -467,6 +494,7 @@ impl Registry {
     pub(crate) fn remove(&self, file: &Path) -> Option<Arc<dyn Plugin>> {
         let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
         let installed = plugins.by_file.remove(file)?;
+        plugins.retire(&installed.plugin);
         self.rebuild(&plugins);
         Some(installed.plugin)
     }

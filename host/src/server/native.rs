@@ -287,20 +287,15 @@ impl Connection {
             self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, held);
             return true;
         }
-        if let Some(result) = try_inline(&self.shared, &job) {
-            self.tx
-                .push(&encode_reply(id, result), After::Nothing, held);
-            return true;
-        }
-        self.cancels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, job.call().canceller());
         // A task in worker processes: submitted from here (sent with the
         // other calls of this read, or queued for a task slot), its answer
         // queued for the client by the thread that has it, with no task
         // awaiting it.
         if let Some(remote) = job.remote() {
+            self.cancels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, job.call().canceller());
             let (tx, cancels) = (self.tx.clone(), Arc::clone(&self.cancels));
             let deliver = Box::new(move |result, batch: &mut Batch| {
                 cancels
@@ -312,6 +307,17 @@ impl Connection {
             remote.dispatch(job.call(), deliver, &mut self.batch);
             return true;
         }
+        // Calls held back for workers do not wait for a task run here.
+        self.batch.flush();
+        if let Some(result) = try_inline(&self.shared, &job) {
+            self.tx
+                .push(&encode_reply(id, result), After::Nothing, held);
+            return true;
+        }
+        self.cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, job.call().canceller());
         let (shared, tx, cancels) = (
             Arc::clone(&self.shared),
             self.tx.clone(),

@@ -96,17 +96,17 @@ impl Limits {
             if strong.is_retired() {
                 return;
             }
-            let lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.parked.store(true, Ordering::SeqCst);
             // Looked at again after `parked` is set: a call sent since the
-            // last look either shows here or wakes this thread.
+            // last look either shows here or wakes this thread. (No lock is
+            // held while calls are answered.)
             if strong.enforce_limits(Instant::now()) || strong.is_retired() {
                 self.parked.store(false, Ordering::SeqCst);
                 continue;
             }
             // Not holding the pool while asleep: it may go away meanwhile.
             drop(strong);
-            let mut lock = lock;
+            let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             while self.parked.load(Ordering::SeqCst) {
                 lock = self
                     .woken

@@ -88,6 +88,19 @@ struct Call {
     cancelled: Arc<AtomicBool>,
 }
 
+impl Call {
+    /// Its client gave up while it waited for a slot: answered, not run.
+    fn not_run(self, batch: &mut Batch) {
+        (self.deliver)(
+            Err(TaskError::msg(
+                kind::CANCELLED,
+                "cancelled while it waited for a task slot; it did not run",
+            )),
+            batch,
+        );
+    }
+}
+
 #[derive(Default)]
 struct PoolState {
     /// One entry per worker slot: the live worker, or `None` while it is
@@ -442,8 +455,8 @@ impl Pool {
     /// is in flight.
     pub(super) fn enforce_limits(self: &Arc<Self>, now: Instant) -> bool {
         let conns = self.conns();
-        let mut busy = false;
         let mut batch = Batch::default();
+        let mut busy = self.drop_cancelled_waiting(&mut batch);
         for conn in conns {
             let (mut cancel, mut overran) = (Vec::new(), Vec::new());
             let overran_calls: Vec<Pending>;
@@ -477,6 +490,27 @@ impl Pool {
             self.release(answered, &mut batch);
         }
         busy
+    }
+
+    /// Answers the calls whose clients gave up while they waited for a
+    /// slot (they did not run, and take no slot); whether calls still wait.
+    fn drop_cancelled_waiting(&self, batch: &mut Batch) -> bool {
+        let (dropped, waiting) = {
+            let mut admission = lock(&self.admission);
+            let cancelled = |c: &Call| c.cancelled.load(Ordering::Acquire);
+            if !admission.waiting.iter().any(cancelled) {
+                return !admission.waiting.is_empty();
+            }
+            let (dropped, kept) = std::mem::take(&mut admission.waiting)
+                .into_iter()
+                .partition::<Vec<Call>, _>(cancelled);
+            admission.waiting = kept.into();
+            (dropped, !admission.waiting.is_empty())
+        };
+        for call in dropped {
+            call.not_run(batch);
+        }
+        waiting
     }
 
     fn crashed_error(&self, cause: &str) -> TaskError {
@@ -561,6 +595,9 @@ impl Pool {
             }
             Ok(_) => {
                 admission.waiting.push_back(call);
+                drop(admission);
+                // Its client may give up while it waits.
+                self.limits.wake();
                 return id;
             }
         };
@@ -617,6 +654,11 @@ impl Pool {
                     let Some(call) = admission.waiting.pop_front() else {
                         return;
                     };
+                    if call.cancelled.load(Ordering::Acquire) {
+                        drop(admission);
+                        call.not_run(batch);
+                        continue;
+                    }
                     admission.running += 1;
                     drop(admission);
                     self.send_to(&conn, call, batch);
@@ -634,18 +676,22 @@ impl Pool {
         }
     }
 
-    /// Forgets call `id` (its caller gave up), wherever it is.
+    /// Gives up on call `id` (its caller went away): one still waiting is
+    /// dropped; one a worker has is cancelled, so its slot is freed only
+    /// when the worker is done with it (or killed, past the kill grace).
     fn forget(self: &Arc<Self>, id: u64) {
-        {
+        let dropped = {
             let mut admission = lock(&self.admission);
-            if let Some(at) = admission.waiting.iter().position(|c| c.id == id) {
-                admission.waiting.remove(at);
-                return;
+            let at = admission.waiting.iter().position(|c| c.id == id);
+            at.and_then(|at| admission.waiting.remove(at))
+        };
+        if dropped.is_none() {
+            for conn in self.conns() {
+                if conn.cancel_pending(id) {
+                    self.limits.wake();
+                    return;
+                }
             }
-        }
-        let conns = self.conns();
-        if conns.iter().any(|conn| conn.forget(id)) {
-            self.release(1, &mut Batch::default());
         }
     }
 
@@ -721,17 +767,22 @@ impl Pool {
     /// and output threads.
     fn serve(pool: &Arc<Pool>, index: usize, started: Started, counter_slot: Option<usize>) {
         let Started {
-            child,
+            mut child,
             channel,
             output,
         } = started;
         let pid = child.id();
+        // Should the worker's threads not start, it is stopped and
+        // restarted like a worker that crashed.
+        let give_up = |child: &mut Child, why: String| {
+            tracing::error!(plugin = %pool.name, version = %pool.version, pid, "{why}");
+            spawn::kill_and_reap(child);
+            pool.state.counters().release(counter_slot);
+            Arc::clone(pool).restart(index, why, true);
+        };
         let socket = match channel.try_clone() {
             Ok(w) => w,
-            Err(err) => {
-                tracing::error!(plugin = %pool.name, %err, "cannot use a worker's channel");
-                return;
-            }
+            Err(err) => return give_up(&mut child, format!("cannot use its channel: {err}")),
         };
         let conn = Arc::new(Conn {
             pid,
@@ -749,6 +800,41 @@ impl Pool {
             draining: AtomicBool::new(false),
             counter_slot,
         });
+        let writer = Arc::clone(&conn);
+        if let Err(err) = std::thread::Builder::new()
+            .name(format!("taskit-send-{pid}"))
+            .spawn(move || writer.write_out())
+        {
+            return give_up(&mut child, format!("cannot start its writer thread: {err}"));
+        }
+        // The reader thread gets the child once it runs (until then, the
+        // child is still ours to stop).
+        let (hand, handed) = mpsc::sync_channel::<(Child, Output)>(1);
+        let (reader_pool, reader_conn) = (Arc::clone(pool), Arc::clone(&conn));
+        let reader = std::thread::Builder::new()
+            .name(format!("taskit-worker-{pid}"))
+            .spawn(move || {
+                if let Ok((child, output)) = handed.recv() {
+                    reader_pool.read(index, reader_conn, channel, child, output);
+                }
+            });
+        if let Err(err) = reader {
+            conn.close_outbox();
+            return give_up(&mut child, format!("cannot start its reader thread: {err}"));
+        }
+        let (name, version) = (pool.name.clone(), pool.version.clone());
+        let out_of_memory = Arc::new(AtomicBool::new(false));
+        let oom = Arc::clone(&out_of_memory);
+        let relay = std::thread::Builder::new()
+            .name(format!("taskit-out-{pid}"))
+            .spawn(move || spawn::relay_output(output, &name, &version, pid, &oom));
+        let relay = match relay {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(%err, "cannot relay a worker's output");
+                None
+            }
+        };
         {
             let mut inner = lock(&pool.inner);
             let taken = inner.workers[index].as_ref().is_some_and(|c| {
@@ -765,41 +851,14 @@ impl Pool {
             inner.conns.push(Arc::downgrade(&conn));
         }
         pool.changed.notify_all();
+        let output = Output {
+            relay,
+            out_of_memory,
+        };
+        // The reader thread waits for it.
+        let _ = hand.send((child, output));
         // Calls waiting for a worker go to this one.
         pool.refill(&mut Batch::default());
-        let (name, version) = (pool.name.clone(), pool.version.clone());
-        let out_of_memory = Arc::new(AtomicBool::new(false));
-        let oom = Arc::clone(&out_of_memory);
-        let relay = std::thread::Builder::new()
-            .name(format!("taskit-out-{pid}"))
-            .spawn(move || spawn::relay_output(output, &name, &version, pid, &oom));
-        let relay = match relay {
-            Ok(handle) => Some(handle),
-            Err(err) => {
-                tracing::warn!(%err, "cannot relay a worker's output");
-                None
-            }
-        };
-        let writer = Arc::clone(&conn);
-        if let Err(err) = std::thread::Builder::new()
-            .name(format!("taskit-send-{pid}"))
-            .spawn(move || writer.write_out())
-        {
-            tracing::error!(%err, "cannot start a worker's writer thread");
-        }
-        let reader_pool = Arc::clone(pool);
-        let reader = std::thread::Builder::new()
-            .name(format!("taskit-worker-{pid}"))
-            .spawn(move || {
-                let output = Output {
-                    relay,
-                    out_of_memory,
-                };
-                reader_pool.read(index, conn, channel, child, output)
-            });
-        if let Err(err) = reader {
-            tracing::error!(%err, "cannot start a worker's reader thread");
-        }
     }
 
     /// The reader thread of one worker: replies and log records until the
@@ -848,6 +907,8 @@ impl Pool {
                 }
             }
         }
+        // What the answers read so far freed goes out before the reap.
+        batch.flush();
         if let Some(err) = &broken {
             // It speaks nonsense: it cannot be trusted with another call.
             tracing::error!(plugin = %self.name, pid = conn.pid, %err, "bad frame from a plugin worker; killing it");
@@ -880,6 +941,19 @@ impl Pool {
                 pending.answer(Err(self.crashed_error(&cause)), &mut batch);
             }
             self.release(answered, &mut batch);
+            // Retired for its share of calls, but no replacement took its
+            // slot (it failed to start): start one now.
+            let orphaned = {
+                let inner = lock(&self.inner);
+                !inner.retired
+                    && inner.workers[index]
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, &conn))
+            };
+            if orphaned {
+                drop(batch);
+                self.restart(index, "its replacement did not start".into(), false);
+            }
             return;
         }
         let running: Vec<&str> = lost
@@ -917,10 +991,9 @@ impl Pool {
         loop {
             let delay = {
                 let mut inner = lock(&self.inner);
-                if inner.workers[index]
-                    .as_ref()
-                    .is_some_and(|c| !c.dead.load(Ordering::Acquire))
-                {
+                if inner.workers[index].as_ref().is_some_and(|c| {
+                    !c.dead.load(Ordering::Acquire) && !c.draining.load(Ordering::Acquire)
+                }) {
                     // A replacement already serves this slot (a recycled
                     // worker crashed while draining): nothing to restart.
                     return;
@@ -1025,30 +1098,34 @@ impl Pool {
     /// call they had `WorkerCrashed` (not `Stopping`, which tells a client
     /// the call never ran and may go elsewhere: these may have run), and
     /// starts none again. The task ids of the calls abandoned.
-    fn abandon(&self) -> Vec<String> {
-        let workers: Vec<Arc<Conn>> = {
-            let mut inner = lock(&self.inner);
-            inner.retired = true;
-            inner.workers.iter().flatten().cloned().collect()
+    fn abandon(self: &Arc<Self>) -> Vec<String> {
+        // Retired and emptied in one step, so no call waiting slips out
+        // with another answer.
+        let waiting = {
+            let mut admission = lock(&self.admission);
+            lock(&self.inner).retired = true;
+            std::mem::take(&mut admission.waiting)
         };
         self.changed.notify_all();
         let mut abandoned = Vec::new();
         let mut batch = Batch::default();
-        for conn in workers {
+        // Every worker, those replaced after their share of calls included.
+        for conn in self.conns() {
             conn.retiring.store(true, Ordering::Release);
-            for pending in conn.fail_all() {
-                let task = self.tasks.get(pending.task).cloned().unwrap_or_default();
+            let lost = conn.fail_all();
+            let answered = lost.len();
+            for pending in lost {
+                abandoned.extend(self.tasks.get(pending.task).cloned());
                 pending.answer(
                     Err(self.crashed_error(
                         "killed at shutdown: still running after the drain timeout",
                     )),
                     &mut batch,
                 );
-                abandoned.push(task);
             }
             conn.kill("abandoned at shutdown".into());
+            self.release(answered, &mut batch);
         }
-        let waiting = std::mem::take(&mut lock(&self.admission).waiting);
         for call in waiting {
             abandoned.extend(self.tasks.get(call.task).cloned());
             (call.deliver)(
@@ -1129,7 +1206,21 @@ impl Conn {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut outbox = lock(&self.outbox);
         if outbox.closed {
-            return Ok(());
+            // Retired or gone meanwhile, the call unsent: it goes back to
+            // wait for another worker (unless the reader answered it
+            // already).
+            drop(outbox);
+            let Some(pending) = lock(&self.pending).remove(&id) else {
+                return Ok(());
+            };
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(Call {
+                id,
+                task: pending.task,
+                frame,
+                deliver: pending.deliver,
+                cancelled: pending.cancelled,
+            });
         }
         outbox.frames.extend_from_slice(&frame);
         if !outbox.corked {
@@ -1239,14 +1330,14 @@ impl Conn {
         true
     }
 
-    /// Drops call `id` if it is still pending (its caller gave up).
-    /// Whether it was.
-    fn forget(&self, id: u64) -> bool {
-        let pending = lock(&self.pending).remove(&id);
-        if pending.is_some() {
-            self.one_less();
+    /// Marks call `id` cancelled if it is pending here; whether it was.
+    fn cancel_pending(&self, id: u64) -> bool {
+        let pending = lock(&self.pending);
+        let call = pending.get(&id);
+        if let Some(call) = call {
+            call.cancelled.store(true, Ordering::Release);
         }
-        pending.is_some()
+        call.is_some()
     }
 
     /// One call fewer in flight; a draining worker with none left exits.

@@ -394,6 +394,9 @@ impl Worker {
             }
             quiet = 0;
             if running == seen && !self.reading.load(Ordering::Acquire) {
+                // Answers queued before the slow call go out now, whether
+                // or not another thread can be had to read.
+                self.out.flush();
                 self.take_over();
                 // Once per call.
                 seen = 0;
