@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -358,7 +358,30 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         b'0' | b'1' => taskit4::serve(shared, stream, first[0], peer).await,
         b'T' => native::serve(shared, stream, peer).await,
         other => {
-            tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol")
+            tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol");
+            close_cleanly(stream).await;
+        }
+    }
+}
+
+/// Bytes that are no protocol read and dropped at most, before the close.
+const DISCARD_LIMIT: usize = 64 << 10;
+/// How long they are read at most.
+const DISCARD_TIME: Duration = Duration::from_secs(1);
+
+/// Closes a connection that speaks no protocol with a FIN, not a reset: the
+/// host says it sends nothing more, then reads and drops what the peer
+/// sent (a bounded amount, for a bounded time) so that closing with unread
+/// bytes does not reset it.
+async fn close_cleanly(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + DISCARD_TIME;
+    let mut buf = [0u8; 4096];
+    let mut left = DISCARD_LIMIT;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
         }
     }
 }
