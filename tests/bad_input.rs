@@ -427,3 +427,36 @@ fn requests_held_at_once_are_bounded_by_the_byte_budget() {
         let _ = p.join();
     }
 }
+
+#[test]
+fn a_reply_over_max_message_is_answered_reply_too_large() {
+    use taskit_plugin_api::frontend::{BlockingFrontEnd, FrontendError};
+    let dir = demo_dir("bad-big-reply");
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    // The default --max-message: 16 MiB.
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let limit = json!((16 << 20) - 64);
+    let size = 20usize << 20;
+    // A 20 MiB string, as JSON: its quotes too.
+    let expected = vec![json!(size + 2), limit];
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    match fe.work::<Value>("crasher-big", &(size,)) {
+        Err(FrontendError::BackendProcessing { kind, args }) => {
+            assert_eq!(kind, "ReplyTooLarge");
+            assert_eq!(args, expected);
+        }
+        other => panic!("expected ReplyTooLarge, got {other:?}"),
+    }
+    let message = format!(r#"["crasher-big", [{size}], {{}}]"#);
+    assert_eq!(
+        compat_message(addr, message.as_bytes()),
+        Err(("ReplyTooLarge".into(), expected))
+    );
+    // A result just under the limit still goes through, whole.
+    let under = (16 << 20) - 64 - 2;
+    assert_eq!(
+        fe.work::<String>("crasher-big", &(under,)).unwrap().len(),
+        under
+    );
+    still_serving(addr);
+}

@@ -3,8 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use taskit_plugin_api::error::kind;
 use taskit_plugin_api::host_side::Invocation;
-use taskit_plugin_api::{CodecError, CodecKind, EncodeArgs};
+use taskit_plugin_api::{CodecError, CodecKind, EncodeArgs, TaskError};
 
 /// One call of a task: read off the wire (either protocol) or made by an
 /// embedding program, and carried unchanged to the task that runs it. It
@@ -87,4 +88,33 @@ impl TaskCall {
     pub(crate) fn kwargs(&self) -> &[u8] {
         &self.kwargs
     }
+}
+
+/// Bytes a reply's framing may add to its result (either protocol).
+pub(crate) const REPLY_FRAMING: usize = 64;
+
+/// The largest result (or error arguments) a host whose largest message is
+/// `max_message` bytes sends: its frame must fit the limit the client
+/// holds too, and a length must never wrap.
+pub(crate) fn max_result(max_message: usize) -> usize {
+    max_message.saturating_sub(REPLY_FRAMING)
+}
+
+/// `result`, or `ReplyTooLarge` (args `[size, limit]`) if it carries more
+/// than `limit` bytes. The task ran; only its answer is lost.
+pub(crate) fn within(
+    result: Result<Vec<u8>, TaskError>,
+    limit: usize,
+) -> Result<Vec<u8>, TaskError> {
+    let size = match &result {
+        Ok(bytes) => bytes.len(),
+        Err(err) => err.args_json().len(),
+    };
+    if size <= limit {
+        return result;
+    }
+    Err(TaskError::new(
+        kind::REPLY_TOO_LARGE,
+        vec![serde_json::json!(size), serde_json::json!(limit)],
+    ))
 }

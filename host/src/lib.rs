@@ -46,7 +46,7 @@ pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDE
 pub use server::{Exit, Served, Server, ServerConfig, ServerHandle};
 pub use services::PLUGIN_LOG_TARGET;
 pub use watcher::is_plugin_file;
-pub use worker::{run_worker, Isolation, WorkerOptions, WORKER_SUBCOMMAND};
+pub use worker::{run_worker, Isolation, WorkerOptions, FRAME_SLACK, WORKER_SUBCOMMAND};
 
 /// Ends the process now with `code`, without waiting for running tasks
 /// (what `<kill>` asks for), after removing the shadow directories of this

@@ -241,7 +241,9 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             options.memory_limit = args
                 .worker_memory_limit
                 .map(|mib| mib.saturating_mul(1 << 20));
-            options.max_frame = options.max_frame.max(args.max_message);
+            // A worker's answer too large for a client is refused in the
+            // worker: the host never holds more than this of one.
+            options.max_frame = args.max_message.saturating_add(taskit_host::FRAME_SLACK);
             Isolation::Process(Box::new(options))
         }
     };

@@ -52,6 +52,9 @@ pub mod kind {
     /// client's timeout), ignored its cancellation for the kill grace, and
     /// its worker was killed; args: `[plugin, version, task, message]`.
     pub const TIME_LIMIT_EXCEEDED: &str = "TimeLimitExceeded";
+    /// The task's result is larger than the host sends (its
+    /// `--max-message`); args: `[size, limit]` in bytes. The task ran.
+    pub const REPLY_TOO_LARGE: &str = "ReplyTooLarge";
     /// The client cancelled the call (or gave up on it) while it waited for
     /// a task slot; it did not run. args: `[message]`.
     pub const CANCELLED: &str = "Cancelled";

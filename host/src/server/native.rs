@@ -30,7 +30,7 @@ use super::drain::Phase;
 use super::replies::{self, Held, Replies, Writer};
 use super::Shared;
 use crate::batch::Batch;
-use crate::call::TaskCall;
+use crate::call::{max_result, within, TaskCall};
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
@@ -297,12 +297,13 @@ impl Connection {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, job.call().canceller());
             let (tx, cancels) = (self.tx.clone(), Arc::clone(&self.cancels));
+            let max_message = self.shared.config.max_message;
             let deliver = Box::new(move |result, batch: &mut Batch| {
                 cancels
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
-                tx.push_held_back(&encode_reply(id, result), held, batch);
+                tx.push_held_back(&encode_reply(id, result, max_message), held, batch);
             });
             remote.dispatch(job.call(), deliver, &mut self.batch);
             return true;
@@ -310,8 +311,11 @@ impl Connection {
         // Calls held back for workers do not wait for a task run here.
         self.batch.flush();
         if let Some(result) = try_inline(&self.shared, &job) {
-            self.tx
-                .push(&encode_reply(id, result), After::Nothing, held);
+            self.tx.push(
+                &encode_reply(id, result, self.shared.config.max_message),
+                After::Nothing,
+                held,
+            );
             return true;
         }
         self.cancels
@@ -329,7 +333,11 @@ impl Connection {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
-            tx.push(&encode_reply(id, result), after, held);
+            tx.push(
+                &encode_reply(id, result, shared.config.max_message),
+                after,
+                held,
+            );
         });
         true
     }
@@ -395,10 +403,11 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) ->
     }
 }
 
-/// The reply frame to call `id`.
-fn encode_reply(id: u64, result: Result<Vec<u8>, TaskError>) -> Vec<u8> {
+/// The reply frame to call `id`; a result over the reply limit (see
+/// [`max_result`]) becomes `ReplyTooLarge`.
+fn encode_reply(id: u64, result: Result<Vec<u8>, TaskError>, max_message: usize) -> Vec<u8> {
     let mut frame = Vec::new();
-    match result {
+    match within(result, max_result(max_message)) {
         Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
         Err(err) => native::encode_error(
             &mut frame,

@@ -16,7 +16,7 @@ use super::budget::SMALL_REQUEST;
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::AcceptedCall;
 use super::Shared;
-use crate::call::TaskCall;
+use crate::call::{max_result, within, TaskCall};
 
 /// The one reply of a connection, and what it answers for.
 struct Answer {
@@ -87,7 +87,7 @@ async fn answer(shared: &Arc<Shared>, message: &[u8]) -> Answer {
             None => execute(shared, job).await,
         }
     };
-    let reply = match result {
+    let reply = match within(result, max_result(shared.config.max_message)) {
         Ok(json) => taskit4::encode_success(&json),
         Err(err) => taskit4::encode_error(err.kind(), err.args()),
     };

@@ -25,6 +25,11 @@ use std::time::Duration;
 pub(crate) use pool::{Deliver, Ticket, WorkerPlugin};
 pub use serve::run_worker;
 
+/// What a frame to or from a worker may carry beyond a message a client
+/// may send or be sent (`--max-message`): the host sets a worker's
+/// [`max_frame`](WorkerOptions::max_frame) to that plus this.
+pub const FRAME_SLACK: usize = 64 << 10;
+
 /// The hidden subcommand of `taskit-host` that runs a worker.
 pub const WORKER_SUBCOMMAND: &str = "__worker";
 

@@ -18,6 +18,7 @@ use taskit_plugin_api::TaskError;
 
 use super::channel::{self, ToWorker};
 use super::spawn::{CHANNEL_FD, COUNTERS_FD};
+use crate::call::{max_result, within};
 use crate::counters;
 use crate::loader::Opened;
 use crate::services::{leak_services, Services};
@@ -435,17 +436,9 @@ impl Worker {
             cancelled: &job.cancelled,
             host: self.services,
         };
-        match self.plugin.call(&request) {
-            Ok(bytes) if bytes.len() + 64 > self.max_frame => Err(TaskError::msg(
-                kind::MESSAGE_TOO_LARGE,
-                format!(
-                    "the result is {} bytes, over the limit of {} for a worker's reply",
-                    bytes.len(),
-                    self.max_frame
-                ),
-            )),
-            other => other,
-        }
+        // What the host could not send on is not sent to it either.
+        let limit = max_result(self.max_frame.saturating_sub(super::FRAME_SLACK));
+        within(self.plugin.call(&request), limit)
     }
 }
 
