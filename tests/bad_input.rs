@@ -460,3 +460,43 @@ fn a_reply_over_max_message_is_answered_reply_too_large() {
     );
     still_serving(addr);
 }
+
+#[test]
+fn a_peer_string_with_a_newline_cannot_forge_a_log_line() {
+    use taskit_plugin_api::frontend::BlockingFrontEnd;
+    let dir = demo_dir("bad-forged-log");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (mut host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+    );
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    // Refused without the token, and logged with the id it gave.
+    let forged = "<x>\nINFO taskit_host: taskit-host exiting \u{1b}[2J";
+    assert!(fe.work::<Value>(forged, &()).is_err());
+    let line = host.expect_line(&["admin signal refused"]);
+    assert!(
+        line.contains(r"<x>\nINFO taskit_host: taskit-host exiting \u{1b}[2J"),
+        "{line}"
+    );
+    // A plugin's record (the demo's `log` task logs what it is given).
+    fe.work::<Value>("log", &("hello\nINFO taskit_host: taskit-host exiting",))
+        .unwrap();
+    let line = host.expect_line(&["demo task says"]);
+    assert!(
+        line.contains(r"hello\nINFO taskit_host: taskit-host exiting"),
+        "{line}"
+    );
+    still_serving(addr);
+    assert!(
+        !host.seen.iter().any(|l| l.starts_with("INFO taskit_host")),
+        "a forged line: {:?}",
+        host.seen
+    );
+}

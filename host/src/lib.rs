@@ -36,6 +36,7 @@ mod plugin_host;
 mod registry;
 mod server;
 mod services;
+mod text;
 mod watcher;
 mod worker;
 

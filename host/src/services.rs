@@ -10,6 +10,7 @@ use taskit_plugin_api::host_side::abi::{HostServices, HostVTable, HostVTableRef,
 use tracing::Level;
 
 use crate::counters::{self, Counters};
+use crate::text::Printable;
 
 /// Counters shared by everything one host runs, worker processes included.
 #[derive(Debug)]
@@ -214,9 +215,10 @@ pub(crate) fn emit_plugin_log(
                 $level,
                 plugin = %plugin,
                 version = %version,
-                module = %target,
+                module = %Printable(target),
                 "{}",
-                message
+                // Escaped: a plugin's record is one line, whatever it holds.
+                Printable(message)
             )
         };
     }

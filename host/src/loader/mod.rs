@@ -247,7 +247,7 @@ impl Opened {
         let tasks: Vec<String> = module.tasks().iter().map(|t| t.to_string()).collect();
         // From here on the library has run code: it stays mapped.
         let library = ManuallyDrop::new(library);
-        validate_tasks(&name, &tasks).map_err(LoadError::InvalidTasks)?;
+        validate_tasks(&name, &version, &tasks).map_err(LoadError::InvalidTasks)?;
         Ok(Self {
             name,
             version,
@@ -544,16 +544,31 @@ fn library_error_text(err: &LibraryError) -> String {
 
 /// Task ids are the keys of the host's routing table: non-empty, unique
 /// within the plugin, and not starting with `<` (reserved for admin signals
-/// such as `<stop>`).
-fn validate_tasks(name: &str, tasks: &[String]) -> Result<(), String> {
+/// such as `<stop>`). The name, the version and the ids go into log lines
+/// and replies: none may hold a control character (a newline would forge a
+/// log line).
+fn validate_tasks(name: &str, version: &str, tasks: &[String]) -> Result<(), String> {
     if name.is_empty() {
         return Err("the plugin name is empty".into());
     }
+    let printable = |what: &str, s: &str| {
+        if s.chars().any(char::is_control) {
+            Err(format!(
+                "its {what} `{}` holds a control character",
+                s.escape_debug()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    printable("name", name)?;
+    printable("version", version)?;
     let mut seen = HashSet::new();
     for id in tasks {
         if id.is_empty() {
             return Err("a task id is empty".into());
         }
+        printable("task id", id)?;
         if is_reserved(id) {
             return Err(format!(
                 "task id `{id}` is reserved (ids starting with `<` are admin signals)"

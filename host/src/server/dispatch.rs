@@ -220,7 +220,8 @@ async fn signal_reply(
 ) -> (Result<Vec<u8>, TaskError>, After) {
     if let Some(token) = &shared.config.admin_token {
         if !token_matches(token, call.kwargs()) {
-            tracing::warn!(signal = %call.task(), "admin signal refused: missing or wrong token");
+            // The id comes from the peer: escaped, it cannot forge a line.
+            tracing::warn!(signal = %crate::text::Printable(call.task()), "admin signal refused: missing or wrong token");
             return (
                 Err(TaskError::msg(kind::UNAUTHORIZED, call.task())),
                 After::Nothing,

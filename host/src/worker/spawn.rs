@@ -16,6 +16,7 @@ use super::channel::{self, FromWorker};
 use super::WorkerOptions;
 use crate::loader::LoadError;
 use crate::services::{emit_plugin_log, plugin_log_enabled};
+use crate::text::Printable;
 
 /// The descriptor numbers a worker finds its channel and the shared
 /// counters at.
@@ -361,7 +362,7 @@ pub(crate) fn relay_output(
             out_of_memory.store(true, std::sync::atomic::Ordering::Release);
         }
         if !text.is_empty() {
-            tracing::warn!(plugin, version, pid, output = %text, "plugin worker output");
+            tracing::warn!(plugin, version, pid, output = %Printable(text), "plugin worker output");
         }
     }
 }
