@@ -571,3 +571,52 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn plugin_copies_left_by_hosts_that_are_gone_are_removed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = demo_dir("stale-shadow");
+    let shadow = TempDir::new("stale-shadow-root");
+    // A host that is gone: a process that has exited.
+    let gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    let mut gone = gone;
+    gone.wait().unwrap();
+    let stale = shadow.join(&format!(".taskit-host-{gone_pid}-0000abcd"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("demo.so"), b"an old copy").unwrap();
+    // One of a host that runs (this test), and something else: both kept.
+    let live = shadow.join(&format!(".taskit-host-{}-0000abcd", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    let other = shadow.join("unrelated");
+    std::fs::create_dir(&other).unwrap();
+    let (host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--shadow-dir", shadow.path().to_str().unwrap()],
+    );
+    assert!(!stale.exists(), "the stale copies are still there");
+    assert!(live.exists() && other.exists());
+    // Logged before the host got ready.
+    assert!(
+        host.seen
+            .iter()
+            .any(|l| l.contains("removed the plugin copies of a host that is gone")),
+        "{:?}",
+        host.seen
+    );
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(2i64, 2i64)).unwrap(), 4);
+
+    // A shadow root any user may write to, without the sticky bit: refused.
+    let open = TempDir::new("open-shadow-root");
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new(host_binary())
+        .args(["--plugins", dir.path().to_str().unwrap()])
+        .args(["--shadow-dir", open.path().to_str().unwrap()])
+        .args(["--bind", "127.0.0.1:0"])
+        .output()
+        .expect("run taskit-host");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no sticky bit"), "{stderr}");
+}

@@ -3,7 +3,7 @@
 //! process ends without running destructors (`<kill>`).
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -22,16 +22,32 @@ impl ShadowDir {
     /// A fresh directory inside `root` (default: the system temporary
     /// directory). A directory per run means a copy left behind by a crashed
     /// run can never collide with this run's names.
+    ///
+    /// Refuses a `root` that any user may write to without the sticky bit
+    /// (another user could swap this run's directory), and removes the
+    /// directories that hosts of this user which are no longer running left
+    /// in it (a crash or SIGKILL skips the removal).
     pub(crate) fn create(root: Option<&Path>) -> std::io::Result<Self> {
         let root = root.map_or_else(std::env::temp_dir, Path::to_path_buf);
         fs::create_dir_all(&root)?;
+        let mode = fs::metadata(&root)?.mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is writable by every user and has no sticky bit: another user could replace the plugin copies made in it; use --shadow-dir with a private directory, or chmod +t it",
+                    root.display()
+                ),
+            ));
+        }
+        remove_stale(&root);
         let mut attempt = 0u32;
         let path = loop {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let dir = root.join(format!(".taskit-host-{}-{nanos:08x}", std::process::id()));
+            let dir = root.join(format!("{PREFIX}{}-{nanos:08x}", std::process::id()));
             match fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => break dir,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
@@ -59,6 +75,53 @@ impl Drop for ShadowDir {
             .retain(|p| p != &self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// The name of a shadow directory of process `pid`.
+const PREFIX: &str = ".taskit-host-";
+
+/// Removes the shadow directories in `root` of hosts of this user that no
+/// longer run: named by their process id, owned by this user, and that
+/// process gone.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    // SAFETY: plain system call with no arguments.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // Not following a link: only a directory of our own.
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me || pid <= 0 || process_exists(pid) {
+            continue;
+        }
+        match fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), pid, "removed the plugin copies of a host that is gone")
+            }
+            Err(err) => {
+                tracing::warn!(dir = %entry.path().display(), %err, "cannot remove the plugin copies of a host that is gone")
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (it may be another user's).
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Removes every shadow directory of this process, for an exit that skips
