@@ -382,23 +382,30 @@ fn a_world_readable_token_file_is_refused() {
     let dir = demo_dir("fe-token-perm");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret").unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
-    let out = std::process::Command::new(host_binary())
-        .args([
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-token-file", token_file.to_str().unwrap()])
-        .output()
+    // Readable by every user, or by its group: both refused.
+    for mode in [0o644, 0o640] {
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by every user"));
+        let out = std::process::Command::new(host_binary())
+            .args([
+                "--plugins",
+                dir.path().to_str().unwrap(),
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-token-file", token_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("readable by other users than its owner"),
+            "{mode:o}: {stderr}"
+        );
+    }
 }
 
 #[test]

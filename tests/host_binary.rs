@@ -620,3 +620,71 @@ fn plugin_copies_left_by_hosts_that_are_gone_are_removed_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has no sticky bit"), "{stderr}");
 }
+
+#[test]
+fn plugins_others_could_have_changed_are_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // A plugins directory every user may write to: the host does not start.
+    let open = demo_dir("strict-open-dir");
+    chmod(open.path(), 0o777);
+    let out = Command::new(host_binary())
+        .args(["--plugins", open.path().to_str().unwrap()])
+        .args(["--bind", "127.0.0.1:0"])
+        .output()
+        .expect("run taskit-host");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is writable by every user") && stderr.contains("chmod go-w"),
+        "{stderr}"
+    );
+
+    // A plugin file its group may write to, and one another user owns: each
+    // refused with why, the rest served.
+    let dir = demo_dir("strict-files");
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    chmod(&dir.join("crasher.so"), 0o775);
+    std::fs::copy(plugin("taskit_demo_next"), dir.join("other.so")).unwrap();
+    chmod(&dir.join("other.so"), 0o755);
+    // SAFETY: a plain system call on a path we made (the tests run as root
+    // here; elsewhere chown fails and the file stays ours).
+    let path = std::ffi::CString::new(dir.join("other.so").to_str().unwrap()).unwrap();
+    let foreign = unsafe { libc::chown(path.as_ptr(), 65534, 65534) } == 0;
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    let refused = |host: &HostProcess, file: &str, why: &str| {
+        host.seen
+            .iter()
+            .any(|l| l.contains("refused plugin file") && l.contains(file) && l.contains(why))
+    };
+    assert!(
+        refused(&host, "crasher.so", "writable by its group"),
+        "{:?}",
+        host.seen
+    );
+    if foreign {
+        assert!(
+            refused(&host, "other.so", "is owned by user 65534"),
+            "{:?}",
+            host.seen
+        );
+    }
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(2i64, 2i64)).unwrap(), 4);
+    assert!(fe.work::<String>("crasher-fine", &()).is_err());
+    host.kill().unwrap();
+
+    // Allowed: loaded, with a warning.
+    let (host, addr) = HostProcess::serving(dir.path(), &["--allow-insecure-plugins"]);
+    assert!(
+        host.seen
+            .iter()
+            .any(|l| l.contains("--allow-insecure-plugins")),
+        "{:?}",
+        host.seen
+    );
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
+}

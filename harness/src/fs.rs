@@ -1,6 +1,7 @@
 //! Private temporary directories, and plugin files installed the ways an
 //! operator installs them.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +19,10 @@ impl TempDir {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
+        // Writable by its owner only, whatever the umask: the host refuses
+        // a plugins directory others may write to.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         Self(dir)
     }
 
@@ -43,12 +48,19 @@ impl Drop for TempDir {
 pub fn install_by_rename(src: &Path, dir: &Path, name: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::copy(src, &tmp).expect("copy plugin");
+    private(&tmp);
     std::fs::rename(&tmp, dir.join(name)).expect("rename plugin into place");
 }
 
 /// Overwrites `dir/name` in place, as `cp new.so dir/name` does.
 pub fn install_by_overwrite(src: &Path, dir: &Path, name: &str) {
     std::fs::copy(src, dir.join(name)).expect("copy over plugin");
+    private(&dir.join(name));
+}
+
+/// Writable by its owner only, whatever the umask (as the host requires).
+fn private(file: &Path) {
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
 }
 
 /// A plugins directory holding the demo plugin as `demo.so`.

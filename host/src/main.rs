@@ -81,6 +81,11 @@ struct Args {
     /// only (for file systems without change notification, such as NFS).
     #[arg(long)]
     no_watch: bool,
+    /// Load plugins even from a directory, or files, that another user owns
+    /// or that its group or every user may write to (any such user could
+    /// make the host run any code). Logged as INSECURE
+    #[arg(long)]
+    allow_insecure_plugins: bool,
 
     /// Where plugins run: `process` (each plugin version in worker
     /// processes of its own, so a plugin that crashes, aborts or exits
@@ -224,6 +229,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     let mut host_config = HostConfig::new(&args.plugins);
     host_config.shadow_dir = args.shadow_dir.clone();
     host_config.watch = !args.no_watch;
+    host_config.allow_insecure = args.allow_insecure_plugins;
     host_config.isolation = match args.isolation {
         IsolationMode::None => Isolation::InProcess,
         IsolationMode::Process => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
 
-use crate::loader::{LoadError, Loader, ShadowDir, DEFAULT_MAX_PLUGIN_BYTES};
+use crate::loader::{strict, LoadError, Loader, ShadowDir, DEFAULT_MAX_PLUGIN_BYTES};
 use crate::registry::{Conflict, Registry};
 use crate::watcher::{Applier, Msg, Subscribers, EVENT_QUEUE, SUBSCRIBER_QUEUE};
 use crate::worker::Isolation;
@@ -39,6 +39,10 @@ pub struct HostConfig {
     /// embedding the host) or in worker processes (the default of the
     /// `taskit-host` binary).
     pub isolation: Isolation,
+    /// Load plugins from a directory, or files, that someone else than
+    /// this process's user (or root) owns or may write to, with a warning.
+    /// Off by default: such a user could make the host run any code.
+    pub allow_insecure: bool,
 }
 
 impl HostConfig {
@@ -52,6 +56,7 @@ impl HostConfig {
             watch: true,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             isolation: Isolation::InProcess,
+            allow_insecure: false,
         }
     }
 }
@@ -111,6 +116,10 @@ pub enum StartError {
     /// `--plugins` names nothing usable.
     #[error("plugins directory {0} does not exist or is not a directory")]
     NoPluginsDir(PathBuf),
+    /// Someone else than this process's user could put plugins in the
+    /// directory (see [`HostConfig::allow_insecure`]).
+    #[error("{0}")]
+    InsecurePluginsDir(String),
     /// The shadow directory (or the thread) could not be made.
     #[error("cannot create the shadow directory: {0}")]
     ShadowDir(std::io::Error),
@@ -150,6 +159,14 @@ impl PluginHost {
             Ok(dir) if dir.is_dir() => dir,
             _ => return Err(StartError::NoPluginsDir(config.plugins_dir)),
         };
+        let meta = std::fs::metadata(&config.plugins_dir)
+            .map_err(|_| StartError::NoPluginsDir(config.plugins_dir.clone()))?;
+        if let Some(why) = strict::unsafe_because(&meta, "plugins directory", &config.plugins_dir) {
+            if !config.allow_insecure {
+                return Err(StartError::InsecurePluginsDir(why));
+            }
+            tracing::warn!("INSECURE: serving it anyway (--allow-insecure-plugins): {why}");
+        }
         let shadow_dir =
             ShadowDir::create(config.shadow_dir.as_deref()).map_err(StartError::ShadowDir)?;
         let loader = Loader::new(
@@ -157,6 +174,7 @@ impl PluginHost {
             config.max_plugin_bytes,
             Arc::clone(registry.state()),
             config.isolation.clone(),
+            config.allow_insecure,
         );
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let overflowed = Arc::new(AtomicBool::new(false));

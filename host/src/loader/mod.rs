@@ -8,6 +8,7 @@
 
 mod elf;
 mod shadow;
+pub(crate) mod strict;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -60,6 +61,10 @@ pub enum LoadError {
     /// Its root module constructor or `init` failed or panicked.
     #[error("plugin initialisation failed: {0}")]
     Init(String),
+    /// Someone else than the host's user could have changed it (see
+    /// `--allow-insecure-plugins`).
+    #[error("unsafe to load: {0}")]
+    Insecure(String),
 }
 
 impl LoadError {
@@ -73,6 +78,7 @@ impl LoadError {
             Self::Incompatible(m) => (4, m),
             Self::InvalidTasks(m) => (5, m),
             Self::Init(m) => (6, m),
+            Self::Insecure(m) => (7, m),
         }
     }
 
@@ -86,6 +92,7 @@ impl LoadError {
             3 => Self::NotAPlugin(message),
             4 => Self::Incompatible(message),
             5 => Self::InvalidTasks(message),
+            7 => Self::Insecure(message),
             _ => Self::Init(message),
         }
     }
@@ -298,17 +305,21 @@ pub(crate) struct Loader {
     max_bytes: u64,
     state: Arc<HostState>,
     isolation: Isolation,
+    /// Load files others could have changed (with a warning).
+    allow_insecure: bool,
 }
 
 impl Loader {
     /// A loader whose copies go to `shadow_dir`, refusing files over
-    /// `max_bytes`, whose plugins report to `state` and run as `isolation`
+    /// `max_bytes` (and, unless `allow_insecure`, files others could have
+    /// changed), whose plugins report to `state` and run as `isolation`
     /// says.
     pub(crate) fn new(
         shadow_dir: ShadowDir,
         max_bytes: u64,
         state: Arc<HostState>,
         isolation: Isolation,
+        allow_insecure: bool,
     ) -> Self {
         Self {
             shadow_dir,
@@ -316,6 +327,7 @@ impl Loader {
             max_bytes,
             state,
             isolation,
+            allow_insecure,
         }
     }
 
@@ -357,6 +369,20 @@ impl Loader {
         }
     }
 
+    /// Refuses a file whose directory someone else than the host's user
+    /// can write to (they could have put it there).
+    fn check_directory(&self, source: &Path) -> Result<(), LoadError> {
+        let Some(dir) = source.parent() else {
+            return Ok(());
+        };
+        let meta =
+            fs::metadata(dir).map_err(|e| LoadError::Io(format!("stat {}: {e}", dir.display())))?;
+        match strict::unsafe_because(&meta, "plugins directory", dir) {
+            Some(why) if !self.allow_insecure => Err(LoadError::Insecure(why)),
+            _ => Ok(()),
+        }
+    }
+
     /// Copies `source` and checks the copy (what is checked is exactly what
     /// gets mapped, even if the watched file changes meanwhile). `None` if
     /// its contents hash to `current`.
@@ -375,8 +401,10 @@ impl Loader {
             .shadow_dir
             .path()
             .join(format!("{stem}.{generation}.so"));
-        let copied =
-            copy_private(source, &shadow, self.max_bytes).and_then(|(mut copy, size, hash)| {
+        let copied = self
+            .check_directory(source)
+            .and_then(|()| copy_private(source, &shadow, self.max_bytes, self.allow_insecure))
+            .and_then(|(mut copy, size, hash)| {
                 elf::check_file(&mut copy, size)
                     .map_err(|p| LoadError::NotALibrary(p.to_string()))?;
                 Ok(hash)
@@ -412,6 +440,7 @@ fn copy_private(
     source: &Path,
     shadow: &Path,
     max_bytes: u64,
+    allow_insecure: bool,
 ) -> Result<(fs::File, u64, u64), LoadError> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
         LoadError::Io(format!("{what} {}: {e}", path.display()))
@@ -424,6 +453,13 @@ fn copy_private(
     let meta = from.metadata().map_err(|e| io("stat", source, e))?;
     if !meta.is_file() {
         return Err(LoadError::NotALibrary("not a regular file".into()));
+    }
+    // Checked through the descriptor: the file copied (a symlink's target).
+    if let Some(why) = strict::unsafe_because(&meta, "plugin file", source) {
+        if !allow_insecure {
+            return Err(LoadError::Insecure(why));
+        }
+        tracing::warn!("loading it anyway (--allow-insecure-plugins): {why}");
     }
     let size = meta.len();
     if size > max_bytes {

@@ -176,8 +176,9 @@ pub enum TokenFileError {
         /// Why.
         source: std::io::Error,
     },
-    /// Other users may read it (checked by the host, which owns the secret).
-    #[error("the admin token file {path} is readable by every user; run `chmod o-r {path}` first")]
+    /// Its group or other users may read it (checked by the host, which
+    /// owns the secret).
+    #[error("the admin token file {path} is readable by other users than its owner; run `chmod go-r {path}` first")]
     Exposed {
         /// The file.
         path: String,
@@ -201,7 +202,7 @@ pub fn read_token_file(path: &Path, private: bool) -> Result<String, TokenFileEr
     };
     if private {
         let meta = std::fs::metadata(path).map_err(read)?;
-        if meta.permissions().mode() & 0o004 != 0 {
+        if meta.permissions().mode() & 0o044 != 0 {
             return Err(TokenFileError::Exposed { path: shown });
         }
     }
