@@ -500,3 +500,45 @@ fn a_peer_string_with_a_newline_cannot_forge_a_log_line() {
         host.seen
     );
 }
+
+#[test]
+fn a_request_never_closed_by_its_last_article_is_served_once_the_peer_goes_quiet() {
+    let (_host, addr, _dir) = small_host("bad-unclosed");
+    let article = |last: bool, payload: &[u8]| {
+        let mut out = format!("{}{:04x}", if last { 0 } else { 1 }, payload.len()).into_bytes();
+        out.extend_from_slice(payload);
+        out
+    };
+    // Exactly 2048 bytes, sent as the original client does: one
+    // continuation article, and no last one.
+    let head = br#"["echo", [""#;
+    let tail = br#""], {}]"#;
+    let text = "u".repeat(2048 - head.len() - tail.len());
+    let request = [&head[..], text.as_bytes(), &tail[..]].concat();
+    assert_eq!(request.len(), 2048);
+    let answer = |s: &mut TcpStream| -> Value {
+        let reply = read_to_close(s);
+        let (message, _) = firstbytes::decode(&reply, 1 << 20)
+            .unwrap()
+            .expect("a whole reply");
+        serde_json::from_str(taskit4::parse_reply(&message).unwrap().unwrap().get()).unwrap()
+    };
+    // The connection left open: served once it goes quiet.
+    let mut s = connect(addr);
+    s.write_all(&article(false, &request)).unwrap();
+    assert_eq!(answer(&mut s), json!(text));
+    // Closed for writing instead: served at once.
+    let reply = compat_raw(addr, &article(false, &request)).expect("a reply");
+    assert_eq!(reply, Ok(json!(text)));
+
+    // A continuation whose bytes are not yet a whole request: the host
+    // waits for the rest, however long the pause (within the read timeout).
+    let text = "v".repeat(3000);
+    let request = [&head[..], text.as_bytes(), &tail[..]].concat();
+    let mut s = connect(addr);
+    s.write_all(&article(false, &request[..2048])).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(&article(true, &request[2048..])).unwrap();
+    assert_eq!(answer(&mut s), json!(text));
+    still_serving(addr);
+}

@@ -78,6 +78,7 @@ fn the_original_python_frontend_calls_our_host() {
     assert_eq!(seen["add"], json!(8));
     assert_eq!(seen["echo_big"], json!(true));
     assert_eq!(seen["echo_exact"], json!(true));
+    assert_eq!(seen["echo_unclosed"], json!(true));
     assert_eq!(seen["greet"], json!("Hi, Ada!"));
     assert_eq!(
         seen["error"],

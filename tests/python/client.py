@@ -25,6 +25,10 @@ seen["echo_big"] = frontend.work("echo", big) == big
 # The reply ["success","yyy..."] is exactly 4096 bytes: two full articles.
 exact = "y" * 4082
 seen["echo_exact"] = frontend.work("echo", exact) == exact
+# The request ["echo", ["zzz..."], {}] is exactly 2048 bytes: this client
+# never closes it (no last article), the host serves it once it goes quiet.
+unclosed = "z" * (2048 - len(json.dumps(["echo", [""], {}])))
+seen["echo_unclosed"] = frontend.work("echo", unclosed) == unclosed
 seen["greet"] = frontend.work("greet", "Ada", greeting="Hi", excited=True)
 seen["error"] = remote_error("get-error")
 seen["unknown"] = remote_error("no-such-task")

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use taskit_plugin_api::error::kind;
@@ -98,6 +99,10 @@ async fn answer(shared: &Arc<Shared>, message: &[u8]) -> Answer {
     }
 }
 
+/// How long a peer that sent a whole continuation article may stay quiet
+/// before its message is taken as whole (if it is a valid request).
+const UNCLOSED_QUIET: Duration = Duration::from_millis(100);
+
 /// Reads one message, the first byte of which was already read. `Ok(None)`
 /// when the peer went away or took too long.
 async fn read_message(
@@ -113,8 +118,37 @@ async fn read_message(
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut total = 1usize;
     let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
+    // The message length when an unclosed message was last tried.
+    let mut tried = 0;
     while !decoder.is_done() {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        // The original client never closes a message whose length is a
+        // multiple of 2048 bytes: once it goes quiet after a whole
+        // continuation article, a message that is already a whole, valid
+        // request is served (more bytes could only have made it invalid
+        // JSON). Tried once per length, so a slow sender of a large message
+        // costs one parse per pause, not one per article.
+        let unclosed = decoder.awaits_closing_article() && decoder.message_so_far().len() != tried;
+        let until = if unclosed {
+            deadline.min(tokio::time::Instant::now() + UNCLOSED_QUIET)
+        } else {
+            deadline
+        };
+        let n = match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) if unclosed => {
+                tried = decoder.message_so_far().len();
+                if taskit4::parse_request(decoder.message_so_far()).is_ok() {
+                    return Ok(Some((decoder.into_message(), held)));
+                }
+                continue;
+            }
+            // Closed for writing after a whole continuation article: the
+            // same, without the wait.
+            Ok(Ok(0))
+                if decoder.awaits_closing_article()
+                    && taskit4::parse_request(decoder.message_so_far()).is_ok() =>
+            {
+                return Ok(Some((decoder.into_message(), held)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
             Ok(Ok(n)) => n,
         };

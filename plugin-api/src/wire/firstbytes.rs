@@ -112,6 +112,19 @@ impl Decoder {
         self.message.is_empty() && self.header_len == 0 && self.payload.is_none() && !self.done
     }
 
+    /// Whether the last article read was a whole continuation article
+    /// (`1`) and nothing of the next one has arrived. The original TaskIt
+    /// 4.0 sender never closes a message whose length is a multiple of its
+    /// article size: it stops here and waits for the reply.
+    pub fn awaits_closing_article(&self) -> bool {
+        !self.done && self.payload.is_none() && self.header_len == 0 && !self.message.is_empty()
+    }
+
+    /// The message read so far.
+    pub fn message_so_far(&self) -> &[u8] {
+        &self.message
+    }
+
     /// The message read so far (all of it once done).
     pub fn into_message(self) -> Vec<u8> {
         self.message
