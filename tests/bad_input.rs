@@ -21,6 +21,8 @@ fn small_host(label: &str) -> (HostProcess, SocketAddr, TempDir) {
             "4096",
             "--read-timeout",
             "1",
+            "--handshake-timeout",
+            "1",
             "--write-timeout",
             "1",
             "--idle-timeout",
@@ -541,4 +543,141 @@ fn a_request_never_closed_by_its_last_article_is_served_once_the_peer_goes_quiet
     s.write_all(&article(true, &request[2048..])).unwrap();
     assert_eq!(answer(&mut s), json!(text));
     still_serving(addr);
+}
+
+/// A child process killed when dropped (a failed assertion included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host started with its open-files limit at `soft` / `hard`, logging to
+/// a shared list; its address once ready.
+fn host_with_file_limit(
+    dir: &std::path::Path,
+    soft: u64,
+    hard: u64,
+    extra: &[&str],
+) -> (
+    Killed,
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(host_binary());
+    command
+        .args(["--plugins", dir.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only an async-signal-safe system call between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = Killed(command.spawn().expect("start taskit-host"));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    let seen = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listening="))
+            {
+                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+            }
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the host never got ready");
+    (child, addr, lines)
+}
+
+#[test]
+fn the_open_files_limit_is_raised_and_running_out_is_logged_once_per_interval() {
+    let dir = demo_dir("bad-nofile");
+    // A soft limit below the hard one: raised at start.
+    let (child, _, _) = host_with_file_limit(dir.path(), 256, 1024, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["1024", "1024"], "{files}");
+    drop(child);
+
+    // A hard limit so low that silent connections use up every descriptor:
+    // `accept` fails over and over, and says so once, with a count.
+    let (_child, addr, lines) = host_with_file_limit(dir.path(), 64, 64, &[]);
+    let silent: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    wait_until("accept failing", || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("accept failed"))
+    });
+    // The silent ones are closed at the handshake timeout (the host keeps
+    // failing to accept meanwhile, every 50 ms); then a client that speaks
+    // is served again.
+    wait_until("the host serving again", || {
+        let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+        fe.work::<i64>("add", &(1i64, 1i64)).is_ok_and(|v| v == 2)
+    });
+    drop(silent);
+    let failures = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    // The host retries every 50 ms while it is out of descriptors: without
+    // the interval, a line each time.
+    assert!(
+        failures <= 2,
+        "{failures} lines: {:?}",
+        lines.lock().unwrap()
+    );
+}
+
+#[test]
+fn connections_that_do_not_finish_their_handshake_are_closed_at_the_handshake_timeout() {
+    let dir = demo_dir("bad-handshake");
+    // A long read timeout: only the handshake timeout can close them.
+    let (_host, addr) = HostProcess::serving(
+        dir.path(),
+        &["--handshake-timeout", "1", "--read-timeout", "120"],
+    );
+    let mut silent = connect(addr);
+    let mut half_hello = connect(addr);
+    half_hello.write_all(b"T").unwrap();
+    // Served meanwhile.
+    still_serving(addr);
+    for s in [&mut silent, &mut half_hello] {
+        // `connect` gives up reading after 30 s: closed well before.
+        assert!(read_to_close(s).is_empty());
+    }
 }

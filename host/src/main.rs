@@ -48,10 +48,21 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_tasks: usize,
 
-    /// Seconds a client may take to send its first bytes, its hello, or a
-    /// whole TaskIt 4.0 message before it is disconnected.
+    /// Seconds a client may take to send a whole TaskIt 4.0 message, or a
+    /// whole native frame once it has begun, before it is disconnected.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     read_timeout: Duration,
+
+    /// Seconds a new connection may take to send its first byte and, for
+    /// the native protocol, its hello, before it is closed.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    handshake_timeout: Duration,
+
+    /// Connections served at once; past it, a new connection is closed at
+    /// once. (Each takes up to two file descriptors: the host raises its
+    /// open-files limit to the hard limit at start.)
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
 
     /// Seconds a reply may wait for a client that does not read before the
     /// connection is dropped.
@@ -219,12 +230,35 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: each connection
+/// and each worker takes descriptors, and the default soft limit (often
+/// 1024) is far below `--max-connections`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain system call with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    let from = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(from, to = limit.rlim_max, "raised the open-files limit");
+    }
+}
+
 async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     // Handlers first: a signal that arrives while plugins load, or right
     // after readiness is announced, must not kill the process.
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    raise_open_files_limit();
 
     let mut host_config = HostConfig::new(&args.plugins);
     host_config.shadow_dir = args.shadow_dir.clone();
@@ -267,6 +301,8 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         max_tasks: args.max_tasks,
         admin_token,
         read_timeout: args.read_timeout,
+        handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections,
         write_timeout: args.write_timeout,
         idle_timeout: args.idle_timeout,
         max_buffered: args.max_buffered,

@@ -49,9 +49,12 @@ pub struct ServerConfig {
     /// When set, every admin signal must carry it (`{"token": …}` as its
     /// keyword arguments).
     pub admin_token: Option<String>,
-    /// How long a peer may take to send its first bytes, a hello or a whole
-    /// TaskIt 4.0 message.
+    /// How long a peer may take to send a whole TaskIt 4.0 message, or a
+    /// native frame once begun.
     pub read_timeout: Duration,
+    /// How long a new connection may take to send its first byte and (for
+    /// the native protocol) its hello.
+    pub handshake_timeout: Duration,
     /// How long a write may make no progress before the connection is dropped
     /// (a client that stops reading its replies).
     pub write_timeout: Duration,
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             max_tasks: 64,
             admin_token: None,
             read_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_in_flight_per_connection: 1024,
@@ -257,12 +261,51 @@ impl ServerHandle {
     }
 }
 
+/// How often a failure that repeats is logged.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that may repeat fast (`accept` out of file descriptors):
+/// logged at once, then at most once per interval with the number of
+/// failures since.
+struct Repeated {
+    what: &'static str,
+    every: Duration,
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Repeated {
+    fn new(what: &'static str, every: Duration) -> Self {
+        Self {
+            what,
+            every,
+            last: None,
+            since: 0,
+        }
+    }
+
+    fn note(&mut self, err: &std::io::Error) {
+        self.since += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < self.every)
+        {
+            return;
+        }
+        tracing::warn!(%err, times = self.since, "{}", self.what);
+        self.last = Some(now);
+        self.since = 0;
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     connections: Arc<Semaphore>,
     _open: OpenConnection,
 ) {
+    let mut failures = Repeated::new("accept failed", REPORT_EVERY);
     loop {
         let accepted = tokio::select! {
             _ = shared.drain.reached(Phase::Stopping) => break,
@@ -271,8 +314,9 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer),
             Err(err) => {
-                // Out of file descriptors, most likely: pause rather than spin.
-                tracing::warn!(%err, "accept failed");
+                // Out of file descriptors, most likely: pause rather than
+                // spin, and say so once per interval, not once per try.
+                failures.note(&err);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -329,7 +373,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     // A connection that has said nothing when the host closes holds no call
     // yet: it gets a moment to send one (to be told `Stopping`), not the
     // whole read timeout.
-    let read = tokio::time::timeout(shared.config.read_timeout, stream.read(&mut first));
+    let read = tokio::time::timeout(shared.config.handshake_timeout, stream.read(&mut first));
     tokio::pin!(read);
     let before_closing = tokio::select! {
         read = &mut read => Some(read),

@@ -370,7 +370,7 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) ->
     let mut hello = [0u8; native::HELLO_LEN];
     hello[0] = b'T';
     match tokio::time::timeout(
-        shared.config.read_timeout,
+        shared.config.handshake_timeout,
         stream.read_exact(&mut hello[1..]),
     )
     .await
