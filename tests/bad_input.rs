@@ -467,13 +467,7 @@ fn a_reply_over_max_message_is_answered_reply_too_large() {
 fn a_peer_string_with_a_newline_cannot_forge_a_log_line() {
     use taskit_plugin_api::frontend::BlockingFrontEnd;
     let dir = demo_dir("bad-forged-log");
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, "s3cret\n").unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let token_file = private_token_file(&dir, "s3cret\n");
     let (mut host, addr) = HostProcess::serving(
         dir.path(),
         &["--admin-token-file", token_file.to_str().unwrap()],

@@ -330,13 +330,7 @@ fn kill_ends_the_host_at_once() {
 #[test]
 fn the_admin_token_is_required_when_configured() {
     let dir = demo_dir("fe-token");
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, "s3cret\n").unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let token_file = private_token_file(&dir, "s3cret\n");
     let (mut host, addr) = HostProcess::serving(
         dir.path(),
         &["--admin-token-file", token_file.to_str().unwrap()],

@@ -188,9 +188,7 @@ fn bad_ports_and_bad_json_get_clear_errors() {
 #[test]
 fn the_token_file_is_sent_with_admin_commands() {
     let dir = demo_dir("ctl-token");
-    let token = dir.join("token");
-    std::fs::write(&token, "sesame\n").unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let token = private_token_file(&dir, "sesame\n");
     let (mut host, addr) =
         HostProcess::serving(dir.path(), &["--admin-token-file", token.to_str().unwrap()]);
     let port = addr.port().to_string();

@@ -63,6 +63,16 @@ fn private(file: &Path) {
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
 }
 
+/// Writes `token` to `dir/token`, readable by its owner only (as the host
+/// requires of an admin token file); its path.
+pub fn private_token_file(dir: &TempDir, token: &str) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, token).expect("write the token file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the token file");
+    path
+}
+
 /// A plugins directory holding the demo plugin as `demo.so`.
 pub fn demo_dir(label: &str) -> TempDir {
     let dir = TempDir::new(label);

@@ -2,6 +2,7 @@
 //! go: the calls a client's read brings, sent to a worker together; the
 //! answers one read from a worker brings, written to each client together.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 /// Something that holds writes back for a [`Batch`].
@@ -34,5 +35,32 @@ impl Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// Writes what `socket` takes without blocking (0 when it takes nothing
+/// now): how a flush writes on the caller's thread, leaving the rest to a
+/// writer that may block.
+pub(crate) fn send_now(socket: &impl AsFd, bytes: &[u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: a plain system call on an open descriptor, with a valid
+        // buffer.
+        let n = unsafe {
+            libc::send(
+                socket.as_fd().as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
+        }
     }
 }

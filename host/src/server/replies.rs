@@ -8,14 +8,14 @@
 //! that thread at once if the writer is not writing, without waking the
 //! writer task (a wake-up costs tens of microseconds on a small VM).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::dispatch::After;
 use super::drain::AcceptedCall;
-use crate::batch::{Batch, Corked};
+use crate::batch::{send_now, Batch, Corked};
 
 /// What a call holds until its reply is written: its place in the drain,
 /// its in-flight permit on the connection, its bytes of the budget.
@@ -105,34 +105,36 @@ impl Replies {
     /// Queues a reply for the writer task: replies queued together are
     /// written together.
     pub(super) fn push(&self, frame: &[u8], after: After, held: Held) {
-        let mut state = lock(&self.0.state);
-        if state.closed {
+        if let Some(mut state) = self.append(frame, held) {
+            state.kill |= after == After::Kill;
             drop(state);
-            drop(held);
-            return;
+            self.0.wake.notify_one();
         }
-        state.frames.extend_from_slice(frame);
-        state.held.push(held);
-        state.kill |= after == After::Kill;
-        drop(state);
-        self.0.wake.notify_one();
     }
 
     /// Queues a reply delivered off the runtime, held back in `batch`
     /// until the delivering thread has no more.
     pub(super) fn push_held_back(&self, frame: &[u8], held: Held, batch: &mut Batch) {
+        if let Some(mut state) = self.append(frame, held) {
+            if !state.corked {
+                state.corked = true;
+                batch.hold(Arc::clone(&self.0) as Arc<dyn Corked>);
+            }
+        }
+    }
+
+    /// Appends a reply, unless the client can take no more (then it is
+    /// dropped: answered, as nobody is left to read it).
+    fn append(&self, frame: &[u8], held: Held) -> Option<MutexGuard<'_, State>> {
         let mut state = lock(&self.0.state);
         if state.closed {
             drop(state);
             drop(held);
-            return;
+            return None;
         }
         state.frames.extend_from_slice(frame);
         state.held.push(held);
-        if !state.corked {
-            state.corked = true;
-            batch.hold(Arc::clone(&self.0) as Arc<dyn Corked>);
-        }
+        Some(state)
     }
 }
 
@@ -168,18 +170,18 @@ impl Corked for Outbox {
         }
         if let (Some(socket), false, false) = (&self.direct, state.writing, state.kill) {
             match send_now(socket, &state.frames) {
-                Some(n) if n == state.frames.len() => {
+                Ok(n) if n == state.frames.len() => {
                     state.frames.clear();
                     let answered = std::mem::take(&mut state.held);
                     drop(state);
                     drop(answered);
                     return;
                 }
-                Some(n) => {
+                Ok(n) => {
                     state.frames.drain(..n);
                 }
                 // The writer finds out why, and drops the connection.
-                None => {}
+                Err(_) => {}
             }
         }
         drop(state);
@@ -228,30 +230,6 @@ impl Writer {
         if state.frames.is_empty() {
             buffer.clear();
             state.frames = buffer;
-        }
-    }
-}
-
-/// Writes what the socket takes without blocking; `None` if it failed.
-fn send_now(socket: &OwnedFd, bytes: &[u8]) -> Option<usize> {
-    loop {
-        // SAFETY: a plain system call on a descriptor we own, with a valid
-        // buffer.
-        let n = unsafe {
-            libc::send(
-                socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Some(n as usize);
-        }
-        match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Some(0),
-            _ => return None,
         }
     }
 }

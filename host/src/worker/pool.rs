@@ -20,7 +20,7 @@ use super::channel::{self, FromWorker};
 use super::limits::{Deadline, Limits, Step};
 use super::spawn::{self, Launch, Started};
 use super::WorkerOptions;
-use crate::batch::{Batch, Corked};
+use crate::batch::{send_now, Batch, Corked};
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
 use crate::registry::{Health, Plugin};
@@ -1378,31 +1378,6 @@ impl Corked for Conn {
         outbox.corked = false;
         if !outbox.closed && !outbox.frames.is_empty() {
             self.write_queued(outbox);
-        }
-    }
-}
-
-/// Writes what the socket takes without blocking.
-fn send_now(socket: &UnixStream, frame: &[u8]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: a plain system call on a socket we own, with a valid buffer.
-        let n = unsafe {
-            libc::send(
-                socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Ok(0),
-            _ => return Err(err),
         }
     }
 }
