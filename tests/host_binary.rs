@@ -688,3 +688,29 @@ fn plugins_others_could_have_changed_are_refused_unless_allowed() {
     let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
     assert_eq!(fe.work::<String>("crasher-fine", &()).unwrap(), "fine");
 }
+
+#[test]
+fn reloads_do_not_map_a_refused_plugin_again_until_its_bytes_change() {
+    let dir = demo_dir("refused-reloads");
+    // Refused after it is mapped: its `init` panics.
+    install_by_rename(&plugin("taskit_fixture_init_panic"), dir.path(), "bad.so");
+    // In process, each mapping would stay for good.
+    let (host, addr) = HostProcess::serving(dir.path(), &["--isolation", "none"]);
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    let before = rss_kib(host.pid()).unwrap();
+    for _ in 0..100 {
+        let report = fe.reload(addr).unwrap();
+        assert_eq!(report.refused.len(), 1, "{report:?}");
+    }
+    let after = rss_kib(host.pid()).unwrap();
+    // Mapped again each time (0.9 MB or more a time), 100 reloads grew it
+    // by 90 MB or more.
+    assert!(
+        after < before + 32 * 1024,
+        "RSS {before} KiB before, {after} KiB after 100 reloads"
+    );
+    // New bytes are tried again: the demo plugin, under the refused name.
+    install_by_rename(&plugin("taskit_demo_next"), dir.path(), "bad.so");
+    let report = fe.reload(addr).unwrap();
+    assert!(report.refused.is_empty(), "{report:?}");
+}

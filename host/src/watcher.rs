@@ -11,7 +11,7 @@
 //!
 //! [`PluginHost`]: crate::PluginHost
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -185,6 +185,11 @@ pub(crate) struct Applier {
     loaded: HashMap<PathBuf, u64>,
     overflowed: Arc<AtomicBool>,
     rx: Receiver<Msg>,
+    /// Messages taken while gathering forced reloads, to apply next (at
+    /// most a queue's worth: gathering happens only when this is empty).
+    backlog: VecDeque<Msg>,
+    /// A shutdown was taken while gathering forced reloads.
+    shutting_down: bool,
 }
 
 impl Applier {
@@ -206,12 +211,21 @@ impl Applier {
             loaded: HashMap::new(),
             overflowed,
             rx,
+            backlog: VecDeque::new(),
+            shutting_down: false,
         }
     }
 
     /// Applies changes until told to stop.
     pub(crate) fn run(mut self) {
         loop {
+            if self.shutting_down {
+                return;
+            }
+            if let Some(msg) = self.backlog.pop_front() {
+                self.guarded_step(Some(msg));
+                continue;
+            }
             let msg = match self.debouncer.next_due() {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(due) => self
@@ -223,13 +237,34 @@ impl Applier {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
             };
-            // One bad step must not stop reloading for the rest of the
-            // process: log it and carry on.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(msg)));
-            if step.is_err() {
-                tracing::error!("internal error while applying a plugin change (see the panic above); carrying on");
+            self.guarded_step(msg);
+        }
+    }
+
+    /// One bad step must not stop reloading for the rest of the process:
+    /// it is logged, and the thread carries on.
+    fn guarded_step(&mut self, msg: Option<Msg>) {
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(msg)));
+        if step.is_err() {
+            tracing::error!(
+                "internal error while applying a plugin change (see the panic above); carrying on"
+            );
+        }
+    }
+
+    /// Takes every forced reload already asked for (a flood of `<reload>`
+    /// costs one rescan per turn, not one each); other messages wait their
+    /// turn.
+    fn more_reloads(&mut self) -> Vec<SyncSender<ReloadSummary>> {
+        let mut replies = Vec::new();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Reload(reply) => replies.push(reply),
+                Msg::Shutdown => self.shutting_down = true,
+                other => self.backlog.push_back(other),
             }
         }
+        replies
     }
 
     fn step(&mut self, msg: Option<Msg>) {
@@ -240,9 +275,13 @@ impl Applier {
                 self.rescan();
             }
             Some(Msg::Reload(reply)) => {
+                let mut replies = self.more_reloads();
+                replies.push(reply);
                 let summary = self.rescan();
                 self.registry.revive_all();
-                let _ = reply.send(summary);
+                for reply in replies {
+                    let _ = reply.send(summary.clone());
+                }
             }
             Some(Msg::Shutdown) | None => {}
         }

@@ -10,7 +10,7 @@ mod elf;
 mod shadow;
 pub(crate) mod strict;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::hash::Hasher;
@@ -307,7 +307,14 @@ pub(crate) struct Loader {
     isolation: Isolation,
     /// Load files others could have changed (with a warning).
     allow_insecure: bool,
+    /// Files refused for what their bytes are: their content hash and why.
+    /// Not tried again until their bytes change (in process, each try of a
+    /// library mapped and then refused would stay mapped for good).
+    refused: HashMap<PathBuf, (u64, LoadError)>,
 }
+
+/// Refusals remembered at most (a cache: past it, it starts over).
+const MAX_REFUSED: usize = 4096;
 
 impl Loader {
     /// A loader whose copies go to `shadow_dir`, refusing files over
@@ -328,6 +335,19 @@ impl Loader {
             state,
             isolation,
             allow_insecure,
+            refused: HashMap::new(),
+        }
+    }
+
+    /// Whether a refusal is due to the file's bytes alone, so that trying
+    /// the same bytes again is bound to fail the same way: not a read
+    /// error or permissions, nor (in a worker, where a try costs nothing
+    /// for good) an `init` that may depend on the world.
+    fn refusal_is_final(&self, err: &LoadError) -> bool {
+        match err {
+            LoadError::Io(_) | LoadError::Insecure(_) => false,
+            LoadError::Init(_) => matches!(self.isolation, Isolation::InProcess),
+            _ => true,
         }
     }
 
@@ -344,6 +364,13 @@ impl Loader {
             return Ok(Loaded::Unchanged);
         };
         let content_hash = file.content_hash;
+        if let Some((hash, err)) = self.refused.get(source) {
+            if *hash == content_hash {
+                tracing::debug!(file = %source.display(), "same bytes as when it was refused; not tried again");
+                let _ = fs::remove_file(&file.shadow);
+                return Err(err.clone());
+            }
+        }
         let shadow = file.shadow.clone();
         let loaded: Result<Arc<dyn Plugin>, LoadError> = match &self.isolation {
             Isolation::InProcess => Opened::open(&file.shadow, &file.source)
@@ -354,16 +381,26 @@ impl Loader {
             }
         };
         match loaded {
-            Ok(plugin) => Ok(Loaded::New {
-                plugin,
-                content_hash,
-            }),
+            Ok(plugin) => {
+                self.refused.remove(source);
+                Ok(Loaded::New {
+                    plugin,
+                    content_hash,
+                })
+            }
             Err(err) => {
                 // Nothing of this copy is in use (a library that failed to
                 // open or initialise is never called; a refused worker is
                 // gone), so the file can go. A mapping made before the
                 // refusal stays readable.
                 let _ = fs::remove_file(&shadow);
+                if self.refusal_is_final(&err) {
+                    if self.refused.len() >= MAX_REFUSED {
+                        self.refused.clear();
+                    }
+                    self.refused
+                        .insert(source.to_owned(), (content_hash, err.clone()));
+                }
                 Err(err)
             }
         }
