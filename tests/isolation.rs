@@ -584,3 +584,29 @@ fn a_worker_user_that_does_not_exist_stops_the_host_at_start() {
     assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     host.expect_line(&["no user named", "no-such-user-here"]);
 }
+
+#[test]
+fn a_plugin_flooding_its_output_and_errors_gets_a_bounded_number_of_log_lines() {
+    let dir = crasher_dir("iso-noise");
+    let (mut host, addr) = serving(dir.path(), &["--workers-per-plugin", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(
+        fe.work::<usize>("crasher-noise", &(5000usize,)).unwrap(),
+        5000
+    );
+    // Its worker still answers, and everything it wrote before has been
+    // read by now: a marker logged after it shows the log is caught up.
+    let pid = fe.work::<u32>("crasher-pid", &()).unwrap();
+    assert!(pid > 0);
+    assert_eq!(
+        fe.work::<Value>("log", &("caught up",)).unwrap(),
+        Value::Null
+    );
+    host.expect_line(&["demo task says", "caught up"]);
+    let count = |what: &str| host.seen.iter().filter(|l| l.contains(what)).count();
+    // 5000 of each: a burst of 50 of each is logged (plus a worker's own
+    // lines), the rest left out.
+    let (output, errors) = (count("plugin worker output"), count("noisy error"));
+    assert!((1..=60).contains(&output), "{output} output lines");
+    assert!((1..=60).contains(&errors), "{errors} error records");
+}

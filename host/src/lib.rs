@@ -33,6 +33,7 @@ mod call;
 mod counters;
 mod loader;
 mod plugin_host;
+mod rate;
 mod registry;
 mod server;
 mod services;

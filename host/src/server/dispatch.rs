@@ -12,6 +12,7 @@ use taskit_plugin_api::TaskError;
 
 use super::Shared;
 use crate::call::TaskCall;
+use crate::rate::Limiter;
 use crate::registry::{Remote, Route};
 use crate::ReloadSummary;
 
@@ -220,8 +221,12 @@ async fn signal_reply(
 ) -> (Result<Vec<u8>, TaskError>, After) {
     if let Some(token) = &shared.config.admin_token {
         if !token_matches(token, call.kwargs()) {
-            // The id comes from the peer: escaped, it cannot forge a line.
-            tracing::warn!(signal = %crate::text::Printable(call.task()), "admin signal refused: missing or wrong token");
+            // The id comes from the peer: escaped, it cannot forge a line;
+            // and a peer trying tokens gets a few lines a second.
+            static REFUSED: Limiter = Limiter::new();
+            if let Some(left_out) = REFUSED.admit() {
+                tracing::warn!(signal = %crate::text::Printable(call.task()), left_out, "admin signal refused: missing or wrong token");
+            }
             return (
                 Err(TaskError::msg(kind::UNAUTHORIZED, call.task())),
                 After::Nothing,

@@ -32,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::plugin_host::{PluginHost, ReloadSummary};
+use crate::rate::Limiter;
 use crate::registry::Registry;
 use budget::Budget;
 use drain::{Drain, OpenConnection, Phase};
@@ -261,51 +262,14 @@ impl ServerHandle {
     }
 }
 
-/// How often a failure that repeats is logged.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-/// A warning that may repeat fast (`accept` out of file descriptors):
-/// logged at once, then at most once per interval with the number of
-/// failures since.
-struct Repeated {
-    what: &'static str,
-    every: Duration,
-    last: Option<std::time::Instant>,
-    since: u64,
-}
-
-impl Repeated {
-    fn new(what: &'static str, every: Duration) -> Self {
-        Self {
-            what,
-            every,
-            last: None,
-            since: 0,
-        }
-    }
-
-    fn note(&mut self, err: &std::io::Error) {
-        self.since += 1;
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|at| now.duration_since(at) < self.every)
-        {
-            return;
-        }
-        tracing::warn!(%err, times = self.since, "{}", self.what);
-        self.last = Some(now);
-        self.since = 0;
-    }
-}
-
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     connections: Arc<Semaphore>,
     _open: OpenConnection,
 ) {
-    let mut failures = Repeated::new("accept failed", REPORT_EVERY);
+    // Out of descriptors, `accept` fails every try: said once per window.
+    let failures = Limiter::with_burst(1);
     loop {
         let accepted = tokio::select! {
             _ = shared.drain.reached(Phase::Stopping) => break,
@@ -315,8 +279,10 @@ async fn accept_loop(
             Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer),
             Err(err) => {
                 // Out of file descriptors, most likely: pause rather than
-                // spin, and say so once per interval, not once per try.
-                failures.note(&err);
+                // spin.
+                if let Some(left_out) = failures.admit() {
+                    tracing::warn!(%err, left_out, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -350,7 +316,10 @@ fn spawn_connection(
     peer: SocketAddr,
 ) {
     let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
-        tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; closing a new one");
+        static FULL: Limiter = Limiter::new();
+        if let Some(left_out) = FULL.admit() {
+            tracing::warn!(%peer, limit = shared.config.max_connections, left_out, "too many connections; closing a new one");
+        }
         return;
     };
     let _ = stream.set_nodelay(true);

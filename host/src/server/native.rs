@@ -31,6 +31,7 @@ use super::replies::{self, Held, Replies, Writer};
 use super::Shared;
 use crate::batch::Batch;
 use crate::call::{max_result, within, TaskCall};
+use crate::rate::Limiter;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
@@ -450,7 +451,10 @@ async fn write_loop(
                         tracing::debug!(%peer, %err, "connection lost while writing replies")
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, "client stopped reading its replies; dropping the connection")
+                        static STALLED: Limiter = Limiter::new();
+                        if let Some(left_out) = STALLED.admit() {
+                            tracing::warn!(%peer, left_out, "client stopped reading its replies; dropping the connection")
+                        }
                     }
                 }
                 broken = true;

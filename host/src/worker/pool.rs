@@ -23,8 +23,10 @@ use super::WorkerOptions;
 use crate::batch::{send_now, Batch, Corked};
 use crate::call::TaskCall;
 use crate::loader::{LoadError, Prepared};
+use crate::rate::Limiter;
 use crate::registry::{Health, Plugin};
 use crate::services::{emit_plugin_log, HostState, RunningGuard};
+use taskit_plugin_api::host_side::abi::LogLevel;
 
 /// How long the host waits for a worker whose channel closed to exit
 /// before killing it.
@@ -67,6 +69,8 @@ pub(super) struct Pool {
     inner: Mutex<PoolState>,
     changed: Condvar,
     limits: Arc<Limits>,
+    /// The plugin's warnings and errors logged lately.
+    loud: Limiter,
 }
 
 /// A version's task slots (`--max-tasks`, per plugin): calls beyond them
@@ -328,6 +332,7 @@ impl WorkerPlugin {
             }),
             changed: Condvar::new(),
             limits: Arc::default(),
+            loud: Limiter::new(),
         });
         for (index, (started, slot, _)) in ready.into_iter().enumerate() {
             Pool::serve(&pool, index, started, slot);
@@ -441,6 +446,22 @@ impl Drop for WorkerPlugin {
 }
 
 impl Pool {
+    /// Logs a plugin's record; its warnings and errors a few a second at
+    /// most (a plugin may log in a loop).
+    fn log(&self, level: LogLevel, target: &str, message: &str) {
+        if level as u8 >= LogLevel::Warn as u8 {
+            match self.loud.admit() {
+                None => return,
+                Some(0) => {}
+                Some(left_out) => tracing::warn!(
+                    plugin = %self.name, version = %self.version, left_out,
+                    "plugin warnings and errors left out (too many)"
+                ),
+            }
+        }
+        emit_plugin_log(&self.name, &self.version, level, target, message);
+    }
+
     pub(super) fn limits(&self) -> &Arc<Limits> {
         &self.limits
     }
@@ -899,7 +920,7 @@ impl Pool {
                     level,
                     target,
                     message,
-                }) => emit_plugin_log(&self.name, &self.version, level, target, message),
+                }) => self.log(level, target, message),
                 Ok(FromWorker::Ready { .. } | FromWorker::Refused(_)) => {}
                 Err(err) => {
                     broken = Some(err);

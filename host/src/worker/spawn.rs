@@ -15,6 +15,7 @@ use taskit_plugin_api::host_side::abi::LogLevel;
 use super::channel::{self, FromWorker};
 use super::WorkerOptions;
 use crate::loader::LoadError;
+use crate::rate::Limiter;
 use crate::services::{emit_plugin_log, plugin_log_enabled};
 use crate::text::Printable;
 
@@ -343,6 +344,8 @@ pub(crate) fn relay_output(
 ) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
+    // A plugin printing without pause gets a few lines a second logged.
+    let limiter = Limiter::new();
     loop {
         line.clear();
         match (&mut reader)
@@ -361,8 +364,11 @@ pub(crate) fn relay_output(
         if text.starts_with("memory allocation of") && text.ends_with("failed") {
             out_of_memory.store(true, std::sync::atomic::Ordering::Release);
         }
-        if !text.is_empty() {
-            tracing::warn!(plugin, version, pid, output = %Printable(text), "plugin worker output");
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(left_out) = limiter.admit() {
+            tracing::warn!(plugin, version, pid, output = %Printable(text), left_out, "plugin worker output");
         }
     }
 }
