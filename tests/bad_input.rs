@@ -675,3 +675,40 @@ fn connections_that_do_not_finish_their_handshake_are_closed_at_the_handshake_ti
         assert!(read_to_close(s).is_empty());
     }
 }
+
+#[test]
+fn silent_and_hello_only_connections_cannot_lock_out_a_client_that_speaks() {
+    let dir = demo_dir("bad-lockout");
+    // Long timeouts: only making room can admit anyone.
+    let (_host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--max-connections",
+            "40",
+            "--handshake-timeout",
+            "120",
+            "--idle-timeout",
+            "300",
+        ],
+    );
+    // Every slot taken, and more: half say nothing, half only their hello.
+    let mut held = Vec::new();
+    for i in 0..60 {
+        if i % 2 == 0 {
+            held.push(connect(addr));
+        } else {
+            held.push(native_conn(addr, CodecKind::Json));
+        }
+    }
+    // Clients that speak are served, one after another, each in a new
+    // connection (an idle one is closed for it).
+    for i in 0..10i64 {
+        let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+        assert_eq!(fe.work::<i64>("add", &(i, 1i64)).unwrap(), i + 1);
+    }
+    assert_eq!(
+        compat_message(addr, br#"["add", [20, 22], {}]"#),
+        Ok(json!(42))
+    );
+    drop(held);
+}

@@ -58,9 +58,11 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     handshake_timeout: Duration,
 
-    /// Connections served at once; past it, a new connection is closed at
-    /// once. (Each takes up to two file descriptors: the host raises its
-    /// open-files limit to the hard limit at start.)
+    /// Connections served at once; past it, the connection idle longest
+    /// (silent, or between calls with none in flight) is closed to admit a
+    /// new one, which is closed only if every connection is busy. (Each
+    /// takes up to two file descriptors: the host raises its open-files
+    /// limit to the hard limit at start.)
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_connections: usize,
 

@@ -17,6 +17,7 @@
 //! call has been answered and no task (subtasks included) is running.
 
 mod budget;
+mod conns;
 mod dispatch;
 mod drain;
 mod native;
@@ -59,7 +60,8 @@ pub struct ServerConfig {
     /// How long a write may make no progress before the connection is dropped
     /// (a client that stops reading its replies).
     pub write_timeout: Duration,
-    /// Connections served at once; more are closed on accept.
+    /// Connections served at once; past it, the one idle longest is closed
+    /// to admit a new one (which is closed if every one is busy).
     pub max_connections: usize,
     /// Calls in flight on one native connection; beyond that the server
     /// stops reading from it until replies are written.
@@ -195,7 +197,7 @@ impl Server {
             drain: Arc::clone(&drain),
             config,
         });
-        let connections = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+        let connections = conns::Table::new(shared.config.max_connections);
         for listener in listeners {
             // Each listener counts as a connection until it has handed over
             // the connections queued at the stop.
@@ -265,7 +267,7 @@ impl ServerHandle {
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    connections: Arc<Semaphore>,
+    connections: Arc<conns::Table>,
     _open: OpenConnection,
 ) {
     // Out of descriptors, `accept` fails every try: said once per window.
@@ -276,7 +278,7 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer),
+            Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer).await,
             Err(err) => {
                 // Out of file descriptors, most likely: pause rather than
                 // spin.
@@ -298,7 +300,7 @@ async fn accept_loop(
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream));
             if let Ok(stream) = stream {
-                spawn_connection(&shared, &connections, stream, peer);
+                spawn_connection(&shared, &connections, stream, peer).await;
                 queued += 1;
             }
         }
@@ -308,14 +310,15 @@ async fn accept_loop(
     }
 }
 
-/// Serves one accepted connection on its own task, within the limit.
-fn spawn_connection(
+/// Serves one accepted connection on its own task, within the limit (the
+/// connection idle longest closed to make room, if need be).
+async fn spawn_connection(
     shared: &Arc<Shared>,
-    connections: &Arc<Semaphore>,
+    connections: &Arc<conns::Table>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
+    let Some(slot) = connections.admit().await else {
         static FULL: Limiter = Limiter::new();
         if let Some(left_out) = FULL.admit() {
             tracing::warn!(%peer, limit = shared.config.max_connections, left_out, "too many connections; closing a new one");
@@ -326,8 +329,8 @@ fn spawn_connection(
     let open = shared.drain.open_connection();
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        serve_connection(shared, stream, peer).await;
-        drop(permit);
+        serve_connection(shared, stream, peer, &slot).await;
+        drop(slot);
         drop(open);
     });
 }
@@ -337,7 +340,12 @@ fn spawn_connection(
 const CLOSING_GRACE: Duration = Duration::from_millis(250);
 
 /// Reads the first byte and hands the connection to its protocol.
-async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: &conns::Slot,
+) {
     let mut first = [0u8; 1];
     // A connection that has said nothing when the host closes holds no call
     // yet: it gets a moment to send one (to be told `Stopping`), not the
@@ -347,6 +355,10 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     let before_closing = tokio::select! {
         read = &mut read => Some(read),
         _ = shared.drain.reached(Phase::Closing) => None,
+        () = slot.evicted() => {
+            tracing::debug!(%peer, "closing a connection that sent nothing, to make room");
+            return;
+        }
     };
     let read = match before_closing {
         Some(read) => read,
@@ -367,9 +379,11 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
             return;
         }
     }
+    // It speaks: busy until it waits for its next call.
+    slot.set_idle(false);
     match first[0] {
         b'0' | b'1' => taskit4::serve(shared, stream, first[0], peer).await,
-        b'T' => native::serve(shared, stream, peer).await,
+        b'T' => native::serve(shared, stream, peer, slot).await,
         other => {
             tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol");
             close_cleanly(stream).await;

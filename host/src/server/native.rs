@@ -25,6 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::budget::SMALL_REQUEST;
+use super::conns;
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::Phase;
 use super::replies::{self, Held, Replies, Writer};
@@ -35,7 +36,12 @@ use crate::rate::Limiter;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: &conns::Slot,
+) {
     let Some(codec) = handshake(&shared, &mut stream, peer).await else {
         return;
     };
@@ -67,7 +73,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
-        match frames.next(&conn, &broken).await {
+        match frames.next(&conn, &broken, slot).await {
             Next::Frame { body, budget } => {
                 if !conn.handle(body, budget).await {
                     break Ended::Fatal;
@@ -97,6 +103,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     if let Ended::TimedOut = ended {
         tracing::debug!(%peer, "closing a native connection: read timed out");
     }
+    if let Ended::Evicted = ended {
+        tracing::debug!(%peer, "closing an idle native connection to make room");
+    }
     // The writer ends once every call still running has sent its reply.
     drop(conn);
     let _ = writer.await;
@@ -113,6 +122,9 @@ enum Ended {
     Fatal,
     /// The host is going away: tell the peer its unanswered calls did not run.
     Closing,
+    /// Idle when every connection slot was taken: closed for a new one
+    /// (clients reconnect by themselves).
+    Evicted,
 }
 
 /// What [`FrameReader::next`] found.
@@ -163,7 +175,7 @@ impl FrameReader {
         )
     }
 
-    async fn next(&mut self, conn: &Connection, broken: &Notify) -> Next<'_> {
+    async fn next(&mut self, conn: &Connection, broken: &Notify, slot: &conns::Slot) -> Next<'_> {
         let shared = &conn.shared;
         let max = shared.config.max_message;
         loop {
@@ -199,6 +211,10 @@ impl FrameReader {
                 None if conn.is_idle() => Some(Instant::now() + shared.config.idle_timeout),
                 None => None,
             };
+            // Between calls, with nothing in flight: it may be closed to make
+            // room for a new connection.
+            let idle = self.buf.is_empty() && conn.is_idle();
+            slot.set_idle(idle);
             let read = async {
                 match deadline {
                     Some(at) => tokio::time::timeout_at(at, self.half.read_buf(&mut self.buf))
@@ -209,10 +225,11 @@ impl FrameReader {
             };
             tokio::select! {
                 read = read => match read {
-                    Some(Ok(n)) if n > 0 => {}
+                    Some(Ok(n)) if n > 0 => slot.set_idle(false),
                     Some(_) => return Next::Ended(Ended::Peer),
                     None => return Next::Ended(Ended::TimedOut),
                 },
+                () = slot.evicted(), if idle => return Next::Ended(Ended::Evicted),
                 _ = broken.notified() => return Next::Ended(Ended::Peer),
                 _ = shared.drain.reached(Phase::Closing) => return Next::Ended(Ended::Closing),
             }
