@@ -610,3 +610,35 @@ fn a_plugin_flooding_its_output_and_errors_gets_a_bounded_number_of_log_lines() 
     assert!((1..=60).contains(&output), "{output} output lines");
     assert!((1..=60).contains(&errors), "{errors} error records");
 }
+
+#[test]
+fn calls_waiting_for_a_slot_are_dropped_when_their_client_goes_away() {
+    use std::io::{Read, Write};
+    use taskit_plugin_api::wire::native;
+    let dir = crasher_dir("iso-gone");
+    let (_host, addr) = serving(dir.path(), &["--max-tasks", "1"]);
+    let fe = BlockingFrontEnd::new([addr]).unwrap();
+    fe.ignore("sleep-forever", ());
+    wait_until("the slot taken", || {
+        summary_of(&fe, addr, "crasher").running == 1
+    });
+    // A client queues five calls behind it, then goes away.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&native::client_hello(taskit_plugin_api::CodecKind::Json))
+        .unwrap();
+    let mut hello = [0u8; native::HELLO_LEN];
+    s.read_exact(&mut hello).unwrap();
+    let mut calls = Vec::new();
+    for id in 1..=5 {
+        native::encode_call(&mut calls, id, "crasher-pid", b"[]", b"");
+    }
+    s.write_all(&calls).unwrap();
+    wait_until("five calls waiting", || {
+        summary_of(&fe, addr, "crasher").waiting == 5
+    });
+    drop(s);
+    wait_until("the calls of the client gone dropped", || {
+        let crasher = summary_of(&fe, addr, "crasher");
+        (crasher.running, crasher.waiting) == (1, 0)
+    });
+}

@@ -17,6 +17,9 @@ pub struct TaskCall {
     args: Vec<u8>,
     kwargs: Vec<u8>,
     cancelled: Arc<AtomicBool>,
+    /// Set once the caller's connection is gone: a call that has not
+    /// started by then never does.
+    caller_gone: Option<Arc<AtomicBool>>,
 }
 
 impl TaskCall {
@@ -30,6 +33,7 @@ impl TaskCall {
             args,
             kwargs,
             cancelled: Arc::default(),
+            caller_gone: None,
         }
     }
 
@@ -58,6 +62,25 @@ impl TaskCall {
     /// [`TaskContext::is_cancelled`](taskit_plugin_api::TaskContext::is_cancelled).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Ties the call to its caller's connection: once `gone` is set, the
+    /// call is dropped if it has not started.
+    pub(crate) fn tied_to_caller(mut self, gone: &Arc<AtomicBool>) -> Self {
+        self.caller_gone = Some(Arc::clone(gone));
+        self
+    }
+
+    /// The flag set once the caller is gone, if the call has a caller.
+    pub(crate) fn caller_gone(&self) -> Option<&Arc<AtomicBool>> {
+        self.caller_gone.as_ref()
+    }
+
+    /// Whether the caller is gone.
+    pub(crate) fn is_orphaned(&self) -> bool {
+        self.caller_gone
+            .as_ref()
+            .is_some_and(|gone| gone.load(Ordering::Acquire))
     }
 
     /// A handle that cancels this call from elsewhere (a CANCEL frame).

@@ -55,8 +55,8 @@ pub mod kind {
     /// The task's result is larger than the host sends (its
     /// `--max-message`); args: `[size, limit]` in bytes. The task ran.
     pub const REPLY_TOO_LARGE: &str = "ReplyTooLarge";
-    /// The client cancelled the call (or gave up on it) while it waited for
-    /// a task slot; it did not run. args: `[message]`.
+    /// The client cancelled the call, gave up on it, or went away while it
+    /// waited for a task slot; it did not run. args: `[message]`.
     pub const CANCELLED: &str = "Cancelled";
 }
 

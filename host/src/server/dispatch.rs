@@ -184,6 +184,16 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
             After::Nothing,
         );
     };
+    if call.is_orphaned() {
+        // Its client went away while it waited for a slot: not started.
+        return (
+            Err(TaskError::msg(
+                kind::CANCELLED,
+                "its client went away while it waited for a task slot; it did not run",
+            )),
+            After::Nothing,
+        );
+    }
     let shared = Arc::clone(shared);
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;

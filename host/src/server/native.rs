@@ -70,6 +70,7 @@ pub(crate) async fn serve(
         max_in_flight,
         cancels: Cancels::default(),
         batch: Batch::default(),
+        gone: Arc::default(),
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
@@ -105,6 +106,11 @@ pub(crate) async fn serve(
     }
     if let Ended::Evicted = ended {
         tracing::debug!(%peer, "closing an idle native connection to make room");
+    }
+    if matches!(ended, Ended::Peer | Ended::TimedOut | Ended::Evicted) {
+        // Nobody will read their replies: the calls still waiting for a
+        // task slot are dropped (the running ones finish).
+        conn.gone.store(true, Ordering::Release);
     }
     // The writer ends once every call still running has sent its reply.
     drop(conn);
@@ -256,6 +262,8 @@ struct Connection {
     cancels: Cancels,
     /// Calls to worker processes not yet written.
     batch: Batch,
+    /// Set once the client is gone: its calls not yet started never start.
+    gone: Arc<AtomicBool>,
 }
 
 impl Connection {
@@ -285,7 +293,8 @@ impl Connection {
         // Accepted before any wait, so a drain waits for it; resolved now,
         // so it runs on the plugin version live when it was read.
         let accepted = self.shared.drain.accept_call();
-        let call = TaskCall::new(task, self.codec, args.to_vec(), kwargs.to_vec());
+        let call = TaskCall::new(task, self.codec, args.to_vec(), kwargs.to_vec())
+            .tied_to_caller(&self.gone);
         let job = Job::new(&self.shared, call);
         // Back-pressure: a client with too many calls in flight (or not
         // reading its replies) is not read from.

@@ -90,9 +90,20 @@ struct Call {
     frame: Vec<u8>,
     deliver: Deliver,
     cancelled: Arc<AtomicBool>,
+    /// Set once its caller's connection is gone.
+    caller_gone: Option<Arc<AtomicBool>>,
 }
 
 impl Call {
+    /// Its client cancelled it or went away: not worth starting.
+    fn given_up(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+            || self
+                .caller_gone
+                .as_ref()
+                .is_some_and(|gone| gone.load(Ordering::Acquire))
+    }
+
     /// Its client gave up while it waited for a slot: answered, not run.
     fn not_run(self, batch: &mut Batch) {
         (self.deliver)(
@@ -518,7 +529,7 @@ impl Pool {
     fn drop_cancelled_waiting(&self, batch: &mut Batch) -> bool {
         let (dropped, waiting) = {
             let mut admission = lock(&self.admission);
-            let cancelled = |c: &Call| c.cancelled.load(Ordering::Acquire);
+            let cancelled = |c: &Call| c.given_up();
             if !admission.waiting.iter().any(cancelled) {
                 return !admission.waiting.is_empty();
             }
@@ -600,6 +611,7 @@ impl Pool {
             frame,
             deliver,
             cancelled: call.canceller(),
+            caller_gone: call.caller_gone().cloned(),
         };
         let mut admission = lock(&self.admission);
         let to = match self.live_worker() {
@@ -675,7 +687,7 @@ impl Pool {
                     let Some(call) = admission.waiting.pop_front() else {
                         return;
                     };
-                    if call.cancelled.load(Ordering::Acquire) {
+                    if call.given_up() {
                         drop(admission);
                         call.not_run(batch);
                         continue;
@@ -1201,6 +1213,7 @@ impl Conn {
             frame,
             deliver,
             cancelled,
+            caller_gone,
         } = call;
         {
             let mut pending = lock(&self.pending);
@@ -1211,6 +1224,7 @@ impl Conn {
                     frame,
                     deliver,
                     cancelled,
+                    caller_gone,
                 });
             }
             pending.insert(
@@ -1241,6 +1255,7 @@ impl Conn {
                 frame,
                 deliver: pending.deliver,
                 cancelled: pending.cancelled,
+                caller_gone,
             });
         }
         outbox.frames.extend_from_slice(&frame);
