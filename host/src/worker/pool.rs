@@ -1207,6 +1207,10 @@ impl Conn {
     /// Registers a call and sends it (queued in `batch`, if given); gives
     /// it back if the worker is dead already.
     fn start(self: &Arc<Self>, pool: &Pool, call: Call, batch: &mut Batch) -> Result<(), Call> {
+        let mut pending = lock(&self.pending);
+        if self.dead.load(Ordering::Acquire) {
+            return Err(call);
+        }
         let Call {
             id,
             task,
@@ -1215,29 +1219,17 @@ impl Conn {
             cancelled,
             caller_gone,
         } = call;
-        {
-            let mut pending = lock(&self.pending);
-            if self.dead.load(Ordering::Acquire) {
-                return Err(Call {
-                    id,
-                    task,
-                    frame,
-                    deliver,
-                    cancelled,
-                    caller_gone,
-                });
-            }
-            pending.insert(
-                id,
-                Pending {
-                    task,
-                    deliver,
-                    cancelled,
-                    deadline: Deadline::new(&pool.options, Instant::now()),
-                    running: pool.state.enter(),
-                },
-            );
-        }
+        pending.insert(
+            id,
+            Pending {
+                task,
+                deliver,
+                cancelled,
+                deadline: Deadline::new(&pool.options, Instant::now()),
+                running: pool.state.enter(),
+            },
+        );
+        drop(pending);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut outbox = lock(&self.outbox);
         if outbox.closed {
