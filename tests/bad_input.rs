@@ -367,8 +367,15 @@ fn native_connections_that_go_silent_are_closed() {
     // Half a frame: closed after --read-timeout.
     let mut partial = native_conn(addr, CodecKind::Json);
     partial.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
+    // Idle once its slow call is answered, which happens while the host
+    // waits for its next frame: closed after --idle-timeout too.
+    let mut after_call = native_conn(addr, CodecKind::Json);
+    let mut frame = Vec::new();
+    native::encode_call(&mut frame, 1, "wait-double", b"[300]", b"");
+    after_call.write_all(&frame).unwrap();
+    assert_eq!(read_reply(&mut after_call), (1, Ok(b"600".to_vec())));
     still_serving(addr);
-    for s in [&mut idle, &mut partial] {
+    for s in [&mut idle, &mut partial, &mut after_call] {
         let started = Instant::now();
         assert!(read_to_close(s).is_empty());
         assert!(started.elapsed() < Duration::from_secs(25));

@@ -7,6 +7,8 @@ use taskit_plugin_api::error::kind;
 use taskit_plugin_api::host_side::Invocation;
 use taskit_plugin_api::{CodecError, CodecKind, EncodeArgs, TaskError};
 
+use crate::fair::Caller;
+
 /// One call of a task: read off the wire (either protocol) or made by an
 /// embedding program, and carried unchanged to the task that runs it. It
 /// owns its bytes, so it can move to whichever thread runs it.
@@ -20,6 +22,8 @@ pub struct TaskCall {
     /// Set once the caller's connection is gone: a call that has not
     /// started by then never does.
     caller_gone: Option<Arc<AtomicBool>>,
+    /// Whose call it is: the line it waits in for a task slot.
+    caller: Caller,
 }
 
 impl TaskCall {
@@ -34,6 +38,7 @@ impl TaskCall {
             kwargs,
             cancelled: Arc::default(),
             caller_gone: None,
+            caller: Caller::default(),
         }
     }
 
@@ -69,6 +74,17 @@ impl TaskCall {
     pub(crate) fn tied_to_caller(mut self, gone: &Arc<AtomicBool>) -> Self {
         self.caller_gone = Some(Arc::clone(gone));
         self
+    }
+
+    /// Says whose call it is (see [`crate::fair`]).
+    pub(crate) fn made_by(mut self, caller: Caller) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// Whose call it is.
+    pub(crate) fn caller(&self) -> Caller {
+        self.caller
     }
 
     /// The flag set once the caller is gone, if the call has a caller.

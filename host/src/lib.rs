@@ -31,6 +31,7 @@
 mod batch;
 mod call;
 mod counters;
+mod fair;
 mod loader;
 mod plugin_host;
 mod rate;

@@ -66,6 +66,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_connections: usize,
 
+    /// Connections one peer address may hold at once; past it, its own
+    /// connection idle longest is closed to admit a new one (never another
+    /// peer's), which is closed if all of them are busy.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections_per_peer: usize,
+
     /// Seconds a reply may wait for a client that does not read before the
     /// connection is dropped.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
@@ -305,6 +311,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         read_timeout: args.read_timeout,
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_peer,
         write_timeout: args.write_timeout,
         idle_timeout: args.idle_timeout,
         max_buffered: args.max_buffered,

@@ -148,7 +148,7 @@ pub(crate) fn try_inline(shared: &Shared, job: &Job) -> Option<Result<Vec<u8>, T
     if avg.load(Ordering::Relaxed) >= INLINE_BELOW_NS {
         return None;
     }
-    let _slot = Arc::clone(&shared.task_slots).try_acquire_owned().ok()?;
+    let _slot = shared.task_slots.try_acquire()?;
     Some(tokio::task::block_in_place(|| {
         timed_run(shared, route, &job.call)
     }))
@@ -178,12 +178,8 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
     if let Some(remote) = route.remote() {
         return (remote.send(&call).await, After::Nothing);
     }
-    let Ok(slot) = Arc::clone(&shared.task_slots).acquire_owned().await else {
-        return (
-            Err(TaskError::msg(kind::STOPPING, call.task())),
-            After::Nothing,
-        );
-    };
+    // Slots go round the callers waiting (crate::fair).
+    let slot = shared.task_slots.acquire(call.caller()).await;
     if call.is_orphaned() {
         // Its client went away while it waited for a slot: not started.
         return (

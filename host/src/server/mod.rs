@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use crate::fair::FairSlots;
 use crate::plugin_host::{PluginHost, ReloadSummary};
 use crate::rate::Limiter;
 use crate::registry::Registry;
@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// Connections served at once; past it, the one idle longest is closed
     /// to admit a new one (which is closed if every one is busy).
     pub max_connections: usize,
+    /// Connections one peer address may hold; past it, its own connection
+    /// idle longest is closed to admit a new one (which is closed if every
+    /// one of them is busy).
+    pub max_connections_per_peer: usize,
     /// Calls in flight on one native connection; beyond that the server
     /// stops reading from it until replies are written.
     pub max_in_flight_per_connection: usize,
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_connections_per_peer: 1024,
             max_in_flight_per_connection: 1024,
             idle_timeout: Duration::from_secs(300),
             max_buffered: 256 << 20,
@@ -154,7 +159,7 @@ impl From<Arc<Registry>> for Served {
 pub(crate) struct Shared {
     pub(crate) served: Served,
     pub(crate) config: ServerConfig,
-    pub(crate) task_slots: Arc<Semaphore>,
+    pub(crate) task_slots: Arc<FairSlots>,
     pub(crate) timings: dispatch::Timings,
     pub(crate) budget: Budget,
     pub(crate) drain: Arc<Drain>,
@@ -191,13 +196,16 @@ impl Server {
         let drain = Drain::new();
         let shared = Arc::new(Shared {
             served: served.into(),
-            task_slots: Arc::new(Semaphore::new(config.max_tasks.max(1))),
+            task_slots: FairSlots::new(config.max_tasks),
             timings: dispatch::Timings::default(),
             budget: Budget::new(config.max_buffered.max(config.max_message)),
             drain: Arc::clone(&drain),
             config,
         });
-        let connections = conns::Table::new(shared.config.max_connections);
+        let connections = conns::Table::new(
+            shared.config.max_connections,
+            shared.config.max_connections_per_peer,
+        );
         for listener in listeners {
             // Each listener counts as a connection until it has handed over
             // the connections queued at the stop.
@@ -318,12 +326,22 @@ async fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(slot) = connections.admit().await else {
-        static FULL: Limiter = Limiter::new();
-        if let Some(left_out) = FULL.admit() {
-            tracing::warn!(%peer, limit = shared.config.max_connections, left_out, "too many connections; closing a new one");
+    let slot = match connections.admit(peer.ip()).await {
+        Ok(slot) => Arc::new(slot),
+        Err(conns::Full::Host) => {
+            static FULL: Limiter = Limiter::new();
+            if let Some(left_out) = FULL.admit() {
+                tracing::warn!(%peer, limit = shared.config.max_connections, left_out, "too many connections; closing a new one");
+            }
+            return;
         }
-        return;
+        Err(conns::Full::Peer) => {
+            static PEER_FULL: Limiter = Limiter::new();
+            if let Some(left_out) = PEER_FULL.admit() {
+                tracing::warn!(%peer, limit = shared.config.max_connections_per_peer, left_out, "too many connections from one address; closing a new one");
+            }
+            return;
+        }
     };
     let _ = stream.set_nodelay(true);
     let open = shared.drain.open_connection();
@@ -344,7 +362,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    slot: &conns::Slot,
+    slot: &Arc<conns::Slot>,
 ) {
     let mut first = [0u8; 1];
     // A connection that has said nothing when the host closes holds no call

@@ -32,6 +32,7 @@ use super::replies::{self, Held, Replies, Writer};
 use super::Shared;
 use crate::batch::Batch;
 use crate::call::{max_result, within, TaskCall};
+use crate::fair::Caller;
 use crate::rate::Limiter;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
@@ -40,7 +41,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    slot: &conns::Slot,
+    slot: &Arc<conns::Slot>,
 ) {
     let Some(codec) = handshake(&shared, &mut stream, peer).await else {
         return;
@@ -66,11 +67,15 @@ pub(crate) async fn serve(
         shared: Arc::clone(&shared),
         codec,
         tx,
-        in_flight: Arc::new(Semaphore::new(max_in_flight)),
-        max_in_flight,
+        in_flight: Arc::new(Quiet {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max: max_in_flight,
+            slot: Arc::clone(slot),
+        }),
         cancels: Cancels::default(),
         batch: Batch::default(),
         gone: Arc::default(),
+        caller: Caller::connection(peer.ip()),
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
@@ -212,30 +217,39 @@ impl FrameReader {
                     self.reserved = Some((len, shared.budget.reserve(len).await));
                 }
             }
-            let deadline = match self.frame_started {
-                Some(started) => Some(started + shared.config.read_timeout),
-                None if conn.is_idle() => Some(Instant::now() + shared.config.idle_timeout),
-                None => None,
-            };
             // Between calls, with nothing in flight: it may be closed to make
-            // room for a new connection.
+            // room for a new connection, and at the idle timeout. (It turns
+            // idle too when its last reply is written while this read
+            // waits: see `Quiet`.)
             let idle = self.buf.is_empty() && conn.is_idle();
             slot.set_idle(idle);
-            let read = async {
-                match deadline {
-                    Some(at) => tokio::time::timeout_at(at, self.half.read_buf(&mut self.buf))
-                        .await
-                        .ok(),
-                    None => Some(self.half.read_buf(&mut self.buf).await),
+            let idle_timeout = shared.config.idle_timeout;
+            let (deadline, busy) = match self.frame_started {
+                Some(started) => (started + shared.config.read_timeout, false),
+                None if idle => {
+                    let since = slot
+                        .idle_since()
+                        .map_or_else(Instant::now, Instant::from_std);
+                    (since + idle_timeout, false)
                 }
+                // Looked at again after the idle timeout: it may have turned
+                // idle meanwhile.
+                None => (Instant::now() + idle_timeout, true),
             };
             tokio::select! {
-                read = read => match read {
-                    Some(Ok(n)) if n > 0 => slot.set_idle(false),
-                    Some(_) => return Next::Ended(Ended::Peer),
-                    None => return Next::Ended(Ended::TimedOut),
+                read = tokio::time::timeout_at(deadline, self.half.read_buf(&mut self.buf)) => match read {
+                    Ok(Ok(n)) if n > 0 => slot.set_idle(false),
+                    Ok(_) => return Next::Ended(Ended::Peer),
+                    Err(_) if busy => continue,
+                    Err(_) => return Next::Ended(Ended::TimedOut),
                 },
-                () = slot.evicted(), if idle => return Next::Ended(Ended::Evicted),
+                () = slot.evicted() => {
+                    if self.buf.is_empty() && conn.is_idle() {
+                        return Next::Ended(Ended::Evicted);
+                    }
+                    // Busy again since it was chosen: kept.
+                    slot.spare();
+                }
                 _ = broken.notified() => return Next::Ended(Ended::Peer),
                 _ = shared.drain.reached(Phase::Closing) => return Next::Ended(Ended::Closing),
             }
@@ -252,24 +266,55 @@ impl FrameReader {
     }
 }
 
+/// A connection's calls in flight, counted by the permits they hold.
+pub(super) struct Quiet {
+    permits: Arc<Semaphore>,
+    max: usize,
+    slot: Arc<conns::Slot>,
+}
+
+impl Quiet {
+    fn is_idle(&self) -> bool {
+        self.permits.available_permits() == self.max
+    }
+}
+
+/// A call's place among its connection's calls in flight, given back once
+/// its reply is written (or dropped). The last one given back marks the
+/// connection idle, though its reader may be waiting since it was busy.
+pub(super) struct InFlight {
+    permit: Option<OwnedSemaphorePermit>,
+    quiet: Arc<Quiet>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if self.quiet.is_idle() {
+            self.quiet.slot.set_idle(true);
+        }
+    }
+}
+
 struct Connection {
     shared: Arc<Shared>,
     codec: CodecKind,
     tx: Replies,
     /// Calls in flight on this connection.
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
+    in_flight: Arc<Quiet>,
     cancels: Cancels,
     /// Calls to worker processes not yet written.
     batch: Batch,
     /// Set once the client is gone: its calls not yet started never start.
     gone: Arc<AtomicBool>,
+    /// The line its calls wait in for task slots.
+    caller: Caller,
 }
 
 impl Connection {
     /// Whether no call of this connection is in flight.
     fn is_idle(&self) -> bool {
-        self.in_flight.available_permits() == self.max_in_flight
+        self.in_flight.is_idle()
     }
 
     /// Handles one request frame; false if the connection must close.
@@ -294,20 +339,25 @@ impl Connection {
         // so it runs on the plugin version live when it was read.
         let accepted = self.shared.drain.accept_call();
         let call = TaskCall::new(task, self.codec, args.to_vec(), kwargs.to_vec())
-            .tied_to_caller(&self.gone);
+            .tied_to_caller(&self.gone)
+            .made_by(self.caller);
         let job = Job::new(&self.shared, call);
         // Back-pressure: a client with too many calls in flight (or not
         // reading its replies) is not read from.
-        let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
+        let permit = match Arc::clone(&self.in_flight.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 // Calls queued for workers must not wait with this one.
                 self.batch.flush();
-                let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                let Ok(permit) = Arc::clone(&self.in_flight.permits).acquire_owned().await else {
                     return false;
                 };
                 permit
             }
+        };
+        let permit = InFlight {
+            permit: Some(permit),
+            quiet: Arc::clone(&self.in_flight),
         };
         let held = Held::new(accepted, permit, budget);
         if self.shared.drain.is_stopping() && !job.is_status() {

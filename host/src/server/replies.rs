@@ -15,6 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::dispatch::After;
 use super::drain::AcceptedCall;
+use super::native::InFlight;
 use crate::batch::{send_now, Batch, Corked};
 
 /// What a call holds until its reply is written: its place in the drain,
@@ -22,14 +23,14 @@ use crate::batch::{send_now, Batch, Corked};
 #[derive(Default)]
 pub(super) struct Held {
     _accepted: Option<AcceptedCall>,
-    _in_flight: Option<OwnedSemaphorePermit>,
+    _in_flight: Option<InFlight>,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
     pub(super) fn new(
         accepted: AcceptedCall,
-        in_flight: OwnedSemaphorePermit,
+        in_flight: InFlight,
         budget: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {

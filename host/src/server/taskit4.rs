@@ -18,6 +18,7 @@ use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::AcceptedCall;
 use super::Shared;
 use crate::call::{max_result, within, TaskCall};
+use crate::fair::Caller;
 
 /// The one reply of a connection, and what it answers for.
 struct Answer {
@@ -41,8 +42,9 @@ impl Answer {
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
     // `_held` keeps the message's share of the byte budget until the reply
     // is written.
+    let caller = Caller::connection(peer.ip());
     let (answer, _held) = match read_message(&shared, &mut stream, first).await {
-        Ok(Some((message, held))) => (answer(&shared, &message).await, held),
+        Ok(Some((message, held))) => (answer(&shared, &message, caller).await, held),
         Ok(None) => return,
         Err(err) => {
             tracing::debug!(%peer, %err, "bad TaskIt 4.0 message");
@@ -62,7 +64,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8,
 }
 
 /// Runs the request in `message` and makes its reply.
-async fn answer(shared: &Arc<Shared>, message: &[u8]) -> Answer {
+async fn answer(shared: &Arc<Shared>, message: &[u8], caller: Caller) -> Answer {
     let request = match taskit4::parse_request(message) {
         Ok(request) => request,
         Err(EnvelopeError::Json(msg)) => return Answer::error(kind::DECODE_ERROR, msg),
@@ -77,7 +79,8 @@ async fn answer(shared: &Arc<Shared>, message: &[u8]) -> Answer {
         CodecKind::Json,
         request.args.get().as_bytes().to_vec(),
         request.kwargs.get().as_bytes().to_vec(),
-    );
+    )
+    .made_by(caller);
     let job = Job::new(shared, call);
     let (result, after) = if shared.drain.is_stopping() && !job.is_status() {
         let task = job.call().task().to_owned();

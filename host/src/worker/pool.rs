@@ -22,6 +22,7 @@ use super::spawn::{self, Launch, Started};
 use super::WorkerOptions;
 use crate::batch::{send_now, Batch, Corked};
 use crate::call::TaskCall;
+use crate::fair::{Caller, Lines};
 use crate::loader::{LoadError, Prepared};
 use crate::rate::Limiter;
 use crate::registry::{Health, Plugin};
@@ -79,7 +80,8 @@ pub(super) struct Pool {
 struct Admission {
     /// Calls sent to workers and not yet answered.
     running: usize,
-    waiting: VecDeque<Call>,
+    /// In fair order (crate::fair): callers take turns.
+    waiting: Lines<Call>,
 }
 
 /// A call on its way to a worker.
@@ -92,6 +94,7 @@ struct Call {
     cancelled: Arc<AtomicBool>,
     /// Set once its caller's connection is gone.
     caller_gone: Option<Arc<AtomicBool>>,
+    caller: Caller,
 }
 
 impl Call {
@@ -529,14 +532,10 @@ impl Pool {
     fn drop_cancelled_waiting(&self, batch: &mut Batch) -> bool {
         let (dropped, waiting) = {
             let mut admission = lock(&self.admission);
-            let cancelled = |c: &Call| c.given_up();
-            if !admission.waiting.iter().any(cancelled) {
+            if !admission.waiting.any(Call::given_up) {
                 return !admission.waiting.is_empty();
             }
-            let (dropped, kept) = std::mem::take(&mut admission.waiting)
-                .into_iter()
-                .partition::<Vec<Call>, _>(cancelled);
-            admission.waiting = kept.into();
+            let dropped = admission.waiting.take_where(Call::given_up);
             (dropped, !admission.waiting.is_empty())
         };
         for call in dropped {
@@ -612,6 +611,7 @@ impl Pool {
             deliver,
             cancelled: call.canceller(),
             caller_gone: call.caller_gone().cloned(),
+            caller: call.caller(),
         };
         let mut admission = lock(&self.admission);
         let to = match self.live_worker() {
@@ -627,7 +627,7 @@ impl Pool {
                 conn
             }
             Ok(_) => {
-                admission.waiting.push_back(call);
+                admission.waiting.push(call.caller, call);
                 drop(admission);
                 // Its client may give up while it waits.
                 self.limits.wake();
@@ -654,7 +654,7 @@ impl Pool {
                 {
                     let mut admission = lock(&self.admission);
                     admission.running -= 1;
-                    admission.waiting.push_front(call);
+                    admission.waiting.push_front(call.caller, call);
                 }
                 self.refill(batch);
             }
@@ -684,7 +684,7 @@ impl Pool {
             }
             match self.live_worker() {
                 Ok(Some(conn)) => {
-                    let Some(call) = admission.waiting.pop_front() else {
+                    let Some(call) = admission.waiting.pop() else {
                         return;
                     };
                     if call.given_up() {
@@ -698,7 +698,7 @@ impl Pool {
                 }
                 Ok(None) => return,
                 Err(err) => {
-                    let waiting = std::mem::take(&mut admission.waiting);
+                    let waiting = admission.waiting.take_all();
                     drop(admission);
                     for call in waiting {
                         (call.deliver)(Err(err.clone()), batch);
@@ -715,10 +715,9 @@ impl Pool {
     fn forget(self: &Arc<Self>, id: u64) {
         let dropped = {
             let mut admission = lock(&self.admission);
-            let at = admission.waiting.iter().position(|c| c.id == id);
-            at.and_then(|at| admission.waiting.remove(at))
+            admission.waiting.take_where(|c| c.id == id)
         };
-        if dropped.is_none() {
+        if dropped.is_empty() {
             for conn in self.conns() {
                 if conn.cancel_pending(id) {
                     self.limits.wake();
@@ -1137,7 +1136,7 @@ impl Pool {
         let waiting = {
             let mut admission = lock(&self.admission);
             lock(&self.inner).retired = true;
-            std::mem::take(&mut admission.waiting)
+            admission.waiting.take_all()
         };
         self.changed.notify_all();
         let mut abandoned = Vec::new();
@@ -1218,6 +1217,7 @@ impl Conn {
             deliver,
             cancelled,
             caller_gone,
+            caller,
         } = call;
         pending.insert(
             id,
@@ -1248,6 +1248,7 @@ impl Conn {
                 deliver: pending.deliver,
                 cancelled: pending.cancelled,
                 caller_gone,
+                caller,
             });
         }
         outbox.frames.extend_from_slice(&frame);
