@@ -155,8 +155,6 @@ fn one_address_holds_at_most_its_share_of_connections() {
     let (_host, addr) = HostProcess::serving(
         dir.path(),
         &[
-            "--isolation",
-            "process",
             "--max-connections-per-peer",
             "3",
             "--handshake-timeout",
@@ -201,4 +199,121 @@ fn one_address_holds_at_most_its_share_of_connections() {
         other => panic!("the idle connection was not closed: {other:?}"),
     }
     drop((held, busy));
+}
+
+/// A host serving the demo and crasher plugins, the
+/// crasher's only task slot taken for good by a call that never ends: its
+/// further calls wait in the host.
+fn host_with_a_stuck_slot(
+    label: &str,
+    extra: &[&str],
+) -> (HostProcess, SocketAddr, TempDir, TcpStream) {
+    let dir = demo_dir(label);
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    let mut args = vec!["--max-tasks", "1"];
+    args.extend_from_slice(extra);
+    let (host, addr) = HostProcess::serving(dir.path(), &args);
+    let mut stuck = native_from([127, 0, 0, 9], addr);
+    stuck
+        .write_all(&call_frame(0, "sleep-forever", "[]"))
+        .unwrap();
+    wait_until("the crasher's slot taken", || {
+        call_from([127, 0, 0, 3], addr, "<status>", "[]") == b"\"2\""
+    });
+    (host, addr, dir, stuck)
+}
+
+#[test]
+fn a_flood_of_small_calls_is_held_within_the_byte_budget() {
+    let (host, addr, _dir, _stuck) = host_with_a_stuck_slot(
+        "hostile-budget",
+        &[
+            "--max-buffered",
+            "16777216",
+            "--max-buffered-per-connection",
+            "4194304",
+        ],
+    );
+    let before = rss_kib(host.child.id()).unwrap();
+    // 20 connections each pipeline 1,000 calls of 60 KiB that wait for
+    // the crasher's slot: 1.2 GB offered, none of it over 64 KiB.
+    let arg = format!("[\"{}\"]", "x".repeat(60 << 10));
+    let frame = call_frame(1, "sleep-forever", &arg);
+    let pushers: Vec<_> = (0..20u8)
+        .map(|i| {
+            let mut s = native_from([127, 0, 1, i], addr);
+            // Gives up once the host stops reading for a while.
+            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let frame = frame.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    if s.write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let flood: Vec<TcpStream> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+    let during = rss_kib(host.child.id()).unwrap();
+    // 16 MiB of budget, 16 KiB of allowance per connection, buffers.
+    assert!(
+        during < before + 64 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with 1.2 GB of small calls offered"
+    );
+    // A client from elsewhere is read and answered all the same (the
+    // crasher's slot, and with plugins in process every slot, is taken).
+    assert_eq!(call_from([127, 0, 0, 2], addr, "<status>", "[]"), b"\"2\"");
+    drop(flood);
+}
+
+#[test]
+fn replies_a_client_does_not_read_are_held_within_the_byte_budget() {
+    let dir = demo_dir("hostile-replies");
+    install_by_rename(&plugin("taskit_fixture_crasher"), dir.path(), "crasher.so");
+    let (host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--max-buffered",
+            "16777216",
+            "--max-buffered-per-connection",
+            "4194304",
+            "--write-timeout",
+            "120",
+        ],
+    );
+    let before = rss_kib(host.child.id()).unwrap();
+    // Two clients ask for 1,000 replies of 256 KiB each and read none:
+    // 500 MB of replies, from tiny requests.
+    let frame = call_frame(1, "crasher-big", "[262144]");
+    let pushers: Vec<_> = (0..2u8)
+        .map(|i| {
+            let mut s = native_from([127, 0, 2, i], addr);
+            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let frame = frame.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    if s.write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let hoarders: Vec<TcpStream> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+    // The replies of the calls it read are made by now.
+    wait_until("no call running", || {
+        call_from([127, 0, 0, 3], addr, "<status>", "[]") == b"\"1\""
+    });
+    let during = rss_kib(host.child.id()).unwrap();
+    // Per connection: 4 MiB of replies unwritten, and the replies of the
+    // calls running when it got there (64 task slots, 16 MiB).
+    assert!(
+        during < before + 96 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with 500 MB of replies unread"
+    );
+    assert_eq!(call_from([127, 0, 0, 2], addr, "add", "[2, 2]"), b"4");
+    drop(hoarders);
 }

@@ -8,6 +8,7 @@ use taskit_plugin_api::host_side::Invocation;
 use taskit_plugin_api::{CodecError, CodecKind, EncodeArgs, TaskError};
 
 use crate::fair::Caller;
+use crate::server::Backlog;
 
 /// One call of a task: read off the wire (either protocol) or made by an
 /// embedding program, and carried unchanged to the task that runs it. It
@@ -24,6 +25,9 @@ pub struct TaskCall {
     caller_gone: Option<Arc<AtomicBool>>,
     /// Whose call it is: the line it waits in for a task slot.
     caller: Caller,
+    /// Its connection's unwritten replies: it does not start while they
+    /// are too many.
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl TaskCall {
@@ -39,6 +43,7 @@ impl TaskCall {
             cancelled: Arc::default(),
             caller_gone: None,
             caller: Caller::default(),
+            backlog: None,
         }
     }
 
@@ -85,6 +90,22 @@ impl TaskCall {
     /// Whose call it is.
     pub(crate) fn caller(&self) -> Caller {
         self.caller
+    }
+
+    /// Holds the call back from starting while `backlog` is too long.
+    pub(crate) fn held_back_by(mut self, backlog: &Arc<Backlog>) -> Self {
+        self.backlog = Some(Arc::clone(backlog));
+        self
+    }
+
+    /// What holds it back from starting, if anything may.
+    pub(crate) fn backlog(&self) -> Option<&Arc<Backlog>> {
+        self.backlog.as_ref()
+    }
+
+    /// Whether it may start now (see [`Backlog::allows_start`]).
+    pub(crate) fn may_start(&self) -> bool {
+        self.backlog.as_ref().is_none_or(|b| b.allows_start())
     }
 
     /// The flag set once the caller is gone, if the call has a caller.

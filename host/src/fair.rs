@@ -102,23 +102,41 @@ impl<T> Lines<T> {
 
     /// The next item in fair order.
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let peer_key = self.turn.pop_front()?;
-        let peer = self.peers.get_mut(&peer_key)?;
-        let conn_key = peer.turn.pop_front()?;
-        let line = peer.conns.get_mut(&conn_key)?;
-        let item = line.pop_front()?;
-        if line.is_empty() {
-            peer.conns.remove(&conn_key);
-        } else {
-            peer.turn.push_back(conn_key);
+        self.pop_first(|_| true)
+    }
+
+    /// The next item in fair order among those `ok` accepts: the first
+    /// accepted at the head of a connection's line (a connection's items
+    /// keep their order).
+    pub(crate) fn pop_first(&mut self, mut ok: impl FnMut(&T) -> bool) -> Option<T> {
+        for pi in 0..self.turn.len() {
+            let peer_key = self.turn[pi];
+            let peer = self.peers.get_mut(&peer_key)?;
+            for ci in 0..peer.turn.len() {
+                let conn_key = peer.turn[ci];
+                let line = peer.conns.get_mut(&conn_key)?;
+                if !line.front().is_some_and(&mut ok) {
+                    continue;
+                }
+                let item = line.pop_front()?;
+                let emptied = line.is_empty();
+                peer.turn.remove(ci);
+                if emptied {
+                    peer.conns.remove(&conn_key);
+                } else {
+                    peer.turn.push_back(conn_key);
+                }
+                self.turn.remove(pi);
+                if peer.conns.is_empty() {
+                    self.peers.remove(&peer_key);
+                } else {
+                    self.turn.push_back(peer_key);
+                }
+                self.len -= 1;
+                return Some(item);
+            }
         }
-        if peer.conns.is_empty() {
-            self.peers.remove(&peer_key);
-        } else {
-            self.turn.push_back(peer_key);
-        }
-        self.len -= 1;
-        Some(item)
+        None
     }
 
     /// Takes out every item `drop` accepts, keeping the order of the rest.
@@ -315,6 +333,22 @@ mod tests {
         lines.push_front(caller(2, 1), 9);
         let order: Vec<_> = std::iter::from_fn(|| lines.pop()).collect();
         assert_eq!(order, [9, 2, 1, 4, 5]);
+    }
+
+    #[test]
+    fn items_not_accepted_keep_their_place() {
+        let mut lines = Lines::default();
+        lines.push(caller(1, 1), 10);
+        lines.push(caller(1, 1), 11);
+        lines.push(caller(2, 2), 20);
+        lines.push(caller(3, 3), 30);
+        // Peer 1 is held back: its items are passed over, in place.
+        assert_eq!(lines.pop_first(|i| *i >= 20), Some(20));
+        assert_eq!(lines.pop_first(|i| *i >= 20), Some(30));
+        assert_eq!(lines.pop_first(|i| *i >= 20), None);
+        assert_eq!(lines.pop(), Some(10));
+        assert_eq!(lines.pop(), Some(11));
+        assert!(lines.is_empty());
     }
 
     #[tokio::test]

@@ -82,10 +82,16 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
     idle_timeout: Duration,
 
-    /// Bytes of requests held at once across all connections; beyond that
-    /// the host stops reading until calls finish (at least --max-message).
+    /// Bytes held for clients at once across all connections: requests of
+    /// every size (each counted at least 1 KiB) until their reply is
+    /// written, and replies queued; beyond it the host stops reading until
+    /// replies go out.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     max_buffered: usize,
+
+    /// The same, for one connection.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    max_buffered_per_connection: usize,
 
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -315,6 +321,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         write_timeout: args.write_timeout,
         idle_timeout: args.idle_timeout,
         max_buffered: args.max_buffered,
+        max_buffered_per_connection: args.max_buffered_per_connection,
         drain_timeout: args.drain_timeout,
         ..ServerConfig::default()
     };

@@ -35,7 +35,8 @@ use crate::fair::FairSlots;
 use crate::plugin_host::{PluginHost, ReloadSummary};
 use crate::rate::Limiter;
 use crate::registry::Registry;
-use budget::Budget;
+pub(crate) use budget::Backlog;
+use budget::{Budget, Unwritten};
 use drain::{Drain, OpenConnection, Phase};
 
 /// Limits and settings of a server.
@@ -73,11 +74,13 @@ pub struct ServerConfig {
     /// How long a native connection with nothing in flight may stay silent
     /// before it is closed (clients reconnect transparently).
     pub idle_timeout: Duration,
-    /// Bytes of large requests (over 64 KiB) held at once across all
-    /// connections (frames being read, arguments of calls waiting or
-    /// running); beyond that the server stops reading large requests until
-    /// calls finish. At least `max_message`.
+    /// Bytes held for peers at once across all connections: requests of
+    /// every size (each counted at least 1 KiB) from the moment their
+    /// length is known until their reply is written, and replies queued;
+    /// beyond that the server stops reading until replies go out.
     pub max_buffered: usize,
+    /// The same, for one connection.
+    pub max_buffered_per_connection: usize,
     /// How long a stop waits for the calls it accepted; past it, the
     /// workers still running calls are killed (their callers get
     /// `WorkerCrashed`: the calls may have run), and the server ends with
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             max_in_flight_per_connection: 1024,
             idle_timeout: Duration::from_secs(300),
             max_buffered: 256 << 20,
+            max_buffered_per_connection: 64 << 20,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -161,7 +165,9 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) task_slots: Arc<FairSlots>,
     pub(crate) timings: dispatch::Timings,
-    pub(crate) budget: Budget,
+    pub(crate) budget: Arc<Budget>,
+    /// Bytes of replies not yet written, server-wide.
+    pub(crate) unwritten: Arc<Unwritten>,
     pub(crate) drain: Arc<Drain>,
 }
 
@@ -198,7 +204,8 @@ impl Server {
             served: served.into(),
             task_slots: FairSlots::new(config.max_tasks),
             timings: dispatch::Timings::default(),
-            budget: Budget::new(config.max_buffered.max(config.max_message)),
+            budget: Budget::new(config.max_buffered),
+            unwritten: Unwritten::new(config.max_buffered),
             drain: Arc::clone(&drain),
             config,
         });

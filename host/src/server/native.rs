@@ -5,9 +5,9 @@
 //! Every call is accepted (counted by the drain) the moment its frame is
 //! parsed, before anything can wait, so a drain never finishes with a call
 //! still unanswered. Memory is bounded three ways: the frame length limit,
-//! the server-wide byte budget (reserved as soon as a frame's length is
-//! known, held until its reply is written), and a cap on calls in flight
-//! per connection.
+//! the byte budgets, server-wide and the connection's (reserved as soon as
+//! a frame's length is known, held until its reply is written; see
+//! `budget.rs`), and a cap on calls in flight per connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,12 +24,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::budget::SMALL_REQUEST;
+use super::budget::{Budgets, Charge};
 use super::conns;
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::Phase;
 use super::replies::{self, Held, Replies, Writer};
-use super::Shared;
+use super::{Backlog, Shared};
 use crate::batch::Batch;
 use crate::call::{max_result, within, TaskCall};
 use crate::fair::Caller;
@@ -53,7 +53,8 @@ pub(crate) async fn serve(
         stream.as_fd().try_clone_to_owned().ok()
     };
     let (reader, writer) = stream.into_split();
-    let (tx, replies) = replies::channel(direct);
+    let backlog = Backlog::new(&shared.unwritten, shared.config.max_buffered_per_connection);
+    let (tx, replies) = replies::channel(direct, Arc::clone(&backlog));
     let broken = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         Arc::clone(&shared),
@@ -76,17 +77,19 @@ pub(crate) async fn serve(
         batch: Batch::default(),
         gone: Arc::default(),
         caller: Caller::connection(peer.ip()),
+        budgets: Budgets::for_connection(&shared.budget, shared.config.max_buffered_per_connection),
+        backlog,
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
-        match frames.next(&conn, &broken, slot).await {
+        match frames.next(&mut conn, &broken, slot).await {
             Next::Frame { body, budget } => {
                 if !conn.handle(body, budget).await {
                     break Ended::Fatal;
                 }
                 // Calls to workers go out together, once this read's calls
                 // are all sent.
-                if !frames.holds_small_frame(conn.shared.config.max_message) {
+                if !frames.holds_frame(conn.shared.config.max_message) {
                     conn.batch.flush();
                 }
             }
@@ -140,11 +143,8 @@ enum Ended {
 
 /// What [`FrameReader::next`] found.
 enum Next<'a> {
-    /// A whole request frame, with its share of the budget.
-    Frame {
-        body: &'a [u8],
-        budget: Option<OwnedSemaphorePermit>,
-    },
+    /// A whole request frame, with its charge to the budgets.
+    Frame { body: &'a [u8], budget: Charge },
     /// A frame declared over `--max-message`.
     TooLarge(WireError),
     /// No more frames.
@@ -162,8 +162,8 @@ struct FrameReader {
     start: usize,
     /// When the frame at `start` began arriving.
     frame_started: Option<Instant>,
-    /// Budget reserved for the frame being read: its length and its permit.
-    reserved: Option<(usize, Option<OwnedSemaphorePermit>)>,
+    /// Budget reserved for the frame being read: its length and its charge.
+    reserved: Option<(usize, Charge)>,
 }
 
 impl FrameReader {
@@ -177,16 +177,20 @@ impl FrameReader {
         }
     }
 
-    /// Whether a whole frame that needs no budget (so no wait) is read
-    /// already.
-    fn holds_small_frame(&self, max: usize) -> bool {
+    /// Whether a whole frame is read already.
+    fn holds_frame(&self, max: usize) -> bool {
         matches!(
             native::split_frame(&self.buf[self.start..], max),
-            Ok(Some((_, len))) if len <= SMALL_REQUEST
+            Ok(Some(_))
         )
     }
 
-    async fn next(&mut self, conn: &Connection, broken: &Notify, slot: &conns::Slot) -> Next<'_> {
+    async fn next(
+        &mut self,
+        conn: &mut Connection,
+        broken: &Notify,
+        slot: &conns::Slot,
+    ) -> Next<'_> {
         let shared = &conn.shared;
         let max = shared.config.max_message;
         loop {
@@ -194,7 +198,7 @@ impl FrameReader {
                 Ok(Some((_, len))) => {
                     let begin = self.start;
                     self.start += len;
-                    let budget = self.take_budget(shared, len).await;
+                    let budget = self.take_budget(conn, len).await;
                     let body = &self.buf[begin + native::LENGTH_LEN..begin + len];
                     return Next::Frame { body, budget };
                 }
@@ -214,7 +218,10 @@ impl FrameReader {
             if let Some(body_len) = native::declared_len(&self.buf) {
                 let len = native::LENGTH_LEN + body_len;
                 if self.reserved.as_ref().map(|r| r.0) != Some(len) {
-                    self.reserved = Some((len, shared.budget.reserve(len).await));
+                    // (Calls held back for workers were sent before this
+                    // read: they cannot wait for the room they would free.)
+                    self.reserved = None;
+                    self.reserved = Some((len, conn.budgets.reserve(len).await));
                 }
             }
             // Between calls, with nothing in flight: it may be closed to make
@@ -257,11 +264,19 @@ impl FrameReader {
     }
 
     /// The budget for a frame of `len` bytes (with its length prefix):
-    /// the one reserved while it was read, or a new reservation.
-    async fn take_budget(&mut self, shared: &Shared, len: usize) -> Option<OwnedSemaphorePermit> {
+    /// the one reserved while it was read, or a new reservation. Calls held
+    /// back for workers go out before it waits: the room it waits for may
+    /// be theirs.
+    async fn take_budget(&mut self, conn: &mut Connection, len: usize) -> Charge {
         match self.reserved.take() {
-            Some((reserved, permit)) if reserved == len => permit,
-            _ => shared.budget.reserve(len).await,
+            Some((reserved, charge)) if reserved == len => charge,
+            _ => match conn.budgets.try_reserve(len) {
+                Some(charge) => charge,
+                None => {
+                    conn.batch.flush();
+                    conn.budgets.reserve(len).await
+                }
+            },
         }
     }
 }
@@ -309,6 +324,11 @@ struct Connection {
     gone: Arc<AtomicBool>,
     /// The line its calls wait in for task slots.
     caller: Caller,
+    /// What its requests are charged to.
+    budgets: Budgets,
+    /// Its replies not yet written: its calls wait to start while there
+    /// are too many.
+    backlog: Arc<Backlog>,
 }
 
 impl Connection {
@@ -318,7 +338,7 @@ impl Connection {
     }
 
     /// Handles one request frame; false if the connection must close.
-    async fn handle(&mut self, body: &[u8], budget: Option<OwnedSemaphorePermit>) -> bool {
+    async fn handle(&mut self, body: &[u8], budget: Charge) -> bool {
         let (id, task, args, kwargs) = match native::parse_request(body) {
             Ok(Request::Call {
                 id,
@@ -340,7 +360,8 @@ impl Connection {
         let accepted = self.shared.drain.accept_call();
         let call = TaskCall::new(task, self.codec, args.to_vec(), kwargs.to_vec())
             .tied_to_caller(&self.gone)
-            .made_by(self.caller);
+            .made_by(self.caller)
+            .held_back_by(&self.backlog);
         let job = Job::new(&self.shared, call);
         // Back-pressure: a client with too many calls in flight (or not
         // reading its replies) is not read from.

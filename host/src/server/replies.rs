@@ -11,28 +11,25 @@
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 
+use super::budget::{Backlog, Charge};
 use super::dispatch::After;
 use super::drain::AcceptedCall;
 use super::native::InFlight;
 use crate::batch::{send_now, Batch, Corked};
 
 /// What a call holds until its reply is written: its place in the drain,
-/// its in-flight permit on the connection, its bytes of the budget.
+/// its in-flight permit on the connection, its bytes of the budgets.
 #[derive(Default)]
 pub(super) struct Held {
     _accepted: Option<AcceptedCall>,
     _in_flight: Option<InFlight>,
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: Charge,
 }
 
 impl Held {
-    pub(super) fn new(
-        accepted: AcceptedCall,
-        in_flight: InFlight,
-        budget: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub(super) fn new(accepted: AcceptedCall, in_flight: InFlight, budget: Charge) -> Self {
         Self {
             _accepted: Some(accepted),
             _in_flight: Some(in_flight),
@@ -65,6 +62,8 @@ struct Outbox {
     /// by threads outside the runtime; `None` if it could not be
     /// duplicated.
     direct: Option<OwnedFd>,
+    /// Counts the bytes of replies not yet written.
+    backlog: Arc<Backlog>,
 }
 
 #[derive(Default)]
@@ -90,7 +89,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// The replies of a connection whose socket is `direct` (a duplicate of
 /// its descriptor): the first handle, and the writer's end.
-pub(super) fn channel(direct: Option<OwnedFd>) -> (Replies, Writer) {
+pub(super) fn channel(direct: Option<OwnedFd>, backlog: Arc<Backlog>) -> (Replies, Writer) {
     let outbox = Arc::new(Outbox {
         state: Mutex::new(State {
             senders: 1,
@@ -98,6 +97,7 @@ pub(super) fn channel(direct: Option<OwnedFd>) -> (Replies, Writer) {
         }),
         wake: Notify::new(),
         direct,
+        backlog,
     });
     (Replies(Arc::clone(&outbox)), Writer(outbox))
 }
@@ -135,6 +135,7 @@ impl Replies {
         }
         state.frames.extend_from_slice(frame);
         state.held.push(held);
+        self.0.backlog.queued(frame.len());
         Some(state)
     }
 }
@@ -172,6 +173,7 @@ impl Corked for Outbox {
         if let (Some(socket), false, false) = (&self.direct, state.writing, state.kill) {
             match send_now(socket, &state.frames) {
                 Ok(n) if n == state.frames.len() => {
+                    self.backlog.written(n);
                     state.frames.clear();
                     let answered = std::mem::take(&mut state.held);
                     drop(state);
@@ -179,6 +181,7 @@ impl Corked for Outbox {
                     return;
                 }
                 Ok(n) => {
+                    self.backlog.written(n);
                     state.frames.drain(..n);
                 }
                 // The writer finds out why, and drops the connection.
@@ -220,8 +223,10 @@ impl Writer {
     pub(super) fn written(&self, mut buffer: Vec<u8>, broken: bool) {
         let mut state = lock(&self.0.state);
         state.writing = false;
+        self.0.backlog.written(buffer.len());
         if broken {
             state.closed = true;
+            self.0.backlog.written(state.frames.len());
             state.frames = Vec::new();
             let dropped = std::mem::take(&mut state.held);
             drop(state);

@@ -11,9 +11,8 @@ use taskit_plugin_api::wire::{firstbytes, WireError};
 use taskit_plugin_api::{CodecKind, TaskError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::budget::SMALL_REQUEST;
+use super::budget::{Budgets, Charge};
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::AcceptedCall;
 use super::Shared;
@@ -40,10 +39,12 @@ impl Answer {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
-    // `_held` keeps the message's share of the byte budget until the reply
-    // is written.
+    // `held` keeps the message's charge to the byte budgets until the
+    // reply is written.
     let caller = Caller::connection(peer.ip());
-    let (answer, _held) = match read_message(&shared, &mut stream, first).await {
+    let budgets =
+        Budgets::for_connection(&shared.budget, shared.config.max_buffered_per_connection);
+    let (answer, mut held) = match read_message(&shared, &budgets, &mut stream, first).await {
         Ok(Some((message, held))) => (answer(&shared, &message, caller).await, held),
         Ok(None) => return,
         Err(err) => {
@@ -52,9 +53,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8,
                 WireError::TooLarge { .. } => kind::MESSAGE_TOO_LARGE,
                 _ => kind::PROTOCOL_ERROR,
             };
-            (Answer::error(kind, err.to_string()), None)
+            (Answer::error(kind, err.to_string()), Charge::default())
         }
     };
+    // A reply larger than the request is charged the difference.
+    held.cover(answer.reply.len());
     if let Err(err) = write_reply(&shared, &mut stream, &answer.reply).await {
         tracing::debug!(%peer, %err, "could not write a TaskIt 4.0 reply");
     }
@@ -110,15 +113,17 @@ const UNCLOSED_QUIET: Duration = Duration::from_millis(100);
 /// when the peer went away or took too long.
 async fn read_message(
     shared: &Shared,
+    budgets: &Budgets,
     stream: &mut TcpStream,
     first: u8,
-) -> Result<Option<(Vec<u8>, Option<OwnedSemaphorePermit>)>, WireError> {
+) -> Result<Option<(Vec<u8>, Charge)>, WireError> {
     let mut decoder = firstbytes::Decoder::new(shared.config.max_message);
     decoder.feed(&[first])?;
-    let mut buf = vec![0u8; 16 << 10];
-    // Past the first 64 KiB, the message's bytes count against the
-    // server's budget as they arrive.
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    // Articles are 2 KiB.
+    let mut buf = vec![0u8; 4 << 10];
+    // The message's bytes count against the budgets as they arrive, each
+    // read's before the next.
+    let mut held = budgets.reserve(buf.len()).await;
     let mut total = 1usize;
     let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
     // The message length when an unclosed message was last tried.
@@ -156,14 +161,7 @@ async fn read_message(
             Ok(Ok(n)) => n,
         };
         total += n;
-        if total > SMALL_REQUEST {
-            if let Some(permit) = shared.budget.reserve_exact(n).await {
-                match held.as_mut() {
-                    Some(all) => all.merge(permit),
-                    None => held = Some(permit),
-                }
-            }
-        }
+        budgets.reserve_up_to(&mut held, buf.len() + total).await;
         let used = decoder.feed(&buf[..n])?;
         if used < n {
             // Bytes after the message: TaskIt 4.0 sends one message per

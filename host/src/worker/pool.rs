@@ -26,6 +26,7 @@ use crate::fair::{Caller, Lines};
 use crate::loader::{LoadError, Prepared};
 use crate::rate::Limiter;
 use crate::registry::{Health, Plugin};
+use crate::server::Backlog;
 use crate::services::{emit_plugin_log, HostState, RunningGuard};
 use taskit_plugin_api::host_side::abi::LogLevel;
 
@@ -95,6 +96,8 @@ struct Call {
     /// Set once its caller's connection is gone.
     caller_gone: Option<Arc<AtomicBool>>,
     caller: Caller,
+    /// Its client's unwritten replies: it waits while they are too many.
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl Call {
@@ -105,6 +108,12 @@ impl Call {
                 .caller_gone
                 .as_ref()
                 .is_some_and(|gone| gone.load(Ordering::Acquire))
+    }
+
+    /// Whether it may go to a worker now: given up (to be answered), or
+    /// its client's replies are not piling up.
+    fn may_leave(&self) -> bool {
+        self.given_up() || self.backlog.as_ref().is_none_or(|b| b.allows_start())
     }
 
     /// Its client gave up while it waited for a slot: answered, not run.
@@ -492,6 +501,11 @@ impl Pool {
         let conns = self.conns();
         let mut batch = Batch::default();
         let mut busy = self.drop_cancelled_waiting(&mut batch);
+        if busy {
+            // Calls held back by their clients' unwritten replies are
+            // looked at again.
+            self.refill(&mut batch);
+        }
         for conn in conns {
             let (mut cancel, mut overran) = (Vec::new(), Vec::new());
             let overran_calls: Vec<Pending>;
@@ -612,6 +626,7 @@ impl Pool {
             cancelled: call.canceller(),
             caller_gone: call.caller_gone().cloned(),
             caller: call.caller(),
+            backlog: call.backlog().cloned(),
         };
         let mut admission = lock(&self.admission);
         let to = match self.live_worker() {
@@ -622,7 +637,8 @@ impl Pool {
             }
             Ok(Some(conn))
                 if admission.running < self.options.max_tasks.max(1)
-                    && admission.waiting.is_empty() =>
+                    && admission.waiting.is_empty()
+                    && call.may_leave() =>
             {
                 conn
             }
@@ -684,7 +700,7 @@ impl Pool {
             }
             match self.live_worker() {
                 Ok(Some(conn)) => {
-                    let Some(call) = admission.waiting.pop() else {
+                    let Some(call) = admission.waiting.pop_first(Call::may_leave) else {
                         return;
                     };
                     if call.given_up() {
@@ -1218,6 +1234,7 @@ impl Conn {
             cancelled,
             caller_gone,
             caller,
+            backlog,
         } = call;
         pending.insert(
             id,
@@ -1249,6 +1266,7 @@ impl Conn {
                 cancelled: pending.cancelled,
                 caller_gone,
                 caller,
+                backlog,
             });
         }
         outbox.frames.extend_from_slice(&frame);
