@@ -67,21 +67,32 @@ pub(crate) const OWN_ALLOWANCE: usize = 16 << 10;
 
 /// The budgets a connection draws on: its own allowance, then its budget
 /// and the server's together.
+/// (Shared by the connection's charges: one reference count per call.)
 #[derive(Clone)]
-pub(crate) struct Budgets {
+pub(crate) struct Budgets(Arc<Parts>);
+
+pub(crate) struct Parts {
     own: Arc<Budget>,
     conn: Arc<Budget>,
     server: Arc<Budget>,
 }
 
+impl std::ops::Deref for Budgets {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
 impl Budgets {
     /// A new connection's: `server`'s, and one of `per_connection` bytes.
     pub(crate) fn for_connection(server: &Arc<Budget>, per_connection: usize) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             own: Budget::new(OWN_ALLOWANCE),
             conn: Budget::new(per_connection),
             server: Arc::clone(server),
-        }
+        }))
     }
 
     fn empty_charge(&self) -> Charge {
