@@ -187,8 +187,15 @@ fn invalid_json_and_wrong_envelopes_get_documented_errors() {
         error_type(compat_message(addr, br#"["add", [1, 2], {"z": 1}]"#)),
         "TypeError"
     );
+    // A reserved id tells nothing to a caller without the admin token.
     assert_eq!(
         error_type(compat_message(addr, br#"["<nonsense>", [], {}]"#)),
+        "Unauthorized"
+    );
+    let token = taskit_plugin_api::wire::admin::local_token(addr.port()).unwrap();
+    let with_token = json!(["<nonsense>", [], {"token": token}]).to_string();
+    assert_eq!(
+        error_type(compat_message(addr, with_token.as_bytes())),
         "UnknownSignal"
     );
     still_serving(addr);

@@ -55,10 +55,8 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-#[test]
-fn the_original_python_frontend_calls_our_host() {
-    let dir = demo_dir("py-frontend");
-    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+/// Runs client.py against `addr`, ending with `<stop>`; what it saw.
+fn original_client_against(addr: std::net::SocketAddr) -> Value {
     let out = Command::new(python())
         .arg(script("client.py"))
         .args([
@@ -74,7 +72,25 @@ fn the_original_python_frontend_calls_our_host() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn the_original_python_frontend_calls_our_host() {
+    let dir = demo_dir("py-frontend");
+    // By default, <stop> needs the token the host made: the original
+    // client calls tasks and asks for the status, but cannot stop it.
+    let (_protected, addr) = HostProcess::serving(dir.path(), &[]);
+    let seen = original_client_against(addr);
+    assert_eq!(seen["add"], json!(8));
+    assert_eq!(seen["status"], json!("1"));
+    assert_eq!(seen["stop"], json!(["Unauthorized", ["<stop>"]]));
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(1, 1)).unwrap(), 2);
+
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--no-admin-token"]);
+    let seen = original_client_against(addr);
+    assert_eq!(seen["stop"], Value::Null);
     assert_eq!(seen["add"], json!(8));
     assert_eq!(seen["echo_big"], json!(true));
     assert_eq!(seen["echo_exact"], json!(true));
@@ -89,6 +105,34 @@ fn the_original_python_frontend_calls_our_host() {
     assert_eq!(seen["status"], json!("1"));
     // The client sent <stop> last: the host drains and exits.
     assert_eq!(host.wait_exit(), Some(0));
+}
+
+/// A host's token file for `port`, as one killed there leaves it; removed
+/// on drop.
+struct StaleTokenFile(PathBuf);
+
+impl StaleTokenFile {
+    fn write(port: u16) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = taskit_plugin_api::wire::admin::local_token_file(port);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            // A pid no process has (the largest Linux allows is 4194304).
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"stale\n999999999\n"))
+            .unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for StaleTokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// An original Python backend on a free port, killed on drop.
@@ -125,6 +169,10 @@ impl Drop for PythonBackend {
 #[test]
 fn our_frontend_calls_the_original_python_backend() {
     let mut backend = PythonBackend::start();
+    // A token file left for its port (by a host killed there before): our
+    // frontend must not send the token with `<status>`, which the original
+    // backend would refuse.
+    let _stale = StaleTokenFile::write(backend.port);
     let addr = BackendAddr::new("127.0.0.1", backend.port).taskit4();
     let fe = BlockingFrontEnd::new([addr.clone()]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

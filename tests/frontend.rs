@@ -372,6 +372,71 @@ fn the_admin_token_is_required_when_configured() {
 }
 
 #[test]
+fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
+    use std::os::unix::fs::MetadataExt;
+    use taskit_plugin_api::wire::admin::local_token_file;
+    let dir = demo_dir("fe-made-token");
+    let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
+    // Written for this port, readable by this user alone.
+    let file = local_token_file(addr.port());
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", file.display());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0].len(), 64, "{text}");
+    assert_eq!(lines[1], host.child.id().to_string());
+
+    for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
+        let wrong = BlockingFrontEnd::with_config(
+            [backend.clone()],
+            FrontendConfig {
+                admin_token: Some("guess".into()),
+                ..FrontendConfig::default()
+            },
+        )
+        .unwrap();
+        for signal in [Signal::Stop, Signal::Kill, Signal::Reload] {
+            let err = wrong.send_signal(backend.clone(), signal).unwrap_err();
+            assert_eq!(err.remote_type(), Some("Unauthorized"), "{signal}: {err}");
+        }
+        // What TaskIt 4.0 clients ask for stays open.
+        assert_eq!(wrong.get_tasks(backend.clone()).unwrap(), "1");
+        assert!(!wrong.tasks(backend.clone()).unwrap().is_empty());
+    }
+    // A frontend given no token sends a host on this machine the one it
+    // made.
+    let local = BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(local.reload(addr).unwrap().unchanged, 1);
+    local.send_stop(addr).unwrap();
+    assert_eq!(host.wait_exit(), Some(0));
+    assert!(!file.exists(), "the token file is removed at exit");
+}
+
+#[test]
+fn a_runtime_directory_others_may_write_to_is_refused() {
+    let dir = demo_dir("fe-token-dir");
+    let open = dir.join("run");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(host_binary())
+        .args([
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("TASKIT_RUNTIME_DIR", &open)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("writable by nobody else") && stderr.contains("--no-admin-token"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_world_readable_token_file_is_refused() {
     let dir = demo_dir("fe-token-perm");
     let token_file = dir.join("token");

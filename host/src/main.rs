@@ -34,9 +34,18 @@ struct Args {
 
     /// File holding the admin token that every admin signal (<stop>,
     /// <kill>, <status>, <tasks>, <reload>) must carry. Must not be
-    /// readable by other users.
+    /// readable by other users. Without it, the host makes a token that
+    /// <stop>, <kill> and <reload> must carry, and writes it (mode 0600)
+    /// to $TASKIT_RUNTIME_DIR, /run/taskit for root, $XDG_RUNTIME_DIR/taskit
+    /// or /tmp/taskit-UID, as admin-token-PORT: taskitctl on this machine
+    /// reads it from there.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+
+    /// Make no admin token: any client that can connect may stop, kill or
+    /// reload the host.
+    #[arg(long, conflicts_with = "admin_token_file")]
+    no_admin_token: bool,
 
     /// Largest message or frame accepted, in bytes; larger ones are refused
     /// before anything is allocated for them.
@@ -306,14 +315,24 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
     let registry = std::sync::Arc::clone(plugins.registry());
 
+    // Without a token of the user's, one of the host's own guards the
+    // signals that change something.
+    let made_token = admin_token.is_none() && !args.no_admin_token;
+    let open_reads = made_token;
+    let admin_token = match admin_token {
+        Some(token) => Some(token),
+        None if made_token => Some(local_token::make()?),
+        None => None,
+    };
     if admin_token.is_none() && args.binds.iter().any(|a| !a.ip().is_loopback()) {
-        tracing::warn!("listening beyond loopback without --admin-token-file: anyone who can connect can stop this host");
+        tracing::warn!("listening beyond loopback with --no-admin-token: anyone who can connect can stop this host");
     }
     let config = ServerConfig {
         binds: args.binds.clone(),
         max_message: args.max_message,
         max_tasks: args.max_tasks,
-        admin_token,
+        admin_token: admin_token.clone(),
+        open_reads,
         read_timeout: args.read_timeout,
         handshake_timeout: args.handshake_timeout,
         max_connections: args.max_connections,
@@ -327,6 +346,13 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     };
     let mut server = Server::start(config, plugins).await?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let token_files = match (&admin_token, made_token) {
+        (Some(token), true) => {
+            let ports: Vec<u16> = server.local_addrs().iter().map(|a| a.port()).collect();
+            local_token::write(token, &ports)?
+        }
+        _ => local_token::Files::default(),
+    };
     tracing::info!(
         listening = %addrs.join(", "),
         plugins = registry.plugins().len(),
@@ -345,6 +371,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     loop {
         tokio::select! {
             exit = server.wait() => {
+                drop(token_files);
                 tracing::info!(?exit, "taskit-host exiting");
                 return Ok(exit);
             }
@@ -377,6 +404,86 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
                 server.stop();
             }
         }
+    }
+}
+
+/// The admin token a host makes when given none: random, written to a
+/// private file per port in the runtime directory, removed at exit.
+mod local_token {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::path::PathBuf;
+
+    use anyhow::Context as _;
+    use taskit_plugin_api::wire::admin::{local_token_file, local_token_text, runtime_dir};
+
+    /// 32 random bytes, as hex.
+    pub fn make() -> anyhow::Result<String> {
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("cannot read /dev/urandom to make an admin token")?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The files written: removed when dropped.
+    #[derive(Default)]
+    pub struct Files(Vec<PathBuf>);
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            for file in &self.0 {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+
+    /// Writes `token` for each of `ports`, readable by this user alone, in
+    /// a directory nobody else may write to.
+    pub fn write(token: &str, ports: &[u16]) -> anyhow::Result<Files> {
+        let dir = runtime_dir();
+        let fail = || {
+            format!(
+                "cannot write the admin token to {}; give one with --admin-token-file, or run with --no-admin-token",
+                dir.display()
+            )
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(fail)?;
+        let meta = std::fs::metadata(&dir).with_context(fail)?;
+        // SAFETY: a plain system call.
+        let me = unsafe { libc::geteuid() };
+        anyhow::ensure!(
+            (meta.uid() == me || meta.uid() == 0) && meta.mode() & 0o022 == 0,
+            "{}: it must belong to this user (or root) and be writable by nobody else",
+            fail()
+        );
+        let mut files = Files::default();
+        for &port in ports {
+            let path = local_token_file(port);
+            if files.0.contains(&path) {
+                continue;
+            }
+            let staging = dir.join(format!(".admin-token-{port}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&staging);
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&staging)
+                .and_then(|mut f| f.write_all(local_token_text(token).as_bytes()))
+                .and_then(|()| std::fs::rename(&staging, &path));
+            if let Err(err) = written {
+                let _ = std::fs::remove_file(&staging);
+                return Err(err).with_context(fail);
+            }
+            tracing::info!(file = %path.display(), "admin token written: <stop>, <kill> and <reload> need it (taskitctl on this machine reads it)");
+            files.0.push(path);
+        }
+        Ok(files)
     }
 }
 

@@ -35,5 +35,9 @@ seen["unknown"] = remote_error("no-such-task")
 seen["arity"] = remote_error("add", 1, 2, 3)
 seen["status"] = frontend.get_tasks(backend)
 if len(sys.argv) > 3 and sys.argv[3] == "stop":
-    frontend.send_stop(backend)
+    try:
+        frontend.send_stop(backend)
+        seen["stop"] = None
+    except BackendProcessingError as e:
+        seen["stop"] = [e.type, list(e.args)]
 print(json.dumps(seen))

@@ -50,8 +50,11 @@ pub struct ServerConfig {
     /// Tasks running at once; further calls wait for a slot.
     pub max_tasks: usize,
     /// When set, every admin signal must carry it (`{"token": …}` as its
-    /// keyword arguments).
+    /// keyword arguments), but see `open_reads`.
     pub admin_token: Option<String>,
+    /// `<status>` and `<tasks>` need no token: only the signals that change
+    /// something do (what TaskIt 4.0 clients may still ask of a host).
+    pub open_reads: bool,
     /// How long a peer may take to send a whole TaskIt 4.0 message, or a
     /// native frame once begun.
     pub read_timeout: Duration,
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             max_message: 16 << 20,
             max_tasks: 64,
             admin_token: None,
+            open_reads: false,
             read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),

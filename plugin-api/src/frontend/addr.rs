@@ -30,6 +30,16 @@ pub struct BackendAddr {
 }
 
 impl BackendAddr {
+    /// Whether it is on this machine's loopback (`localhost`, 127.0.0.0/8,
+    /// `::1`).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// A native backend using JSON.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {

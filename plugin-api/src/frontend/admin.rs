@@ -2,7 +2,7 @@
 //! [`Signal`] declares them.
 
 use super::{BackendAddr, FrontEnd, FrontendError, InFlight, Outcome};
-use crate::wire::admin::{PluginSummary, ReloadReport, Reply, Signal};
+use crate::wire::admin::{local_token, PluginSummary, ReloadReport, Reply, Signal};
 
 impl FrontEnd {
     /// Sends `signal` to one backend (with the admin token, if configured)
@@ -13,7 +13,19 @@ impl FrontEnd {
         signal: Signal,
     ) -> Result<Reply, FrontendError> {
         let backend = self.backend(&backend.into())?;
-        let kwargs = match &self.inner.config.admin_token {
+        // Without a token of its own, a signal that changes a host on this
+        // machine carries the token the host made
+        // (crate::wire::admin::local_token), if any; the others need none
+        // (and an original TaskIt 4.0 backend refuses arguments it does not
+        // expect).
+        let token = match &self.inner.config.admin_token {
+            Some(token) => Some(token.clone()),
+            None if backend.addr.is_loopback() && signal.changes_host() => {
+                local_token(backend.addr.port)
+            }
+            None => None,
+        };
+        let kwargs = match token {
             Some(token) => {
                 serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap_or_default()
             }

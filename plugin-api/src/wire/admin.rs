@@ -54,6 +54,12 @@ impl Signal {
         Signal::Kill,
     ];
 
+    /// Whether it changes the host (`<stop>`, `<kill>`, `<reload>`): what
+    /// the token a host makes guards.
+    pub fn changes_host(self) -> bool {
+        matches!(self, Self::Stop | Self::Kill | Self::Reload)
+    }
+
     /// Its task id on the wire, e.g. `<stop>`.
     pub fn name(self) -> &'static str {
         match self {
@@ -212,6 +218,73 @@ pub fn read_token_file(path: &Path, private: bool) -> Result<String, TokenFileEr
         return Err(TokenFileError::Empty { path: shown });
     }
     Ok(token.to_owned())
+}
+
+/// The directory where a host started with neither `--admin-token-file`
+/// nor `--no-admin-token` writes the admin token it makes, one file per
+/// port it listens on ([`local_token_file`]), and where clients on the same
+/// machine look for it: `$TASKIT_RUNTIME_DIR` if set; else `/run/taskit`
+/// for root; else `$XDG_RUNTIME_DIR/taskit`; else `/tmp/taskit-UID`.
+pub fn runtime_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("TASKIT_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    let uid = effective_uid();
+    if uid == Some(0) {
+        return "/run/taskit".into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("taskit");
+    }
+    match uid {
+        Some(uid) => format!("/tmp/taskit-{uid}").into(),
+        None => std::env::temp_dir().join("taskit"),
+    }
+}
+
+/// The file holding the admin token a host listening on `port` made (see
+/// [`runtime_dir`]).
+pub fn local_token_file(port: u16) -> std::path::PathBuf {
+    runtime_dir().join(format!("admin-token-{port}"))
+}
+
+/// The admin token the host on this machine's `port` made, if its file is
+/// there, private (owned by this user, or read by root, and readable by
+/// nobody else) and the host that wrote it still runs. Looked for in
+/// [`local_token_file`], then in `/run/taskit-PORT/` (where the systemd
+/// unit's host writes it). Clients send it only to loopback addresses.
+///
+/// The file holds the token, then the host's pid ([`local_token_text`]): a
+/// file left by a host that was killed is ignored, so whatever listens on
+/// its port later is not sent its token.
+pub fn local_token(port: u16) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = effective_uid()?;
+    let unit = Path::new(&format!("/run/taskit-{port}")).join(format!("admin-token-{port}"));
+    [local_token_file(port), unit].into_iter().find_map(|path| {
+        let meta = std::fs::metadata(&path).ok()?;
+        if meta.mode() & 0o077 != 0 || (meta.uid() != uid && uid != 0) {
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mut lines = text.lines();
+        let token = lines.next().filter(|t| !t.is_empty())?;
+        let pid: u32 = lines.next()?.parse().ok()?;
+        Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then(|| token.to_owned())
+    })
+}
+
+/// What a host writes to its token file: the token, then its pid.
+pub fn local_token_text(token: &str) -> String {
+    format!("{token}\n{}\n", std::process::id())
+}
+
+/// This process's effective user id (the owner of `/proc/self`).
+fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// A number of seconds as given on a command line (`2.5`): positive and
