@@ -256,14 +256,8 @@ impl Applier {
     /// costs one rescan per turn, not one each); other messages wait their
     /// turn.
     fn more_reloads(&mut self) -> Vec<SyncSender<ReloadSummary>> {
-        let mut replies = Vec::new();
-        while let Ok(msg) = self.rx.try_recv() {
-            match msg {
-                Msg::Reload(reply) => replies.push(reply),
-                Msg::Shutdown => self.shutting_down = true,
-                other => self.backlog.push_back(other),
-            }
-        }
+        let (replies, shutdown) = take_reloads(&self.rx, &mut self.backlog);
+        self.shutting_down |= shutdown;
         replies
     }
 
@@ -482,9 +476,57 @@ impl Applier {
     }
 }
 
+/// Takes every message queued on `rx`: the forced reloads, to answer with
+/// one rescan; the others go to `backlog`, in order. Whether a shutdown was
+/// among them.
+fn take_reloads(
+    rx: &Receiver<Msg>,
+    backlog: &mut VecDeque<Msg>,
+) -> (Vec<SyncSender<ReloadSummary>>, bool) {
+    let (mut replies, mut shutdown) = (Vec::new(), false);
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Reload(reply) => replies.push(reply),
+            Msg::Shutdown => shutdown = true,
+            other => backlog.push_back(other),
+        }
+    }
+    (replies, shutdown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reloads_asked_for_meanwhile_share_one_rescan_and_other_messages_wait_in_order() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let event =
+            |path: &str| Msg::Fs(Ok(notify::Event::new(EventKind::Any).add_path(path.into())));
+        let mut waiting = Vec::new();
+        for i in 0..6 {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            tx.send(Msg::Reload(reply)).unwrap();
+            waiting.push(answer);
+            if i % 2 == 0 {
+                tx.send(event(&format!("/p/{i}.so"))).unwrap();
+            }
+        }
+        tx.send(Msg::Shutdown).unwrap();
+        let mut backlog = VecDeque::new();
+        let (replies, shutdown) = take_reloads(&rx, &mut backlog);
+        assert_eq!(replies.len(), 6);
+        assert!(shutdown);
+        let paths: Vec<_> = backlog
+            .iter()
+            .map(|m| match m {
+                Msg::Fs(Ok(e)) => e.paths[0].clone(),
+                _ => panic!("only file events wait"),
+            })
+            .collect();
+        assert_eq!(paths, ["/p/0.so", "/p/2.so", "/p/4.so"].map(PathBuf::from));
+        assert!(rx.try_recv().is_err());
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
