@@ -470,11 +470,12 @@ fn a_world_readable_token_file_is_refused() {
 #[test]
 fn reload_signal_picks_up_a_new_plugin() {
     let dir = demo_dir("fe-reload");
-    let (_host, addr) = HostProcess::serving(dir.path(), &["--no-watch"]);
+    let (mut host, addr) = HostProcess::serving(dir.path(), &["--no-watch"]);
     install_by_rename(&plugin("taskit_fixture_faulty"), dir.path(), "faulty.so");
     let fe = BlockingFrontEnd::new(backends(addr)).unwrap();
     let report = fe.reload(addr).unwrap();
     assert_eq!(report.loaded.len(), 1, "{report:?}");
+    host.expect_line(&["<reload>: plugins directory rescanned", "loaded=1"]);
     assert!(report.loaded[0].ends_with("faulty.so"));
     assert_eq!(fe.work::<String>("fine", &()).unwrap(), "still here");
     let err = fe.work::<Value>("panic", &("boom",)).unwrap_err();

@@ -14,6 +14,9 @@ fn every_demo_task_answers_in_json_and_bincode() {
     let reg = host.registry();
 
     assert_eq!(call::<i64>(reg, "add", &(4, 4)).unwrap(), 8);
+    // Never a wrapped sum.
+    let err = call::<i64>(reg, "add", &(i64::MAX, 1)).unwrap_err();
+    assert_eq!(err.kind(), "OverflowError", "{err:?}");
     assert_eq!(
         call_with::<Bincode, i64>(reg, "add", &(4i64, 4i64), b"").unwrap(),
         8

@@ -279,7 +279,17 @@ async fn signal_reply(
         ),
         Signal::Tasks => (Reply::Tasks(shared.registry().summaries()), After::Nothing),
         Signal::Reload => {
-            let report = reload(shared).await.map(report_of).unwrap_or_default();
+            let summary = reload(shared).await;
+            if let Some(summary) = &summary {
+                tracing::info!(
+                    loaded = summary.loaded.len(),
+                    refused = summary.refused.len(),
+                    removed = summary.removed.len(),
+                    unchanged = summary.unchanged,
+                    "<reload>: plugins directory rescanned"
+                );
+            }
+            let report = summary.map(report_of).unwrap_or_default();
             (Reply::Reload(report), After::Nothing)
         }
         Signal::Stop => {

@@ -127,6 +127,20 @@ impl From<&str> for BackendAddr {
     }
 }
 
+impl From<String> for BackendAddr {
+    /// As `From<&str>`.
+    fn from(s: String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<&String> for BackendAddr {
+    /// As `From<&str>`.
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
 impl From<(&str, u16)> for BackendAddr {
     fn from((host, port): (&str, u16)) -> Self {
         Self::new(host, port)
@@ -160,5 +174,20 @@ mod tests {
         assert!("host:70000".parse::<BackendAddr>().is_err());
         assert!(":80".parse::<BackendAddr>().is_err());
         assert!("".parse::<BackendAddr>().is_err());
+    }
+
+    #[test]
+    fn strings_convert_like_str() {
+        let port = 6001;
+        let a = BackendAddr::from(format!("127.0.0.1:{port}"));
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 6001));
+        let owned = String::from("localhost:6002");
+        let b = BackendAddr::from(&owned);
+        assert_eq!(
+            (b.host.as_str(), b.port, b.is_loopback()),
+            ("localhost", 6002, true)
+        );
+        assert!(!BackendAddr::from("10.0.0.1:1").is_loopback());
+        assert!(BackendAddr::from("[::1]:1").is_loopback());
     }
 }

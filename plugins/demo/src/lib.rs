@@ -10,9 +10,15 @@ use serde::Deserialize;
 use serde_json::json;
 use taskit_plugin_api::{export_plugin, Kw, TaskContext, TaskError};
 
-/// `add(x, y)`: the sum of two integers.
-fn add(x: i64, y: i64) -> i64 {
-    x + y
+/// `add(x, y)`: the sum of two 64-bit integers; `OverflowError` if it
+/// does not fit (never a wrapped result).
+fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    x.checked_add(y).ok_or_else(|| {
+        TaskError::msg(
+            "OverflowError",
+            format!("{x} + {y} does not fit in 64 bits"),
+        )
+    })
 }
 
 /// `echo(s)`: its argument, unchanged.
