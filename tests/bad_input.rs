@@ -192,7 +192,7 @@ fn invalid_json_and_wrong_envelopes_get_documented_errors() {
         error_type(compat_message(addr, br#"["<nonsense>", [], {}]"#)),
         "Unauthorized"
     );
-    let token = taskit_plugin_api::wire::admin::local_token(addr.port()).unwrap();
+    let token = taskit_plugin_api::wire::admin::local_token(addr).unwrap();
     let with_token = json!(["<nonsense>", [], {"token": token}]).to_string();
     assert_eq!(
         error_type(compat_message(addr, with_token.as_bytes())),

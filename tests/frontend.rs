@@ -385,6 +385,16 @@ fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0].len(), 64, "{text}");
     assert_eq!(lines[1], host.child.id().to_string());
+    assert_eq!(lines[2], addr.to_string());
+    // Only for the address the host listens on: whatever listens on the
+    // same port elsewhere (another user's [::1]:PORT, 127.0.0.2:PORT) is
+    // never sent it.
+    use taskit_plugin_api::wire::admin::local_token;
+    assert!(local_token(addr).is_some());
+    for elsewhere in ["127.0.0.2", "::1"] {
+        let other = std::net::SocketAddr::new(elsewhere.parse().unwrap(), addr.port());
+        assert_eq!(local_token(other), None, "{other}");
+    }
 
     for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
         let wrong = BlockingFrontEnd::with_config(

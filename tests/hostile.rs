@@ -317,3 +317,41 @@ fn replies_a_client_does_not_read_are_held_within_the_byte_budget() {
     assert_eq!(call_from([127, 0, 0, 2], addr, "add", "[2, 2]"), b"4");
     drop(hoarders);
 }
+
+#[test]
+fn frame_headers_that_promise_large_frames_hold_no_budget_from_others() {
+    let dir = demo_dir("hostile-headers");
+    let (_host, addr) = HostProcess::serving(
+        dir.path(),
+        &[
+            "--max-buffered",
+            "1048576",
+            "--max-buffered-per-connection",
+            "1048576",
+            "--read-timeout",
+            "300",
+        ],
+    );
+    // 40 connections each announce a 16 MiB frame and send nothing more.
+    let headers: Vec<TcpStream> = (0..40u8)
+        .map(|i| {
+            let mut s = native_from([127, 0, 3, i], addr);
+            s.write_all(&(16u32 << 20).to_be_bytes()).unwrap();
+            s
+        })
+        .collect();
+    // Each is read (and charged) before the client below starts.
+    let status = call_from([127, 0, 0, 3], addr, "<status>", "[]");
+    assert_eq!(status, b"\"1\"");
+    // A client from elsewhere pipelines more calls than its own allowance
+    // holds: they need the server's budget, which the headers left alone.
+    let mut s = native_from([127, 0, 0, 2], addr);
+    let frames: Vec<u8> = (0..200u64)
+        .flat_map(|id| call_frame(id, "add", "[1, 2]"))
+        .collect();
+    s.write_all(&frames).unwrap();
+    for _ in 0..200 {
+        assert_eq!(read_reply(&mut s).1.unwrap(), b"3");
+    }
+    drop(headers);
+}

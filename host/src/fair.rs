@@ -193,9 +193,19 @@ struct SlotsInner {
     waiting: Lines<oneshot::Sender<Slot>>,
 }
 
-/// A task slot, given back when dropped.
+/// A task slot, given back when dropped (unless disarmed).
 pub(crate) struct Slot {
     slots: Arc<FairSlots>,
+    armed: bool,
+}
+
+impl Slot {
+    fn new(slots: &Arc<FairSlots>) -> Self {
+        Self {
+            slots: Arc::clone(slots),
+            armed: true,
+        }
+    }
 }
 
 impl FairSlots {
@@ -217,9 +227,7 @@ impl FairSlots {
         let mut inner = self.lock();
         if inner.free > 0 && inner.waiting.is_empty() {
             inner.free -= 1;
-            return Some(Slot {
-                slots: Arc::clone(self),
-            });
+            return Some(Slot::new(self));
         }
         None
     }
@@ -230,9 +238,7 @@ impl FairSlots {
             let mut inner = self.lock();
             if inner.free > 0 && inner.waiting.is_empty() {
                 inner.free -= 1;
-                return Slot {
-                    slots: Arc::clone(self),
-                };
+                return Slot::new(self);
             }
             let (tx, rx) = oneshot::channel();
             inner.waiting.push(caller, tx);
@@ -255,14 +261,12 @@ impl FairSlots {
     fn release(self: &Arc<Self>) {
         let mut inner = self.lock();
         while let Some(tx) = inner.waiting.pop() {
-            match tx.send(Slot {
-                slots: Arc::clone(self),
-            }) {
+            match tx.send(Slot::new(self)) {
                 Ok(()) => return,
                 // Its caller stopped waiting: the slot goes to the next one
-                // (forgotten, not dropped: dropping would release it again
-                // under the lock).
-                Err(slot) => std::mem::forget(slot),
+                // (disarmed: dropping it must not release it again under the
+                // lock).
+                Err(mut slot) => slot.armed = false,
             }
         }
         inner.free += 1;
@@ -272,14 +276,14 @@ impl FairSlots {
 /// A sender is only dropped after sending; should that ever change, a
 /// fresh slot is taken rather than a call stranded.
 fn unreachable_slot(slots: &Arc<FairSlots>) -> Slot {
-    Slot {
-        slots: Arc::clone(slots),
-    }
+    Slot::new(slots)
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.release();
+        if self.armed {
+            self.slots.release();
+        }
     }
 }
 

@@ -347,10 +347,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     let mut server = Server::start(config, plugins).await?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let token_files = match (&admin_token, made_token) {
-        (Some(token), true) => {
-            let ports: Vec<u16> = server.local_addrs().iter().map(|a| a.port()).collect();
-            local_token::write(token, &ports)?
-        }
+        (Some(token), true) => local_token::write(token, server.local_addrs())?,
         _ => local_token::Files::default(),
     };
     tracing::info!(
@@ -411,6 +408,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
 /// private file per port in the runtime directory, removed at exit.
 mod local_token {
     use std::io::{Read, Write};
+    use std::net::SocketAddr;
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     use std::path::PathBuf;
 
@@ -426,21 +424,25 @@ mod local_token {
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    /// The files written: removed when dropped.
+    /// The files written: removed when dropped, unless another host has
+    /// written its own there since (one started on the port while this
+    /// one drained).
     #[derive(Default)]
-    pub struct Files(Vec<PathBuf>);
+    pub struct Files(Vec<PathBuf>, String);
 
     impl Drop for Files {
         fn drop(&mut self) {
             for file in &self.0 {
-                let _ = std::fs::remove_file(file);
+                if std::fs::read_to_string(file).is_ok_and(|text| text == self.1) {
+                    let _ = std::fs::remove_file(file);
+                }
             }
         }
     }
 
     /// Writes `token` for each of `ports`, readable by this user alone, in
     /// a directory nobody else may write to.
-    pub fn write(token: &str, ports: &[u16]) -> anyhow::Result<Files> {
+    pub fn write(token: &str, addrs: &[SocketAddr]) -> anyhow::Result<Files> {
         let dir = runtime_dir();
         let fail = || {
             format!(
@@ -461,8 +463,9 @@ mod local_token {
             "{}: it must belong to this user (or root) and be writable by nobody else",
             fail()
         );
-        let mut files = Files::default();
-        for &port in ports {
+        let text = local_token_text(token, addrs);
+        let mut files = Files(Vec::new(), text.clone());
+        for port in addrs.iter().map(SocketAddr::port) {
             let path = local_token_file(port);
             if files.0.contains(&path) {
                 continue;
@@ -474,7 +477,7 @@ mod local_token {
                 .create_new(true)
                 .mode(0o600)
                 .open(&staging)
-                .and_then(|mut f| f.write_all(local_token_text(token).as_bytes()))
+                .and_then(|mut f| f.write_all(text.as_bytes()))
                 .and_then(|()| std::fs::rename(&staging, &path));
             if let Err(err) = written {
                 let _ = std::fs::remove_file(&staging);

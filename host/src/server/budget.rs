@@ -95,7 +95,8 @@ impl Budgets {
         }))
     }
 
-    fn empty_charge(&self) -> Charge {
+    /// A charge of nothing yet, to grow with [`reserve_up_to`](Self::reserve_up_to).
+    pub(crate) fn empty_charge(&self) -> Charge {
         Charge {
             budgets: Some(self.clone()),
             ..Charge::default()
@@ -127,10 +128,21 @@ impl Budgets {
         charge
     }
 
-    /// Grows `charge` to cover `bytes` in all, waiting for room in both
-    /// budgets: the connection's first, so a connection waiting for its own
-    /// holds nothing more of the server's.
+    /// Grows `charge` to cover `bytes` in all: from the connection's own
+    /// allowance as far as it goes, then waiting for room in both budgets,
+    /// the connection's first (a connection waiting for its own holds
+    /// nothing more of the server's).
     pub(crate) async fn reserve_up_to(&self, charge: &mut Charge, bytes: usize) {
+        let short = [(&self.conn, CONN), (&self.server, SERVER)]
+            .into_iter()
+            .map(|(budget, at)| {
+                budget
+                    .kib(bytes)
+                    .saturating_sub(charge.kib[OWN] + charge.kib[at])
+            })
+            .max()
+            .unwrap_or(0);
+        charge.kib[OWN] += take_up_to(&self.own, short);
         for (budget, at) in [(&self.conn, CONN), (&self.server, SERVER)] {
             let want = budget.kib(bytes).saturating_sub(charge.kib[OWN]);
             if want <= charge.kib[at] {
@@ -142,6 +154,22 @@ impl Budgets {
                 permit.forget();
                 charge.kib[at] += more;
             }
+        }
+    }
+}
+
+/// Takes as much of `kib` as `budget` has now; how much.
+fn take_up_to(budget: &Budget, kib: u32) -> u32 {
+    loop {
+        let free = u32::try_from(budget.kib.available_permits())
+            .unwrap_or(u32::MAX)
+            .min(kib);
+        if free == 0 {
+            return 0;
+        }
+        if let Ok(permit) = budget.kib.try_acquire_many(free) {
+            permit.forget();
+            return free;
         }
     }
 }

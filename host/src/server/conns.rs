@@ -23,6 +23,8 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Table {
     slots: Arc<Semaphore>,
     per_peer: usize,
+    /// Told whenever a connection's slot is freed.
+    released: Notify,
     inner: Mutex<Inner>,
 }
 
@@ -87,6 +89,7 @@ impl Table {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(max.max(1))),
             per_peer: per_peer.max(1),
+            released: Notify::new(),
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -99,13 +102,26 @@ impl Table {
     /// the connection idle longest (of that peer, if it holds its share),
     /// closed for it.
     pub(crate) async fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Full> {
-        {
-            let mut inner = self.lock();
-            // A peer at its share makes room among its own connections; the
-            // one it closes frees a host slot too, shortly.
-            if inner.by_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer
-                && !inner.evict(|e| e.peer == peer)
+        // A peer at its share makes room among its own connections, and
+        // waits until it is made (the one it closes frees a host slot too).
+        let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
+        let mut asked = false;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             {
+                let mut inner = self.lock();
+                if inner.by_peer.get(&peer).copied().unwrap_or(0) < self.per_peer {
+                    break;
+                }
+                if !asked && !inner.evict(|e| e.peer == peer) {
+                    return Err(Full::Peer);
+                }
+                asked = true;
+            }
+            // One that turned busy when asked stays: then this one is closed.
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
                 return Err(Full::Peer);
             }
         }
@@ -151,10 +167,14 @@ impl Slot {
     /// The connection waits for its next call (`true`), or has work
     /// (`false`): only an idle one may be closed to make room.
     pub(crate) fn set_idle(&self, idle: bool) {
-        if self.idle.swap(idle, Ordering::Relaxed) == idle {
+        if self.idle.load(Ordering::Relaxed) == idle {
             return;
         }
-        if let Some(entry) = self.table.lock().entries.get_mut(&self.id) {
+        // The flag changes with the table, under its lock: both always say
+        // the same.
+        let mut table = self.table.lock();
+        self.idle.store(idle, Ordering::Relaxed);
+        if let Some(entry) = table.entries.get_mut(&self.id) {
             match (idle, entry.idle_since) {
                 (true, None) => entry.idle_since = Some(Instant::now()),
                 (false, Some(_)) => entry.idle_since = None,
@@ -193,5 +213,7 @@ impl Drop for Slot {
                 }
             }
         }
+        drop(inner);
+        self.table.released.notify_waiters();
     }
 }

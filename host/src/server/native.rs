@@ -155,6 +155,11 @@ enum Next<'a> {
 /// reserved before its body is read; and the connection's deadlines: a frame
 /// must arrive within the read timeout, and a connection with nothing in
 /// flight may stay silent for the idle timeout.
+/// Bytes read at most at a time, besides doubling what a frame being read
+/// has sent: charged before they are read. (Less than a connection's own
+/// allowance: a header alone costs the server's budget nothing.)
+const READ_AHEAD: usize = 15 << 10;
+
 struct FrameReader {
     half: OwnedReadHalf,
     buf: Vec<u8>,
@@ -162,8 +167,9 @@ struct FrameReader {
     start: usize,
     /// When the frame at `start` began arriving.
     frame_started: Option<Instant>,
-    /// Budget reserved for the frame being read: its length and its charge.
-    reserved: Option<(usize, Charge)>,
+    /// The frame being read: its length, the bytes charged for it so far,
+    /// and their charge.
+    reserved: Option<(usize, usize, Charge)>,
 }
 
 impl FrameReader {
@@ -213,23 +219,18 @@ impl FrameReader {
                 (false, None) => Some(Instant::now()),
                 (false, started) => started,
             };
-            // Reserve the budget of a frame whose length is known before
-            // reading its body.
-            if let Some(body_len) = native::declared_len(&self.buf) {
-                let len = native::LENGTH_LEN + body_len;
-                if self.reserved.as_ref().map(|r| r.0) != Some(len) {
-                    // (Calls held back for workers were sent before this
-                    // read: they cannot wait for the room they would free.)
-                    self.reserved = None;
-                    self.reserved = Some((len, conn.budgets.reserve(len).await));
-                }
-            }
             // Between calls, with nothing in flight: it may be closed to make
             // room for a new connection, and at the idle timeout. (It turns
             // idle too when its last reply is written while this read
             // waits: see `Quiet`.)
-            let idle = self.buf.is_empty() && conn.is_idle();
+            let mut idle = self.buf.is_empty() && conn.is_idle();
             slot.set_idle(idle);
+            if !idle && self.buf.is_empty() && conn.is_idle() {
+                // Its last reply went out meanwhile, marking it idle before
+                // the line above marked it busy: idle after all.
+                idle = true;
+                slot.set_idle(true);
+            }
             let idle_timeout = shared.config.idle_timeout;
             let (deadline, busy) = match self.frame_started {
                 Some(started) => (started + shared.config.read_timeout, false),
@@ -243,8 +244,35 @@ impl FrameReader {
                 // idle meanwhile.
                 None => (Instant::now() + idle_timeout, true),
             };
+            // A frame being read is charged as its bytes come, at most
+            // twice what it has sent or READ_AHEAD ahead (a header alone
+            // must not hold its declared length of the budget), waiting for
+            // room no later than its deadline.
+            // (Calls held back for workers were sent before this read: they
+            // cannot wait for the room they would free.)
+            let mut limit = READ_AHEAD;
+            if let Some(body_len) = native::declared_len(&self.buf) {
+                let len = native::LENGTH_LEN + body_len;
+                if self.reserved.as_ref().map(|r| r.0) != Some(len) {
+                    self.reserved = Some((len, 0, conn.budgets.empty_charge()));
+                }
+                if let Some((_, covered, charge)) = self.reserved.as_mut() {
+                    let have = self.buf.len();
+                    let want = len.min((have + READ_AHEAD).max(have * 2));
+                    if *covered < want {
+                        let reserve = conn.budgets.reserve_up_to(charge, want);
+                        if tokio::time::timeout_at(deadline, reserve).await.is_err() {
+                            return Next::Ended(Ended::TimedOut);
+                        }
+                        *covered = want;
+                    }
+                    limit = want.saturating_sub(self.buf.len()).max(1);
+                }
+            }
+            let mut limited = (&mut self.half).take(limit as u64);
+            let read = limited.read_buf(&mut self.buf);
             tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.half.read_buf(&mut self.buf)) => match read {
+                read = tokio::time::timeout_at(deadline, read) => match read {
                     Ok(Ok(n)) if n > 0 => slot.set_idle(false),
                     Ok(_) => return Next::Ended(Ended::Peer),
                     Err(_) if busy => continue,
@@ -269,7 +297,7 @@ impl FrameReader {
     /// be theirs.
     async fn take_budget(&mut self, conn: &mut Connection, len: usize) -> Charge {
         match self.reserved.take() {
-            Some((reserved, charge)) if reserved == len => charge,
+            Some((reserved, _, charge)) if reserved == len => charge,
             _ => match conn.budgets.try_reserve(len) {
                 Some(charge) => charge,
                 None => {

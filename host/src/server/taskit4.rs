@@ -123,7 +123,7 @@ async fn read_message(
     let mut buf = vec![0u8; 4 << 10];
     // The message's bytes count against the budgets as they arrive, each
     // read's before the next.
-    let mut held = budgets.reserve(buf.len()).await;
+    let mut held = budgets.reserve(1).await;
     let mut total = 1usize;
     let deadline = tokio::time::Instant::now() + shared.config.read_timeout;
     // The message length when an unclosed message was last tried.
@@ -161,7 +161,14 @@ async fn read_message(
             Ok(Ok(n)) => n,
         };
         total += n;
-        budgets.reserve_up_to(&mut held, buf.len() + total).await;
+        // Within the message's deadline: a peer cannot hold a wait for
+        // room past it.
+        if tokio::time::timeout_at(deadline, budgets.reserve_up_to(&mut held, total))
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
         let used = decoder.feed(&buf[..n])?;
         if used < n {
             // Bytes after the message: TaskIt 4.0 sends one message per

@@ -643,10 +643,17 @@ impl Pool {
                 conn
             }
             Ok(_) => {
+                let free = admission.running < self.options.max_tasks.max(1);
                 admission.waiting.push(call.caller, call);
                 drop(admission);
                 // Its client may give up while it waits.
                 self.limits.wake();
+                // A slot is free, but calls held back by their clients'
+                // unwritten replies wait: the next call that may start
+                // takes it now.
+                if free {
+                    self.refill(batch);
+                }
                 return id;
             }
         };

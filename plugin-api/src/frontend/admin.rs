@@ -20,9 +20,12 @@ impl FrontEnd {
         // expect).
         let token = match &self.inner.config.admin_token {
             Some(token) => Some(token.clone()),
-            None if backend.addr.is_loopback() && signal.changes_host() => {
-                local_token(backend.addr.port)
-            }
+            None if backend.addr.is_loopback() && signal.changes_host() => backend
+                .addr
+                .host
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .and_then(|ip| local_token((ip, backend.addr.port).into())),
             None => None,
         };
         let kwargs = match token {

@@ -248,37 +248,64 @@ pub fn local_token_file(port: u16) -> std::path::PathBuf {
     runtime_dir().join(format!("admin-token-{port}"))
 }
 
-/// The admin token the host on this machine's `port` made, if its file is
-/// there, private (owned by this user, or read by root, and readable by
-/// nobody else) and the host that wrote it still runs. Looked for in
+/// The admin token the host on this machine listening on `addr` made, if
+/// its file is there, private (a plain file, not a link, owned by this
+/// user, or read by root, and readable by nobody else), the host that wrote
+/// it still runs, and it listens on `addr` itself (or on the unspecified
+/// address of its family, on that port). Looked for in
 /// [`local_token_file`], then in `/run/taskit-PORT/` (where the systemd
 /// unit's host writes it). Clients send it only to loopback addresses.
 ///
-/// The file holds the token, then the host's pid ([`local_token_text`]): a
-/// file left by a host that was killed is ignored, so whatever listens on
-/// its port later is not sent its token.
-pub fn local_token(port: u16) -> Option<String> {
+/// The file holds the token, the host's pid, then the addresses it listens
+/// on ([`local_token_text`]): a file left by a host that was killed is
+/// ignored, and so is one of a host on another address of the same port,
+/// so whatever else listens there is never sent the token.
+pub fn local_token(addr: std::net::SocketAddr) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let uid = effective_uid()?;
+    let port = addr.port();
     let unit = Path::new(&format!("/run/taskit-{port}")).join(format!("admin-token-{port}"));
     [local_token_file(port), unit].into_iter().find_map(|path| {
-        let meta = std::fs::metadata(&path).ok()?;
-        if meta.mode() & 0o077 != 0 || (meta.uid() != uid && uid != 0) {
+        if std::fs::symlink_metadata(&path)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
             return None;
         }
-        let text = std::fs::read_to_string(&path).ok()?;
+        let mut file = std::fs::File::open(&path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.mode() & 0o077 != 0 || (meta.uid() != uid && uid != 0) {
+            return None;
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).ok()?;
         let mut lines = text.lines();
         let token = lines.next().filter(|t| !t.is_empty())?;
         let pid: u32 = lines.next()?.parse().ok()?;
-        Path::new(&format!("/proc/{pid}"))
-            .exists()
-            .then(|| token.to_owned())
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        let listens_there = lines
+            .filter_map(|l| l.parse::<std::net::SocketAddr>().ok())
+            .any(|bound| {
+                bound == addr
+                    || (bound.port() == port
+                        && bound.ip().is_unspecified()
+                        && bound.is_ipv4() == addr.is_ipv4())
+            });
+        listens_there.then(|| token.to_owned())
     })
 }
 
-/// What a host writes to its token file: the token, then its pid.
-pub fn local_token_text(token: &str) -> String {
-    format!("{token}\n{}\n", std::process::id())
+/// What a host listening on `addrs` writes to its token file: the token,
+/// its pid, then the addresses, a line each.
+pub fn local_token_text(token: &str, addrs: &[std::net::SocketAddr]) -> String {
+    let mut text = format!("{token}\n{}\n", std::process::id());
+    for addr in addrs {
+        text.push_str(&format!("{addr}\n"));
+    }
+    text
 }
 
 /// This process's effective user id (the owner of `/proc/self`).
