@@ -1,13 +1,13 @@
 //! The byte budgets: what the server holds for peers (request frames and
-//! messages of every size, and the calls made of them, from the moment
-//! their length is known until their reply is written; replies queued for
+//! messages of every size, and the calls made of them, charged as their
+//! bytes arrive and held until their reply is written; replies queued for
 //! a client), counted server-wide (`--max-buffered`) and per connection
 //! (`--max-buffered-per-connection`). Past either, the server stops reading
 //! (back-pressure) until replies go out. Before either, a connection draws
-//! on an allowance of its own ([`OWN_ALLOWANCE`]), so a client making a
-//! few ordinary calls (16 small ones) is served even while others hold all of the
-//! server's budget: the host holds at most `--max-buffered` plus that
-//! allowance per connection.
+//! on an allowance of its own ([`OWN_ALLOWANCE`]), so a client making a few
+//! ordinary calls (16 small ones) is served even while others hold all of
+//! the server's budget: the host holds at most `--max-buffered` of
+//! requests plus that allowance per connection.
 //!
 //! Every request counts at least [`MIN_CHARGE`] bytes, for what a call
 //! costs besides its bytes, so floods of tiny calls are bounded too. A
@@ -20,8 +20,8 @@
 //! budget, or has any while the server's unwritten replies are over the
 //! server's budget. So unwritten replies pass a budget by at most the
 //! replies of the calls running when it filled (each at most
-//! `--max-message`), and a client that reads its replies is never held up
-//! by one that does not.
+//! `--max-message`), and a client with no reply unwritten is never held
+//! back.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
