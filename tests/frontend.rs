@@ -327,6 +327,18 @@ fn kill_ends_the_host_at_once() {
     );
 }
 
+/// A frontend on `backend` that sends `token` with admin signals.
+fn with_token(backend: BackendAddr, token: &str) -> BlockingFrontEnd {
+    BlockingFrontEnd::with_config(
+        [backend],
+        FrontendConfig {
+            admin_token: Some(token.into()),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn the_admin_token_is_required_when_configured() {
     let dir = demo_dir("fe-token");
@@ -342,14 +354,7 @@ fn the_admin_token_is_required_when_configured() {
             let err = without.send_signal(addr, signal).unwrap_err();
             assert_eq!(err.remote_type(), Some("Unauthorized"), "{signal}: {err}");
         }
-        let wrong = BlockingFrontEnd::with_config(
-            [backend.clone()],
-            FrontendConfig {
-                admin_token: Some("guess".into()),
-                ..FrontendConfig::default()
-            },
-        )
-        .unwrap();
+        let wrong = with_token(backend.clone(), "guess");
         assert_eq!(
             wrong.send_stop(addr).unwrap_err().remote_type(),
             Some("Unauthorized")
@@ -357,14 +362,7 @@ fn the_admin_token_is_required_when_configured() {
         // Ordinary calls need no token.
         assert_eq!(without.work::<i64>("add", &(1i64, 2i64)).unwrap(), 3);
     }
-    let right = BlockingFrontEnd::with_config(
-        [BackendAddr::from(addr)],
-        FrontendConfig {
-            admin_token: Some("s3cret".into()),
-            ..FrontendConfig::default()
-        },
-    )
-    .unwrap();
+    let right = with_token(BackendAddr::from(addr), "s3cret");
     assert_eq!(right.get_tasks(addr).unwrap(), "1");
     assert_eq!(right.reload(addr).unwrap().unchanged, 1);
     right.send_stop(addr).unwrap();
@@ -397,14 +395,7 @@ fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
     }
 
     for backend in [BackendAddr::from(addr), BackendAddr::from(addr).taskit4()] {
-        let wrong = BlockingFrontEnd::with_config(
-            [backend.clone()],
-            FrontendConfig {
-                admin_token: Some("guess".into()),
-                ..FrontendConfig::default()
-            },
-        )
-        .unwrap();
+        let wrong = with_token(backend.clone(), "guess");
         for signal in [Signal::Stop, Signal::Kill, Signal::Reload] {
             let err = wrong.send_signal(backend.clone(), signal).unwrap_err();
             assert_eq!(err.remote_type(), Some("Unauthorized"), "{signal}: {err}");
@@ -422,24 +413,34 @@ fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
     assert!(!file.exists(), "the token file is removed at exit");
 }
 
+/// `taskit-host` serving `dir` on a free loopback port, not started yet.
+fn host_command(dir: &TempDir) -> std::process::Command {
+    let mut host = std::process::Command::new(host_binary());
+    host.args([
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    host
+}
+
+/// Runs a host that must refuse to start; what it said.
+fn fails_to_start(mut host: std::process::Command) -> String {
+    let out = host.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_runtime_directory_others_may_write_to_is_refused() {
     let dir = demo_dir("fe-token-dir");
     let open = dir.join("run");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let out = std::process::Command::new(host_binary())
-        .args([
-            "--plugins",
-            dir.path().to_str().unwrap(),
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .env("TASKIT_RUNTIME_DIR", &open)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut host = host_command(&dir);
+    host.env("TASKIT_RUNTIME_DIR", &open);
+    let stderr = fails_to_start(host);
     assert!(
         stderr.contains("writable by nobody else") && stderr.contains("--no-admin-token"),
         "{stderr}"
@@ -458,18 +459,9 @@ fn a_world_readable_token_file_is_refused() {
             std::os::unix::fs::PermissionsExt::from_mode(mode),
         )
         .unwrap();
-        let out = std::process::Command::new(host_binary())
-            .args([
-                "--plugins",
-                dir.path().to_str().unwrap(),
-                "--bind",
-                "127.0.0.1:0",
-            ])
-            .args(["--admin-token-file", token_file.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut host = host_command(&dir);
+        host.args(["--admin-token-file", token_file.to_str().unwrap()]);
+        let stderr = fails_to_start(host);
         assert!(
             stderr.contains("readable by other users than its owner"),
             "{mode:o}: {stderr}"

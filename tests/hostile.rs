@@ -201,6 +201,32 @@ fn one_address_holds_at_most_its_share_of_connections() {
     drop((held, busy));
 }
 
+/// Clients from `sources` each write `frame` `times` over, until the host
+/// stops reading them for a while (or all is written); their connections.
+fn push_until_stalled(
+    sources: impl Iterator<Item = [u8; 4]>,
+    addr: SocketAddr,
+    frame: &[u8],
+    times: usize,
+) -> Vec<TcpStream> {
+    let pushers: Vec<_> = sources
+        .map(|source| {
+            let mut s = native_from(source, addr);
+            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let frame = frame.to_vec();
+            std::thread::spawn(move || {
+                for _ in 0..times {
+                    if s.write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    pushers.into_iter().map(|p| p.join().unwrap()).collect()
+}
+
 /// A host serving the demo and crasher plugins, the
 /// crasher's only task slot taken for good by a call that never ends: its
 /// further calls wait in the host.
@@ -239,23 +265,7 @@ fn a_flood_of_small_calls_is_held_within_the_byte_budget() {
     // the crasher's slot: 1.2 GB offered, none of it over 64 KiB.
     let arg = format!("[\"{}\"]", "x".repeat(60 << 10));
     let frame = call_frame(1, "sleep-forever", &arg);
-    let pushers: Vec<_> = (0..20u8)
-        .map(|i| {
-            let mut s = native_from([127, 0, 1, i], addr);
-            // Gives up once the host stops reading for a while.
-            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
-            let frame = frame.clone();
-            std::thread::spawn(move || {
-                for _ in 0..1000 {
-                    if s.write_all(&frame).is_err() {
-                        break;
-                    }
-                }
-                s
-            })
-        })
-        .collect();
-    let flood: Vec<TcpStream> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+    let flood = push_until_stalled((0..20u8).map(|i| [127, 0, 1, i]), addr, &frame, 1000);
     let during = rss_kib(host.child.id()).unwrap();
     // 16 MiB of budget, 16 KiB of allowance per connection, buffers.
     assert!(
@@ -287,22 +297,7 @@ fn replies_a_client_does_not_read_are_held_within_the_byte_budget() {
     // Two clients ask for 1,000 replies of 256 KiB each and read none:
     // 500 MB of replies, from tiny requests.
     let frame = call_frame(1, "crasher-big", "[262144]");
-    let pushers: Vec<_> = (0..2u8)
-        .map(|i| {
-            let mut s = native_from([127, 0, 2, i], addr);
-            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
-            let frame = frame.clone();
-            std::thread::spawn(move || {
-                for _ in 0..1000 {
-                    if s.write_all(&frame).is_err() {
-                        break;
-                    }
-                }
-                s
-            })
-        })
-        .collect();
-    let hoarders: Vec<TcpStream> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+    let hoarders = push_until_stalled((0..2u8).map(|i| [127, 0, 2, i]), addr, &frame, 1000);
     // The replies of the calls it read are made by now.
     wait_until("no call running", || {
         call_from([127, 0, 0, 3], addr, "<status>", "[]") == b"\"1\""

@@ -380,13 +380,7 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
                     let summary = handle.reload().await;
                     sd_notify::notify("READY=1");
                     if let Some(summary) = summary {
-                        tracing::info!(
-                            loaded = summary.loaded.len(),
-                            refused = summary.refused.len(),
-                            removed = summary.removed.len(),
-                            unchanged = summary.unchanged,
-                            "SIGHUP: plugins directory rescanned"
-                        );
+                        summary.log("SIGHUP");
                     }
                 });
             }

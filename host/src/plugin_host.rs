@@ -110,6 +110,20 @@ pub struct ReloadSummary {
     pub unchanged: usize,
 }
 
+impl ReloadSummary {
+    /// Logs what it did, for a rescan asked for by `why` (`SIGHUP`,
+    /// `<reload>`).
+    pub fn log(&self, why: &str) {
+        tracing::info!(
+            loaded = self.loaded.len(),
+            refused = self.refused.len(),
+            removed = self.removed.len(),
+            unchanged = self.unchanged,
+            "{why}: plugins directory rescanned"
+        );
+    }
+}
+
 /// Why the plugin host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -281,13 +281,7 @@ async fn signal_reply(
         Signal::Reload => {
             let summary = reload(shared).await;
             if let Some(summary) = &summary {
-                tracing::info!(
-                    loaded = summary.loaded.len(),
-                    refused = summary.refused.len(),
-                    removed = summary.removed.len(),
-                    unchanged = summary.unchanged,
-                    "<reload>: plugins directory rescanned"
-                );
+                summary.log("<reload>");
             }
             let report = summary.map(report_of).unwrap_or_default();
             (Reply::Reload(report), After::Nothing)
