@@ -17,6 +17,8 @@ fn every_demo_task_answers_in_json_and_bincode() {
     // Never a wrapped sum.
     let err = call::<i64>(reg, "add", &(i64::MAX, 1)).unwrap_err();
     assert_eq!(err.kind(), "OverflowError", "{err:?}");
+    let err = call::<u64>(reg, "wait-double", &(u64::MAX,)).unwrap_err();
+    assert_eq!(err.kind(), "OverflowError", "{err:?}");
     assert_eq!(
         call_with::<Bincode, i64>(reg, "add", &(4i64, 4i64), b"").unwrap(),
         8

@@ -30,10 +30,11 @@ fn echo(s: String) -> String {
 const MAX_WAIT_MS: u64 = 1_000;
 
 /// `wait-double(n)`: sleeps `n` milliseconds (at most a second), then
-/// returns `2n`.
-fn wait_double(n: u64) -> u64 {
+/// returns `2n` (`OverflowError` if it does not fit).
+fn wait_double(n: u64) -> Result<u64, TaskError> {
     std::thread::sleep(Duration::from_millis(n.min(MAX_WAIT_MS)));
-    n * 2
+    n.checked_mul(2)
+        .ok_or_else(|| TaskError::msg("OverflowError", format!("2 * {n} does not fit in 64 bits")))
 }
 
 /// `get-error()`: always fails, with an `AssertionError` as TaskIt's demo did.
