@@ -1,6 +1,7 @@
 //! The frontend of the `worker` example: the ways to call a task, status,
 //! remote errors, a message long enough for several FirstBytes articles,
-//! then stopping the worker.
+//! then stopping the worker (only the worker: a host serving plugins on
+//! the port is left running).
 //!
 //! ```sh
 //! cargo run --example worker &
@@ -65,7 +66,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         back.len()
     );
 
-    fe.send_stop(addr)?;
-    println!("stop: sent");
+    // Only the worker example is stopped (it serves its own functions,
+    // listed as "embedded"): a host serving plugins there is left alone.
+    let plugins = fe.tasks(addr.clone())?;
+    if plugins.iter().all(|p| p.name == "embedded") {
+        fe.send_stop(addr)?;
+        println!("stop: sent");
+    } else {
+        println!("stop: not sent ({addr} serves plugins: it is not the worker example)");
+    }
     Ok(())
 }

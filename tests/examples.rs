@@ -135,6 +135,17 @@ fn worker_and_main() {
 }
 
 #[test]
+fn main_leaves_a_host_serving_plugins_running() {
+    let dir = demo_dir("example-main-host");
+    let (host, addr) = HostProcess::serving(dir.path(), &[]);
+    let (out, _) = run("main", &[&addr.to_string()]);
+    assert_has(&out, &["work: add(4, 4) = 8", "stop: not sent"]);
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(1, 1)).unwrap(), 2);
+    drop(host);
+}
+
+#[test]
 fn load_and_call() {
     let dir = demo_dir("example-load");
     let (out, _) = run(

@@ -207,6 +207,7 @@ fn the_host_refuses_to_start_on_a_port_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(host_binary())
         .args(["--plugins", dir.path().to_str().unwrap(), "--bind", &addr])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -215,6 +216,9 @@ fn the_host_refuses_to_start_on_a_port_in_use() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+    // Said before any plugin is loaded, and without a backtrace.
+    assert!(!stderr.contains("loaded plugin"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     assert!(
         stderr.to_lowercase().contains("address") && stderr.contains("in use"),
         "{stderr}"

@@ -46,7 +46,7 @@ pub use call::TaskCall;
 pub use loader::LoadError;
 pub use plugin_host::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
 pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDED};
-pub use server::{Exit, Served, Server, ServerConfig, ServerHandle};
+pub use server::{Bound, Exit, Served, Server, ServerConfig, ServerHandle};
 pub use services::PLUGIN_LOG_TARGET;
 pub use watcher::is_plugin_file;
 pub use worker::{run_worker, Isolation, WorkerOptions, FRAME_SLACK, WORKER_SUBCOMMAND};

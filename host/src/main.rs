@@ -225,11 +225,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let mut argv = std::env::args_os().skip(1);
     if argv.next().is_some_and(|a| a == WORKER_SUBCOMMAND) {
         std::process::exit(run_worker(argv));
     }
+    // Why it could not start, on one line with its causes: never a
+    // backtrace, whatever RUST_BACKTRACE says.
+    match host_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("taskit-host: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn host_main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let admin_token = args
@@ -310,10 +322,6 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             Isolation::Process(Box::new(options))
         }
     };
-    let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
-        .await?
-        .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
-    let registry = std::sync::Arc::clone(plugins.registry());
 
     // Without a token of the user's, one of the host's own guards the
     // signals that change something.
@@ -344,7 +352,13 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         drain_timeout: args.drain_timeout,
         ..ServerConfig::default()
     };
-    let mut server = Server::start(config, plugins).await?;
+    // The port first: a taken one is said before plugins load.
+    let bound = Server::bind(config).await?;
+    let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
+        .await?
+        .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
+    let registry = std::sync::Arc::clone(plugins.registry());
+    let mut server = bound.serve(plugins);
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let token_files = match (&admin_token, made_token) {
         (Some(token), true) => local_token::write(token, server.local_addrs())?,

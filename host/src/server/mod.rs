@@ -187,11 +187,26 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
 }
 
+/// The addresses of a server bound and not yet serving (see
+/// [`Server::bind`]): connections wait in the kernel's queue until it
+/// serves.
+pub struct Bound {
+    config: ServerConfig,
+    listeners: Vec<TcpListener>,
+    addrs: Vec<SocketAddr>,
+}
+
 impl Server {
     /// Binds every address of `config` and starts serving what `served`
     /// holds: a [`PluginHost`] or an `Arc<Registry>`. Must be called inside
     /// a tokio runtime.
     pub async fn start(config: ServerConfig, served: impl Into<Served>) -> std::io::Result<Self> {
+        Ok(Self::bind(config).await?.serve(served))
+    }
+
+    /// Binds every address of `config`, serving nothing yet: a program
+    /// finds a taken port before it loads anything.
+    pub async fn bind(config: ServerConfig) -> std::io::Result<Bound> {
         let mut listeners = Vec::new();
         for addr in &config.binds {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -203,6 +218,28 @@ impl Server {
             .iter()
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Bound {
+            config,
+            listeners,
+            addrs,
+        })
+    }
+}
+
+impl Bound {
+    /// The addresses bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Starts serving what `served` holds (see [`Server::start`]). Must be
+    /// called inside a tokio runtime.
+    pub fn serve(self, served: impl Into<Served>) -> Server {
+        let Self {
+            config,
+            listeners,
+            addrs,
+        } = self;
         let drain = Drain::new();
         let shared = Arc::new(Shared {
             served: served.into(),
@@ -229,9 +266,11 @@ impl Server {
             ));
         }
         tokio::spawn(drain_when_stopping(Arc::clone(&shared)));
-        Ok(Self { shared, addrs })
+        Server { shared, addrs }
     }
+}
 
+impl Server {
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
