@@ -230,3 +230,29 @@ fn the_token_file_is_sent_with_admin_commands() {
     assert_eq!(code, 0);
     assert_eq!(host.wait_exit(), Some(0));
 }
+
+#[test]
+fn every_argument_is_described_in_help() {
+    for command in ["status", "stop", "kill", "tasks", "reload"] {
+        let (code, out, _) = taskitctl(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("<HOST>   The hosts' address"),
+            "{command}: {out}"
+        );
+        assert!(
+            out.contains("<PORTS>  Their ports: N, N,M,K or N-M"),
+            "{command}: {out}"
+        );
+    }
+    let (_, out, _) = taskitctl(&["status", "--help"]);
+    assert!(
+        out.contains("counts the status call itself (an idle host says 1)"),
+        "{out}"
+    );
+    let (_, out, _) = taskitctl(&["call", "--help"]);
+    assert!(
+        out.contains("<TASK>") && out.contains("The task id"),
+        "{out}"
+    );
+}

@@ -38,7 +38,9 @@ struct Cli {
     #[arg(long, global = true, visible_alias = "compat")]
     taskit4: bool,
 
-    /// File holding the admin token, for hosts started with one.
+    /// File holding the admin token, for hosts started with
+    /// --admin-token-file. Without it, stop, kill and reload send a host on
+    /// this machine the token it made (in its runtime directory).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
 
@@ -51,22 +53,34 @@ struct Cli {
     timeout: Duration,
 }
 
+/// The hosts a command goes to: one address, many ports.
+#[derive(Debug, clap::Args)]
+struct Hosts {
+    /// The hosts' address: a name or an IP (127.0.0.1 for hosts on this
+    /// machine).
+    host: String,
+    /// Their ports: N, N,M,K or N-M (inclusive), e.g. 54543-54546.
+    ports: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Running-task count of each host.
-    Status { host: String, ports: String },
+    /// Running-task count of each host: "up, N jobs running", where N
+    /// counts the status call itself (an idle host says 1), or "down".
+    Status(Hosts),
     /// Stop each host: it answers the calls it accepted, then exits.
-    Stop { host: String, ports: String },
+    Stop(Hosts),
     /// End each host at once.
-    Kill { host: String, ports: String },
+    Kill(Hosts),
     /// The plugins and task ids each host serves.
-    Tasks { host: String, ports: String },
+    Tasks(Hosts),
     /// Make each host rescan its plugins directory now.
-    Reload { host: String, ports: String },
+    Reload(Hosts),
     /// Call TASK on HOST[:PORT] with JSON arguments and print the JSON result.
     Call {
         /// HOST or HOST:PORT (default port 54543).
         target: String,
+        /// The task id, e.g. add.
         task: String,
         /// Positional arguments, each a JSON value (quote strings: '"text"').
         args: Vec<String>,
@@ -136,11 +150,11 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             args,
             kwargs,
         } => return call(&cli, config, timeout, target, task, args, kwargs).await,
-        Command::Status { host, ports } => (Signal::Status, host, ports),
-        Command::Stop { host, ports } => (Signal::Stop, host, ports),
-        Command::Kill { host, ports } => (Signal::Kill, host, ports),
-        Command::Tasks { host, ports } => (Signal::Tasks, host, ports),
-        Command::Reload { host, ports } => (Signal::Reload, host, ports),
+        Command::Status(hosts) => (Signal::Status, &hosts.host, &hosts.ports),
+        Command::Stop(hosts) => (Signal::Stop, &hosts.host, &hosts.ports),
+        Command::Kill(hosts) => (Signal::Kill, &hosts.host, &hosts.ports),
+        Command::Tasks(hosts) => (Signal::Tasks, &hosts.host, &hosts.ports),
+        Command::Reload(hosts) => (Signal::Reload, &hosts.host, &hosts.ports),
     };
     let ports = ports::expand(spec).map_err(|e| Fail(EXIT_USAGE, format!("bad PORTS: {e}")))?;
     let addrs: Vec<BackendAddr> = ports
