@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use taskit_harness::*;
 use taskit_host::TaskCall;
-use taskit_plugin_api::{Bincode, CodecKind, Json};
+use taskit_plugin_api::{Bincode, CodecKind, Json, TaskError};
 
 #[test]
 fn every_demo_task_answers_in_json_and_bincode() {
@@ -106,6 +106,38 @@ fn errors_arrive_as_type_and_args() {
     let broken = TaskCall::new("add", CodecKind::Json, b"[4, ".to_vec(), Vec::new());
     let err = reg.call(&broken).unwrap_err();
     assert_eq!(err.kind(), "DecodeError", "{err}");
+
+    // The same mistake reads the same in both codecs, in words, with no
+    // position in the text and no Rust debug output.
+    let raw = |codec, args: &[u8]| {
+        reg.call(&TaskCall::new("add", codec, args.to_vec(), Vec::new()))
+            .unwrap_err()
+    };
+    let text = |err: TaskError| (err.kind().to_owned(), err.args().to_vec());
+    let one_arg = (
+        "TypeError".to_owned(),
+        vec![json!("add() takes 2 positional arguments but 1 was given")],
+    );
+    assert_eq!(text(raw(CodecKind::Json, b"[4]")), one_arg);
+    assert_eq!(text(raw(CodecKind::Bincode, &[1, 8])), one_arg);
+    let trailing = (
+        "DecodeError".to_owned(),
+        vec![json!("add(): 2 trailing bytes after the value")],
+    );
+    assert_eq!(text(raw(CodecKind::Json, b"[4, 4] x")), trailing);
+    assert_eq!(text(raw(CodecKind::Bincode, &[2, 8, 8, 0, 0])), trailing);
+    let cut = raw(CodecKind::Bincode, &[2, 8]);
+    assert_eq!(
+        text(cut),
+        (
+            "DecodeError".to_owned(),
+            vec![json!(
+                "add(): the bytes end too early: 1 more were expected"
+            )]
+        )
+    );
+    let not_utf8 = raw(CodecKind::Bincode, &[1, 2, 0xff, 0xfe]);
+    assert!(!not_utf8.to_string().contains('{'), "{not_utf8}");
 }
 
 #[test]

@@ -78,8 +78,28 @@ impl Codec for Json {
     ) -> Result<S::Value, CodecError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let value = seed.deserialize(&mut de).map_err(json_error)?;
-        de.end().map_err(json_error)?;
+        // Said as bincode says it: the same mistake reads the same in
+        // every codec.
+        de.end()
+            .map_err(|_| trailing_bytes(bytes.len() - trailing_start(bytes)))?;
         Ok(value)
+    }
+}
+
+/// Where the bytes after a JSON value begin, for the message: after the
+/// first value's end (a best guess good enough to count them).
+fn trailing_start(bytes: &[u8]) -> usize {
+    let mut stream =
+        serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    let _ = stream.next();
+    stream.byte_offset()
+}
+
+/// The error for `n` bytes after the value (both codecs).
+fn trailing_bytes(n: usize) -> CodecError {
+    CodecError {
+        kind: CodecErrorKind::Syntax,
+        message: format!("{n} trailing bytes after the value"),
     }
 }
 
@@ -88,10 +108,60 @@ fn json_error(err: serde_json::Error) -> CodecError {
         serde_json::error::Category::Data => CodecErrorKind::Data,
         _ => CodecErrorKind::Syntax,
     };
-    CodecError {
-        kind,
-        message: err.to_string(),
-    }
+    let text = err.to_string();
+    // A wrong type or arity is about the arguments, not where in the text
+    // it was noticed: said as bincode says it, without the position.
+    let message = match kind {
+        CodecErrorKind::Data => {
+            let at = format!(" at line {} column {}", err.line(), err.column());
+            text.strip_suffix(&at).map(str::to_owned).unwrap_or(text)
+        }
+        CodecErrorKind::Syntax => text,
+    };
+    CodecError { kind, message }
+}
+
+/// A bincode decode error in words (bincode prints its own as Rust debug
+/// output), and whether the bytes were malformed or of the wrong shape.
+fn bincode_error(err: bincode::error::DecodeError) -> CodecError {
+    use bincode::error::DecodeError as E;
+    let (kind, message) = match err {
+        E::UnexpectedEnd { additional } => (
+            CodecErrorKind::Syntax,
+            format!("the bytes end too early: {additional} more were expected"),
+        ),
+        E::OtherString(message) => (CodecErrorKind::Data, message),
+        E::Other(message) => (CodecErrorKind::Data, message.to_owned()),
+        E::Utf8 { .. } => (
+            CodecErrorKind::Syntax,
+            "a string is not valid UTF-8".to_owned(),
+        ),
+        E::InvalidCharEncoding(_) => (
+            CodecErrorKind::Syntax,
+            "a character is not valid UTF-8".to_owned(),
+        ),
+        E::InvalidBooleanValue(v) => (
+            CodecErrorKind::Data,
+            format!("{v} is not a boolean (0 or 1)"),
+        ),
+        E::LimitExceeded => (
+            CodecErrorKind::Syntax,
+            format!("a length claims more than the decode limit of {BINCODE_DECODE_LIMIT} bytes"),
+        ),
+        E::OutsideUsizeRange(n) => (CodecErrorKind::Data, format!("{n} is too large a length")),
+        E::UnexpectedVariant {
+            type_name, found, ..
+        } => (
+            CodecErrorKind::Data,
+            format!("{found} is not a variant of {type_name}"),
+        ),
+        E::InvalidIntegerType { expected, found } => (
+            CodecErrorKind::Data,
+            format!("expected an integer of type {expected:?}, found {found:?}"),
+        ),
+        other => (CodecErrorKind::Data, format!("{other:?}")),
+    };
+    CodecError { kind, message }
 }
 
 /// bincode 2 with its standard configuration (little endian, varint
@@ -129,21 +199,9 @@ impl Codec for Bincode {
         seed: S,
     ) -> Result<S::Value, CodecError> {
         let (value, used) = bincode::serde::seed_decode_from_slice(seed, bytes, bincode_config())
-            .map_err(|e| {
-            let kind = match e {
-                bincode::error::DecodeError::UnexpectedEnd { .. } => CodecErrorKind::Syntax,
-                _ => CodecErrorKind::Data,
-            };
-            CodecError {
-                kind,
-                message: e.to_string(),
-            }
-        })?;
+            .map_err(bincode_error)?;
         if used != bytes.len() {
-            return Err(CodecError::data(format!(
-                "{} trailing bytes after the value",
-                bytes.len() - used
-            )));
+            return Err(trailing_bytes(bytes.len() - used));
         }
         Ok(value)
     }

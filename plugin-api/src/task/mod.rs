@@ -146,7 +146,17 @@ fn decode_error(task: &str, err: CodecError) -> TaskError {
         CodecErrorKind::Syntax => kind::DECODE_ERROR,
         CodecErrorKind::Data => kind::TYPE_ERROR,
     };
-    TaskError::msg(kind, format!("{task}() {}", err.message))
+    // Python's own words for arity ("add() takes 2 positional arguments
+    // but 1 was given"); anything else after a colon.
+    let sep = if ["takes ", "got ", "missing "]
+        .iter()
+        .any(|verb| err.message.starts_with(verb))
+    {
+        " "
+    } else {
+        ": "
+    };
+    TaskError::msg(kind, format!("{task}(){sep}{}", err.message))
 }
 
 fn positional<C: Codec, T: DecodeArgs>(call: &Invocation<'_>) -> Result<T, TaskError> {
