@@ -171,3 +171,66 @@ fn plugin_walkthrough() {
         ],
     );
 }
+
+/// The first fenced block of `lang` after the line `marker` in `doc`.
+fn block_after(doc: &str, marker: &str, lang: &str) -> String {
+    let rest = &doc[doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} not in the doc"))..];
+    let open = format!("```{lang}\n");
+    let start = rest.find(&open).expect("a code block") + open.len();
+    let end = rest[start..].find("```").expect("its end");
+    rest[start..start + end].to_owned()
+}
+
+#[test]
+fn the_plugins_doc_walkthrough_builds_and_loads() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/plugins.md")).unwrap();
+    let manifest = block_after(&doc, "`Cargo.toml`:", "toml");
+    let lib = block_after(&doc, "`src/lib.rs`:", "rust");
+    // Inside the checkout (under its target directory, so under its
+    // workspace), next to a `plugin-api` as the doc says: the two files as
+    // they are written there.
+    let profile = profile_dir();
+    let target = profile.parent().unwrap().to_path_buf();
+    let top = target.join("doc-walkthrough");
+    let _ = std::fs::remove_dir_all(&top);
+    std::fs::create_dir_all(top.join("my-tasks/src")).unwrap();
+    std::os::unix::fs::symlink(root.join("plugin-api"), top.join("plugin-api")).unwrap();
+    std::fs::write(top.join("my-tasks/Cargo.toml"), manifest).unwrap();
+    std::fs::write(top.join("my-tasks/src/lib.rs"), lib).unwrap();
+    // The checkout's lock file and target directory: the dependencies
+    // built for it are reused.
+    std::fs::copy(root.join("Cargo.lock"), top.join("my-tasks/Cargo.lock")).unwrap();
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .arg("build")
+        .current_dir(top.join("my-tasks"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("warning"),
+        "the doc's plugin builds with warnings:\n{stderr}"
+    );
+
+    let dir = TempDir::new("doc-walkthrough");
+    install_by_rename(
+        &target.join("debug/libmy_tasks.so"),
+        dir.path(),
+        "my-tasks.so",
+    );
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    let fe = taskit_plugin_api::frontend::BlockingFrontEnd::new([addr]).unwrap();
+    assert_eq!(fe.work::<i64>("add", &(4, 4)).unwrap(), 8);
+    assert_eq!(fe.work::<i64>("parse", &(" 42 ",)).unwrap(), 42);
+    let tasks = fe.tasks(addr).unwrap();
+    assert!(
+        tasks
+            .iter()
+            .any(|p| p.name == "my-tasks" && p.version == "0.3.1"),
+        "{tasks:?}"
+    );
+}
