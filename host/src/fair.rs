@@ -29,9 +29,28 @@ impl Caller {
     pub(crate) fn connection(peer: IpAddr) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self {
-            peer: Some(peer),
+            peer: Some(peer_key(peer)),
             conn: NEXT.fetch_add(1, Ordering::Relaxed),
         }
+    }
+}
+
+/// Who a peer address counts as, for shares of slots and connections: an
+/// IPv4 address (also when it arrives mapped into IPv6) is one peer; an
+/// IPv6 address counts as its /64, the block one site or host is usually
+/// given (else any holder of a /64 would be 2^64 peers). Loopback stays
+/// whole.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_loopback() => ip,
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
     }
 }
 
@@ -296,6 +315,17 @@ mod tests {
             peer: Some(IpAddr::from([127, 0, 0, peer])),
             conn,
         }
+    }
+
+    #[test]
+    fn an_ipv6_peer_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
+        let key = |s: &str| peer_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(key("::ffff:10.0.0.7"), "10.0.0.7");
+        assert_eq!(key("10.0.0.7"), "10.0.0.7");
+        assert_eq!(key("::1"), "::1");
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let slot = match connections.admit(peer.ip()).await {
+    let slot = match connections.admit(crate::fair::peer_key(peer.ip())).await {
         Ok(slot) => Arc::new(slot),
         Err(conns::Full::Host) => {
             static FULL: Limiter = Limiter::new();
