@@ -114,7 +114,7 @@ struct StaleTokenFile(PathBuf);
 impl StaleTokenFile {
     fn write(port: u16) -> Self {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = taskit_plugin_api::wire::admin::local_token_file(port);
+        let path = taskit_plugin_api::wire::admin::local_token_file(([127, 0, 0, 1], port).into());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(&path);
         std::fs::OpenOptions::new()

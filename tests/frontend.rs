@@ -376,7 +376,7 @@ fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
     let dir = demo_dir("fe-made-token");
     let (mut host, addr) = HostProcess::serving(dir.path(), &[]);
     // Written for this port, readable by this user alone.
-    let file = local_token_file(addr.port());
+    let file = local_token_file(addr);
     let meta = std::fs::metadata(&file).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600, "{}", file.display());
     let text = std::fs::read_to_string(&file).unwrap();

@@ -256,3 +256,47 @@ fn every_argument_is_described_in_help() {
         "{out}"
     );
 }
+
+#[test]
+fn a_dns_name_stands_for_every_address_it_resolves_to() {
+    let (mut hosts, base, _dirs) = hosts_with_a_gap("ctl-dns", &[]);
+    let range = format!("{}-{}", base, base + 2);
+    // What this machine's resolver gives for localhost; the hosts listen
+    // on 127.0.0.1 only, so any other address (::1) is down.
+    let mut system: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&("localhost", base))
+            .unwrap()
+            .collect();
+    system.sort();
+    system.dedup();
+    let (code, out, _) = taskitctl(&["status", "dns:localhost", &range]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out.lines().count(), 3 * system.len(), "{out}");
+    for (port, state) in [(base, "up, 1 jobs running"), (base + 1, "down")] {
+        let line = format!("127.0.0.1:{port} --> {state}");
+        assert!(out.lines().any(|l| l == line), "no {line:?} in {out}");
+    }
+
+    let target = format!("dns:localhost:{base}");
+    let (code, out, _) = taskitctl(&["call", &target, "add", "4", "4"]);
+    assert_eq!((code, out.trim()), (0, "8"));
+
+    let (code, _, err) = taskitctl(&["status", "dns:10.0.0.1", "1"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = taskitctl(&["status", "dns:name.invalid", "1", "--timeout", "2"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.starts_with("dns:name.invalid:1 --> failed: cannot resolve"),
+        "{out}"
+    );
+
+    let (code, out, _) = taskitctl(&["stop", "dns:localhost", &format!("{base},{}", base + 2)]);
+    assert!(
+        out.contains(&format!("127.0.0.1:{base} --> stopped")),
+        "{out}"
+    );
+    assert_eq!(code, if system.len() == 1 { 0 } else { 3 }, "{out}");
+    for host in &mut hosts {
+        assert_eq!(host.wait_exit(), Some(0));
+    }
+}

@@ -5,6 +5,7 @@
 //! taskitctl stop   127.0.0.1 54543,54545
 //! taskitctl call   127.0.0.1 add 4 4
 //! taskitctl call   127.0.0.1:54544 greet '"Ada"' --kw excited=true
+//! taskitctl status dns:taskit-hosts.taskit.svc 54543
 //! ```
 
 mod ports;
@@ -57,7 +58,8 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct Hosts {
     /// The hosts' address: a name or an IP (127.0.0.1 for hosts on this
-    /// machine).
+    /// machine), or dns:NAME for every address NAME resolves to (each one a
+    /// host, e.g. the pods behind a headless Kubernetes Service).
     host: String,
     /// Their ports: N, N,M,K or N-M (inclusive), e.g. 54543-54546.
     ports: String,
@@ -78,7 +80,8 @@ enum Command {
     Reload(Hosts),
     /// Call TASK on HOST[:PORT] with JSON arguments and print the JSON result.
     Call {
-        /// HOST or HOST:PORT (default port 54543).
+        /// HOST or HOST:PORT (default port 54543), or dns:NAME[:PORT] for
+        /// the least loaded of the addresses NAME resolves to.
         target: String,
         /// The task id, e.g. add.
         task: String,
@@ -157,20 +160,54 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         Command::Reload(hosts) => (Signal::Reload, &hosts.host, &hosts.ports),
     };
     let ports = ports::expand(spec).map_err(|e| Fail(EXIT_USAGE, format!("bad PORTS: {e}")))?;
-    let addrs: Vec<BackendAddr> = ports
+    let named: Vec<BackendAddr> = match host.strip_prefix("dns:") {
+        Some(name) if name.is_empty() || name.parse::<std::net::IpAddr>().is_ok() => {
+            return Err(Fail(
+                EXIT_USAGE,
+                format!("bad HOST {host:?}: dns: needs a name"),
+            ))
+        }
+        Some(name) => ports.iter().map(|&p| BackendAddr::dns(name, p)).collect(),
+        None => ports
+            .iter()
+            .map(|&p| BackendAddr::new(host.clone(), p))
+            .collect(),
+    };
+    // Every address behind each name, in port order; a name that does not
+    // resolve is reported in its place.
+    let mut targets: Vec<(BackendAddr, Option<FrontendError>)> = Vec::new();
+    let resolver = FrontEnd::with_config(Vec::<BackendAddr>::new(), config.clone());
+    for addr in named {
+        match resolver.resolve_backends(backend(&cli, addr.clone())).await {
+            Ok(found) if found.is_empty() => targets.push((
+                addr.clone(),
+                Some(FrontendError::Resolve {
+                    name: addr.to_string(),
+                    message: "no addresses".into(),
+                }),
+            )),
+            Ok(found) => targets.extend(found.into_iter().map(|a| (a, None))),
+            Err(err) => targets.push((addr, Some(err))),
+        }
+    }
+    let addrs: Vec<BackendAddr> = targets
         .iter()
-        .map(|&p| backend(&cli, BackendAddr::new(host.clone(), p)))
+        .filter(|(_, failed)| failed.is_none())
+        .map(|(a, _)| a.clone())
         .collect();
-    let frontend = FrontEnd::with_config(addrs.clone(), config);
-    // Ask up to 64 ports at once (a long range of dead ports would otherwise
+    let frontend = FrontEnd::with_config(addrs, config);
+    // Ask up to 64 hosts at once (a long range of dead ports would otherwise
     // take a connect timeout each), and print in port order.
-    let mut outcomes = Vec::with_capacity(addrs.len());
-    for chunk in addrs.chunks(64) {
+    let mut outcomes = Vec::with_capacity(targets.len());
+    for chunk in targets.chunks(64) {
         let tasks: Vec<_> = chunk
             .iter()
-            .map(|addr| {
-                let (frontend, addr) = (frontend.clone(), addr.clone());
+            .map(|(addr, failed)| {
+                let (frontend, addr, failed) = (frontend.clone(), addr.clone(), failed.clone());
                 tokio::spawn(async move {
+                    if let Some(err) = failed {
+                        return Err(err);
+                    }
                     tokio::time::timeout(timeout, frontend.send_signal(addr, signal))
                         .await
                         .unwrap_or(Err(FrontendError::Timeout(timeout)))
@@ -187,7 +224,7 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         }
     }
     let mut worst = 0u8;
-    for (addr, outcome) in addrs.into_iter().zip(outcomes) {
+    for ((addr, _), outcome) in targets.into_iter().zip(outcomes) {
         let (code, text, value) = describe(signal, outcome);
         worst = worst.max(code);
         if cli.json {

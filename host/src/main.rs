@@ -448,7 +448,8 @@ mod local_token {
         }
     }
 
-    /// Writes `token` for each of `ports`, readable by this user alone, in
+    /// Writes `token` for each of `addrs` (one file per port, or per
+    /// address and port: `local_token_file`), readable by this user alone, in
     /// a directory nobody else may write to.
     pub fn write(token: &str, addrs: &[SocketAddr]) -> anyhow::Result<Files> {
         let dir = runtime_dir();
@@ -473,12 +474,12 @@ mod local_token {
         );
         let text = local_token_text(token, addrs);
         let mut files = Files(Vec::new(), text.clone());
-        for port in addrs.iter().map(SocketAddr::port) {
-            let path = local_token_file(port);
+        for (i, addr) in addrs.iter().enumerate() {
+            let path = local_token_file(*addr);
             if files.0.contains(&path) {
                 continue;
             }
-            let staging = dir.join(format!(".admin-token-{port}.{}", std::process::id()));
+            let staging = dir.join(format!(".admin-token-{i}.{}", std::process::id()));
             let _ = std::fs::remove_file(&staging);
             let written = std::fs::OpenOptions::new()
                 .write(true)

@@ -16,7 +16,8 @@ pub enum Protocol {
 }
 
 /// Where a backend is and how to talk to it. Parses from `host` (port
-/// 54543) or `host:port`.
+/// 54543), `host:port`, or `dns:name[:port]` for every address a DNS name
+/// resolves to (see [`discover`](Self#structfield.discover)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendAddr {
     /// Host name or IP address (IPv6 without brackets).
@@ -27,6 +28,12 @@ pub struct BackendAddr {
     pub protocol: Protocol,
     /// The codec of native calls (TaskIt 4.0 calls are always JSON).
     pub codec: CodecKind,
+    /// `host` is a name standing for many backends: every address it
+    /// resolves to (A and AAAA records) is one, and the name is resolved
+    /// again every [`FrontendConfig::resolve_every`](super::FrontendConfig)
+    /// (a headless Kubernetes Service, for example). Without it a name is
+    /// one backend, connected to by whichever address answers first.
+    pub discover: bool,
 }
 
 impl BackendAddr {
@@ -47,6 +54,31 @@ impl BackendAddr {
             port,
             protocol: Protocol::Native,
             codec: CodecKind::Json,
+            discover: false,
+        }
+    }
+
+    /// Every address `name` resolves to, on `port`: what `dns:name:port`
+    /// parses to.
+    pub fn dns(name: impl Into<String>, port: u16) -> Self {
+        Self {
+            discover: true,
+            ..Self::new(name, port)
+        }
+    }
+
+    /// Whether `host` is an IP address (not a name to resolve).
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// The backend at `at`, spoken to as this one is.
+    pub(super) fn at(&self, at: std::net::SocketAddr) -> Self {
+        Self {
+            host: at.ip().to_string(),
+            port: at.port(),
+            discover: false,
+            ..self.clone()
         }
     }
 
@@ -80,13 +112,19 @@ impl BackendAddr {
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.discover {
+            f.write_str(DNS)?;
+        }
         f.write_str(&self.endpoint())
     }
 }
 
+/// The prefix of a name standing for every address it resolves to.
+const DNS: &str = "dns:";
+
 /// A backend address that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad backend address {0:?}: expected HOST or HOST:PORT")]
+#[error("bad backend address {0:?}: expected HOST, HOST:PORT or dns:NAME[:PORT]")]
 pub struct BadAddr(pub String);
 
 impl FromStr for BackendAddr {
@@ -94,6 +132,16 @@ impl FromStr for BackendAddr {
 
     fn from_str(s: &str) -> Result<Self, BadAddr> {
         let bad = || BadAddr(s.to_owned());
+        if let Some(name) = s.strip_prefix(DNS) {
+            let addr: Self = name.parse().map_err(|_| bad())?;
+            if addr.is_ip() {
+                return Err(bad());
+            }
+            return Ok(Self {
+                discover: true,
+                ..addr
+            });
+        }
         if s.is_empty() {
             return Err(bad());
         }
@@ -174,6 +222,23 @@ mod tests {
         assert!("host:70000".parse::<BackendAddr>().is_err());
         assert!(":80".parse::<BackendAddr>().is_err());
         assert!("".parse::<BackendAddr>().is_err());
+    }
+
+    #[test]
+    fn dns_names_parse() {
+        let a: BackendAddr = "dns:hosts.taskit.svc:6000".parse().unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.discover, a.to_string().as_str()),
+            ("hosts.taskit.svc", 6000, true, "dns:hosts.taskit.svc:6000")
+        );
+        assert_eq!(a, BackendAddr::dns("hosts.taskit.svc", 6000));
+        let a: BackendAddr = "dns:localhost".parse().unwrap();
+        assert_eq!((a.port, a.discover), (54543, true));
+        assert!(!"localhost".parse::<BackendAddr>().unwrap().discover);
+        // An address is not a name to resolve; nor is nothing.
+        for bad in ["dns:", "dns:10.0.0.1:5", "dns:[::1]:5", "dns::5", "dns:h:x"] {
+            assert!(bad.parse::<BackendAddr>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl FrontEnd {
             .encode_args(&[(); 0])
             .map_err(|e| FrontendError::Encode(e.to_string()))?;
         let _counted = InFlight::new(&backend.in_flight);
-        match self.attempt(backend, signal.name(), &args, &kwargs).await {
+        match self.attempt(&backend, signal.name(), &args, &kwargs).await {
             Outcome::Skip => Err(FrontendError::BackendNotAvailable),
             Outcome::Done(result) => signal
                 .decode_reply(codec, &result?)

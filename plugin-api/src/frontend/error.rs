@@ -47,6 +47,14 @@ pub enum FrontendError {
         /// What was wrong.
         message: String,
     },
+    /// A backend name could not be resolved.
+    #[error("cannot resolve {name}: {message}")]
+    Resolve {
+        /// The name, as given (`dns:NAME:PORT`).
+        name: String,
+        /// Why.
+        message: String,
+    },
     /// The backend named is not one of this frontend's.
     #[error("{0} is not one of this frontend's backends")]
     UnknownBackend(String),

@@ -9,6 +9,11 @@
 //! Native backends keep one persistent connection with many calls in flight;
 //! TaskIt 4.0 backends get a connection per call, as they expect.
 //!
+//! A backend given as `dns:NAME:PORT` ([`BackendAddr::dns`]) stands for
+//! every address the name resolves to, followed as it changes: new
+//! addresses join the routing, vanished ones take no new calls and close
+//! once their calls in flight are answered (see `discovery.rs`).
+//!
 //! Which calls are retried on another backend: those that provably did not
 //! run — the connection could not be made, or the backend said it did not
 //! run them because it is stopping. A call whose connection breaks after its
@@ -20,8 +25,9 @@
 //! |---|---|
 //! | `addr.rs` | [`BackendAddr`], [`Protocol`] |
 //! | `error.rs` | [`FrontendError`] |
-//! | `options.rs` | [`CallOptions`], [`FrontendConfig`] |
+//! | `options.rs` | [`CallOptions`], [`FrontendConfig`], [`Resolver`] |
 //! | `mod.rs` | [`FrontEnd`]: routing and failing over |
+//! | `discovery.rs` | backends behind DNS names |
 //! | `native_conn.rs` | one persistent native connection per backend |
 //! | `taskit4_conn.rs` | one TaskIt 4.0 call per connection |
 //! | `admin.rs` | admin signals ([`FrontEnd::send_signal`] and friends) |
@@ -30,20 +36,22 @@
 mod addr;
 mod admin;
 mod blocking;
+mod discovery;
 mod error;
 mod native_conn;
 mod options;
 mod taskit4_conn;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
 pub use addr::{BackendAddr, BadAddr, Protocol};
 pub use blocking::BlockingFrontEnd;
 pub use error::FrontendError;
-pub use options::{CallOptions, FrontendConfig};
+pub use options::{CallOptions, FrontendConfig, Resolver};
 
 use crate::codec::args::EncodeArgs;
 use crate::codec::CodecKind;
@@ -54,14 +62,75 @@ struct Backend {
     addr: BackendAddr,
     /// Calls in flight from this client: what routing compares.
     in_flight: AtomicUsize,
+    /// Calls it answered (with a result or a task's error).
+    answered: AtomicU64,
     native: native_conn::Connector,
 }
 
+impl Backend {
+    fn new(addr: BackendAddr) -> Self {
+        Self {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            native: native_conn::Connector::default(),
+        }
+    }
+}
+
+/// What this client sees of one backend it routes calls to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// The backend (an address found behind a name is given as an IP).
+    pub addr: BackendAddr,
+    /// Calls in flight to it from this client.
+    pub in_flight: usize,
+    /// Calls it answered, with a result or a task's error.
+    pub answered: u64,
+}
+
+/// A backend as given: one address, or a name standing for many.
+enum Given {
+    Fixed(Arc<Backend>),
+    Name(usize),
+}
+
 struct Inner {
-    backends: Vec<Backend>,
+    given: Vec<Given>,
+    /// The names among them (`Given::Name` indexes this).
+    names: Vec<discovery::Name>,
+    /// The backends calls go to now, in the order given, without
+    /// duplicates: replaced whole when a name's addresses change.
+    routes: RwLock<Arc<[Arc<Backend>]>>,
     config: FrontendConfig,
     /// Round-robin start among equally loaded backends.
     turn: AtomicUsize,
+    /// Time zero of the names' resolution times.
+    epoch: Instant,
+}
+
+impl Inner {
+    fn routes(&self) -> Arc<[Arc<Backend>]> {
+        Arc::clone(&self.routes.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes the routes again from the fixed backends and the names'.
+    fn rebuild_routes(&self) {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<Arc<Backend>> = Vec::new();
+        let mut add = |b: &Arc<Backend>| {
+            if !next.iter().any(|n| Arc::ptr_eq(n, b)) {
+                next.push(Arc::clone(b));
+            }
+        };
+        for given in &self.given {
+            match given {
+                Given::Fixed(b) => add(b),
+                Given::Name(i) => self.names[*i].members().iter().for_each(&mut add),
+            }
+        }
+        *routes = next.into();
+    }
 }
 
 /// Calls tasks on a set of backends. Cheap to clone; clones share
@@ -107,26 +176,58 @@ impl FrontEnd {
         backends: impl IntoIterator<Item = B>,
         config: FrontendConfig,
     ) -> Self {
-        let backends = backends
-            .into_iter()
-            .map(|b| Backend {
-                addr: b.into(),
-                in_flight: AtomicUsize::new(0),
-                native: native_conn::Connector::default(),
-            })
-            .collect();
+        let mut names = Vec::new();
+        let mut given = Vec::new();
+        for addr in backends {
+            let mut addr: BackendAddr = addr.into();
+            if config.discover_names && !addr.is_ip() {
+                addr.discover = true;
+            }
+            if addr.discover {
+                names.push(discovery::Name::new(addr));
+                given.push(Given::Name(names.len() - 1));
+            } else {
+                given.push(Given::Fixed(Arc::new(Backend::new(addr))));
+            }
+        }
+        let inner = Inner {
+            given,
+            names,
+            routes: RwLock::new(Arc::new([])),
+            config,
+            turn: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        };
+        inner.rebuild_routes();
         Self {
-            inner: Arc::new(Inner {
-                backends,
-                config,
-                turn: AtomicUsize::new(0),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
-    /// The backends, in the order given.
+    /// The backends, in the order given (names as given, not resolved).
     pub fn backends(&self) -> Vec<BackendAddr> {
-        self.inner.backends.iter().map(|b| b.addr.clone()).collect()
+        self.inner
+            .given
+            .iter()
+            .map(|given| match given {
+                Given::Fixed(b) => b.addr.clone(),
+                Given::Name(i) => self.inner.names[*i].spec.clone(),
+            })
+            .collect()
+    }
+
+    /// The backends calls go to now (those behind names as last resolved;
+    /// none before the first call), with this client's load on each.
+    pub fn routes(&self) -> Vec<BackendLoad> {
+        self.inner
+            .routes()
+            .iter()
+            .map(|b| BackendLoad {
+                addr: b.addr.clone(),
+                in_flight: b.in_flight.load(Ordering::Acquire),
+                answered: b.answered.load(Ordering::Acquire),
+            })
+            .collect()
     }
 
     /// Calls `task` with positional `args` and waits for its result.
@@ -157,22 +258,24 @@ impl FrontEnd {
             .map_err(|e| FrontendError::Decode(e.to_string()))
     }
 
-    /// This client's calls in flight, per backend.
+    /// This client's calls in flight, per backend it routes to now.
     pub fn client_counts(&self) -> Vec<(BackendAddr, usize)> {
-        self.inner
-            .backends
-            .iter()
-            .map(|b| (b.addr.clone(), b.in_flight.load(Ordering::Acquire)))
+        self.routes()
+            .into_iter()
+            .map(|b| (b.addr, b.in_flight))
             .collect()
     }
 
-    /// Backends ordered by this client's calls in flight, fewest first
-    /// (ties taken in turn).
-    fn by_load(&self) -> Vec<&Backend> {
-        let n = self.inner.backends.len();
+    /// The backends routed to now, but those in `tried`, ordered by this
+    /// client's calls in flight, fewest first (ties taken in turn).
+    fn by_load(&self, tried: &[Arc<Backend>]) -> Vec<Arc<Backend>> {
+        let routes = self.inner.routes();
+        let n = routes.len();
         let start = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<&Backend> = (0..n)
-            .map(|i| &self.inner.backends[(start + i) % n.max(1)])
+        let mut order: Vec<Arc<Backend>> = (0..n)
+            .map(|i| &routes[(start + i) % n])
+            .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
+            .cloned()
             .collect();
         order.sort_by_key(|b| b.in_flight.load(Ordering::Acquire));
         order
@@ -188,32 +291,52 @@ impl FrontEnd {
             Some(kw) => serde_json::to_vec(kw).map_err(|e| FrontendError::Encode(e.to_string()))?,
             None => Vec::new(),
         };
+        let started = Instant::now();
+        self.fresh().await;
         // Where an idempotent call was lost last, if it was: the answer
         // when no backend is left to try.
         let mut lost = None;
-        for backend in self.by_load() {
-            let codec = backend.addr.codec;
-            let encoded = codec
-                .encode_args(args)
-                .map_err(|e| FrontendError::Encode(e.to_string()))?;
-            let _counted = InFlight::new(&backend.in_flight);
-            match self.attempt(backend, task, &encoded, &kwargs).await {
-                Outcome::Skip => continue,
-                // It may have run there; the caller said running twice is fine.
-                Outcome::Done(Err(FrontendError::ConnectionLost(at))) if options.idempotent => {
-                    tracing::debug!(backend = %at, task, "connection lost in flight; idempotent call retried");
-                    lost = Some(FrontendError::ConnectionLost(at));
-                    continue;
+        // Backends that did not take the call, when every one has failed
+        // and the names were resolved again to find others.
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        loop {
+            for backend in self.by_load(&tried) {
+                let codec = backend.addr.codec;
+                let encoded = codec
+                    .encode_args(args)
+                    .map_err(|e| FrontendError::Encode(e.to_string()))?;
+                let counted = InFlight::new(&backend.in_flight);
+                let outcome = self.attempt(&backend, task, &encoded, &kwargs).await;
+                drop(counted);
+                match outcome {
+                    Outcome::Skip => {}
+                    // It may have run there; the caller said running twice is fine.
+                    Outcome::Done(Err(FrontendError::ConnectionLost(at))) if options.idempotent => {
+                        tracing::debug!(backend = %at, task, "connection lost in flight; idempotent call retried");
+                        lost = Some(FrontendError::ConnectionLost(at));
+                    }
+                    // The worker process running it died: the same "may have run".
+                    Outcome::Done(Err(err @ FrontendError::BackendProcessing { .. }))
+                        if options.idempotent
+                            && err.remote_type() == Some(kind::WORKER_CRASHED) =>
+                    {
+                        tracing::debug!(backend = %backend.addr, task, "worker crashed in flight; idempotent call retried");
+                        lost = Some(err);
+                    }
+                    Outcome::Done(result) => {
+                        if matches!(result, Ok(_) | Err(FrontendError::BackendProcessing { .. })) {
+                            backend.answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return result.map(|bytes| (codec, bytes));
+                    }
                 }
-                // The worker process running it died: the same "may have run".
-                Outcome::Done(Err(err @ FrontendError::BackendProcessing { .. }))
-                    if options.idempotent && err.remote_type() == Some(kind::WORKER_CRASHED) =>
-                {
-                    tracing::debug!(backend = %backend.addr, task, "worker crashed in flight; idempotent call retried");
-                    lost = Some(err);
-                    continue;
+                if !self.inner.names.is_empty() {
+                    tried.push(backend);
                 }
-                Outcome::Done(result) => return result.map(|bytes| (codec, bytes)),
+            }
+            // None took it: behind a name there may be others now.
+            if tried.is_empty() || !self.resolve_now(started).await {
+                break;
             }
         }
         // It may have run where it was lost: not "not available".
@@ -262,11 +385,13 @@ impl FrontEnd {
         }
     }
 
-    fn backend(&self, addr: &BackendAddr) -> Result<&Backend, FrontendError> {
+    /// The backend routed to at `addr`.
+    fn backend(&self, addr: &BackendAddr) -> Result<Arc<Backend>, FrontendError> {
         self.inner
-            .backends
+            .routes()
             .iter()
-            .find(|b| b.addr.same_place(addr))
+            .find(|b| !addr.discover && b.addr.same_place(addr))
+            .cloned()
             .ok_or_else(|| FrontendError::UnknownBackend(addr.to_string()))
     }
 }

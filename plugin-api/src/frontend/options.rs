@@ -1,5 +1,8 @@
 //! Settings of a frontend and of one call.
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -53,6 +56,40 @@ pub struct FrontendConfig {
     pub max_reply: usize,
     /// How long connecting (and the native hello) may take.
     pub connect_timeout: Duration,
+    /// How often a backend given as a DNS name (`dns:NAME:PORT`) is
+    /// resolved again; also at once when no backend answers a call.
+    pub resolve_every: Duration,
+    /// Treat every backend given by host name (not IP address) as
+    /// `dns:NAME`: all its addresses are backends, followed as they change.
+    pub discover_names: bool,
+    /// Resolves names instead of the system resolver (`getaddrinfo`): for
+    /// tests, or a service registry of your own.
+    pub resolver: Option<Resolver>,
+}
+
+/// A way to resolve a backend name and port to socket addresses. It may
+/// block (it runs on a blocking thread); an empty list means the name has
+/// no backends now, an error that its backends are not known (the last
+/// ones found are kept).
+#[derive(Clone)]
+pub struct Resolver(pub Arc<ResolveFn>);
+
+/// What a [`Resolver`] calls: name and port to addresses.
+pub type ResolveFn = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// A resolver calling `resolve`.
+    pub fn new(
+        resolve: impl Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(resolve))
+    }
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resolver(..)")
+    }
 }
 
 impl Default for FrontendConfig {
@@ -61,6 +98,9 @@ impl Default for FrontendConfig {
             admin_token: None,
             max_reply: 256 << 20,
             connect_timeout: Duration::from_secs(5),
+            resolve_every: Duration::from_secs(5),
+            discover_names: false,
+            resolver: None,
         }
     }
 }

@@ -242,10 +242,19 @@ pub fn runtime_dir() -> std::path::PathBuf {
     }
 }
 
-/// The file holding the admin token a host listening on `port` made (see
-/// [`runtime_dir`]).
-pub fn local_token_file(port: u16) -> std::path::PathBuf {
-    runtime_dir().join(format!("admin-token-{port}"))
+/// The file holding the admin token a host listening on `addr` made (see
+/// [`runtime_dir`]): `admin-token-PORT` for 127.0.0.1 and the unspecified
+/// addresses (`0.0.0.0`, `::`), `admin-token-IP-PORT` for any other, so
+/// hosts on one port of several loopback addresses (127.0.0.2,
+/// 127.0.0.3, ...) each keep their own.
+pub fn local_token_file(addr: std::net::SocketAddr) -> std::path::PathBuf {
+    let ip = addr.ip();
+    let name = if ip == std::net::Ipv4Addr::LOCALHOST || ip.is_unspecified() {
+        format!("admin-token-{}", addr.port())
+    } else {
+        format!("admin-token-{ip}-{}", addr.port())
+    };
+    runtime_dir().join(name)
 }
 
 /// The admin token the host on this machine listening on `addr` made, if
@@ -265,7 +274,11 @@ pub fn local_token(addr: std::net::SocketAddr) -> Option<String> {
     let uid = effective_uid()?;
     let port = addr.port();
     let unit = Path::new(&format!("/run/taskit-{port}")).join(format!("admin-token-{port}"));
-    [local_token_file(port), unit].into_iter().find_map(|path| {
+    // A host listening on the unspecified address writes the port's file.
+    let any = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
+    let mut files = vec![local_token_file(addr), local_token_file(any), unit];
+    files.dedup();
+    files.into_iter().find_map(|path| {
         if std::fs::symlink_metadata(&path)
             .ok()?
             .file_type()
