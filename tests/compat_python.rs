@@ -14,37 +14,11 @@ use taskit_plugin_api::frontend::{BackendAddr, BlockingFrontEnd, CallOptions, Fr
 fn python() -> &'static PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let venv = profile_dir().join("taskit4-venv");
-        let python = venv.join("bin").join("python");
-        let has_taskit = |p: &PathBuf| {
-            Command::new(p)
-                .args(["-c", "import taskit.frontend, taskit.backend"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !has_taskit(&python) {
-            let status = Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .status()
-                .expect("python3 -m venv");
-            assert!(status.success(), "cannot create a virtualenv");
-            let status = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "taskit==4.0.0",
-                ])
-                .status()
-                .expect("pip install");
-            assert!(status.success(), "cannot install taskit==4.0.0 from PyPI");
-            assert!(has_taskit(&python));
-        }
-        python
+        venv_python(
+            "taskit4-venv",
+            "import taskit.frontend, taskit.backend",
+            &["taskit==4.0.0"],
+        )
     })
 }
 

@@ -17,12 +17,14 @@ pub mod fs;
 pub mod in_process;
 pub mod memory;
 pub mod process;
+pub mod python;
 
 pub use built::{built, example, host_binary, plugin, profile_dir};
 pub use fs::{demo_dir, install_by_overwrite, install_by_rename, private_token_file, TempDir};
 pub use in_process::{call, call_with, start_host};
 pub use memory::{rss_kib, status_kib};
 pub use process::{HostProcess, SelfHost};
+pub use python::venv_python;
 
 use std::time::{Duration, Instant};
 

@@ -19,6 +19,7 @@
 //! | `worker` | process isolation: plugin versions served by supervised worker processes |
 //! | `counters` | the running-task count, in memory shared with the workers |
 //! | `services` | what plugins may ask of the host across the ABI: the running count, logging |
+//! | `metrics` | [`MetricsEndpoint`]: counters of calls, gauges, `/metrics` and `/healthz` |
 //!
 //! Embedding: serve your own functions with [`Registry::register`] and
 //! [`Server::start`], with or without a [`PluginHost`] (see
@@ -33,6 +34,7 @@ mod call;
 mod counters;
 mod fair;
 mod loader;
+mod metrics;
 mod plugin_host;
 mod rate;
 mod registry;
@@ -44,6 +46,7 @@ mod worker;
 
 pub use call::TaskCall;
 pub use loader::LoadError;
+pub use metrics::MetricsEndpoint;
 pub use plugin_host::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartError};
 pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDED};
 pub use server::{Bound, Exit, Served, Server, ServerConfig, ServerHandle};

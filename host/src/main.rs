@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use taskit_host::{
-    run_worker, Exit, HostConfig, Isolation, PluginHost, Server, ServerConfig, WorkerOptions,
-    WORKER_SUBCOMMAND,
+    run_worker, Exit, HostConfig, Isolation, MetricsEndpoint, PluginHost, Server, ServerConfig,
+    WorkerOptions, WORKER_SUBCOMMAND,
 };
 use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file};
 use tokio::signal::unix::{signal, SignalKind};
@@ -31,6 +31,13 @@ struct Args {
     /// Address to listen on; repeat for several.
     #[arg(long = "bind", value_name = "ADDR", default_value = "127.0.0.1:54543")]
     binds: Vec<SocketAddr>,
+
+    /// Serve HTTP on this address: GET /metrics (Prometheus text: calls by
+    /// task, plugin, protocol and outcome, latency, connections, bytes
+    /// held, workers, reloads) and GET /healthz (200 once plugins are
+    /// loaded and the host serves, 503 before and while it stops).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 
     /// File holding the admin token that every admin signal (<stop>,
     /// <kill>, <status>, <tasks>, <reload>) must carry. Must not be
@@ -354,11 +361,20 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     };
     // The port first: a taken one is said before plugins load.
     let bound = Server::bind(config).await?;
+    let endpoint = MetricsEndpoint::new();
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics and health served over HTTP");
+        tokio::spawn(std::sync::Arc::clone(&endpoint).serve(listener));
+    }
     let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config))
         .await?
         .with_context(|| format!("cannot start with --plugins {}", args.plugins.display()))?;
     let registry = std::sync::Arc::clone(plugins.registry());
     let mut server = bound.serve(plugins);
+    endpoint.attach(server.handle());
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let token_files = match (&admin_token, made_token) {
         (Some(token), true) => local_token::write(token, server.local_addrs())?,

@@ -129,6 +129,15 @@ impl Route {
 }
 
 impl Route {
+    /// The name of the plugin serving it ([`EMBEDDED`] for an in-process
+    /// task).
+    pub(crate) fn plugin_name(&self) -> &str {
+        match &self.target {
+            Target::Plugin { plugin, .. } => plugin.name(),
+            Target::Local(_) => EMBEDDED,
+        }
+    }
+
     /// Whether the task runs in a worker process.
     pub(crate) fn is_remote(&self) -> bool {
         matches!(&self.target, Target::Plugin { plugin, .. } if plugin.is_remote())

@@ -463,6 +463,14 @@ impl Applier {
     }
 
     fn publish(&self, event: PluginEvent) {
+        match &event {
+            PluginEvent::Loaded { name, .. } => crate::metrics::plugin_event(name, "loaded"),
+            PluginEvent::Removed { name, .. } => crate::metrics::plugin_event(name, "removed"),
+            PluginEvent::Refused { file, .. } => {
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                crate::metrics::plugin_event(&name, "refused")
+            }
+        }
         let mut subs = self
             .subscribers
             .lock()

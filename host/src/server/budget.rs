@@ -50,6 +50,11 @@ impl Budget {
         })
     }
 
+    /// Bytes charged to it now.
+    pub(crate) fn used_bytes(&self) -> usize {
+        (self.size_kib as usize).saturating_sub(self.kib.available_permits()) * 1024
+    }
+
     /// The KiB `bytes` are charged (never more than the whole budget, or
     /// the wait would never end).
     fn kib(&self, bytes: usize) -> u32 {
@@ -245,6 +250,11 @@ impl Unwritten {
             limit,
             bytes: AtomicUsize::new(0),
         })
+    }
+
+    /// Bytes queued and not written.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 

@@ -12,6 +12,7 @@ use taskit_plugin_api::TaskError;
 
 use super::Shared;
 use crate::call::TaskCall;
+use crate::metrics::{Meter, Proto};
 use crate::rate::Limiter;
 use crate::registry::{Remote, Route};
 use crate::ReloadSummary;
@@ -67,6 +68,17 @@ impl Job {
             Target::Task(route) => route.remote(),
             _ => None,
         }
+    }
+
+    /// Starts timing it, counted under its task and plugin: a signal under
+    /// its name and plugin `host`, an id nothing serves under empty ones.
+    pub(crate) fn meter(&self, shared: &Shared, proto: Proto) -> Meter {
+        let (task, plugin) = match &self.target {
+            Target::Task(route) => (self.call.task(), route.plugin_name()),
+            Target::Signal(Some(signal)) => (signal.name(), "host"),
+            Target::Signal(None) | Target::Refused(_) => ("", ""),
+        };
+        shared.metrics.meter(task, plugin, proto)
     }
 
     /// Whether it is `<status>`, the one call a stopping host still answers.

@@ -126,6 +126,11 @@ impl Drain {
     }
 
     /// Whether new calls are refused.
+    /// Calls accepted and not answered.
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.calls.get()
+    }
+
     pub(crate) fn is_stopping(&self) -> bool {
         self.phase.borrow().rank() >= Phase::Stopping.rank()
     }

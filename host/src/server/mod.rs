@@ -173,6 +173,7 @@ pub(crate) struct Shared {
     /// Bytes of replies not yet written, server-wide.
     pub(crate) unwritten: Arc<Unwritten>,
     pub(crate) drain: Arc<Drain>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -248,6 +249,7 @@ impl Bound {
             budget: Budget::new(config.max_buffered),
             unwritten: Unwritten::new(config.max_buffered),
             drain: Arc::clone(&drain),
+            metrics: crate::metrics::Metrics::default(),
             config,
         });
         let connections = conns::Table::new(
@@ -311,6 +313,15 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Whether it serves calls: not yet stopping.
+    pub fn is_serving(&self) -> bool {
+        !self.shared.drain.is_stopping()
+    }
+
     /// See [`Server::reload`].
     pub async fn reload(&self) -> Option<ReloadSummary> {
         dispatch::reload(&self.shared).await
@@ -379,6 +390,8 @@ async fn spawn_connection(
     let slot = match connections.admit(crate::fair::peer_key(peer.ip())).await {
         Ok(slot) => Arc::new(slot),
         Err(conns::Full::Host) => {
+            shared.metrics.connections_refused[crate::metrics::HOST_FULL]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             static FULL: Limiter = Limiter::new();
             if let Some(left_out) = FULL.admit() {
                 tracing::warn!(%peer, limit = shared.config.max_connections, left_out, "too many connections; closing a new one");
@@ -386,6 +399,8 @@ async fn spawn_connection(
             return;
         }
         Err(conns::Full::Peer) => {
+            shared.metrics.connections_refused[crate::metrics::PEER_FULL]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             static PEER_FULL: Limiter = Limiter::new();
             if let Some(left_out) = PEER_FULL.admit() {
                 tracing::warn!(%peer, limit = shared.config.max_connections_per_peer, left_out, "too many connections from one address; closing a new one");
@@ -396,8 +411,14 @@ async fn spawn_connection(
     let _ = stream.set_nodelay(true);
     let open = shared.drain.open_connection();
     let shared = Arc::clone(shared);
+    let connections = &shared.metrics.connections;
+    connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
-        serve_connection(shared, stream, peer, &slot).await;
+        serve_connection(Arc::clone(&shared), stream, peer, &slot).await;
+        shared
+            .metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(slot);
         drop(open);
     });

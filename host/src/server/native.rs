@@ -33,6 +33,7 @@ use super::{Backlog, Shared};
 use crate::batch::Batch;
 use crate::call::{max_result, within, TaskCall};
 use crate::fair::Caller;
+use crate::metrics::{Meter, Proto};
 use crate::rate::Limiter;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
@@ -391,6 +392,7 @@ impl Connection {
             .made_by(self.caller)
             .held_back_by(&self.backlog);
         let job = Job::new(&self.shared, call);
+        let meter = job.meter(&self.shared, Proto::Native);
         // Back-pressure: a client with too many calls in flight (or not
         // reading its replies) is not read from.
         let permit = match Arc::clone(&self.in_flight.permits).try_acquire_owned() {
@@ -410,6 +412,7 @@ impl Connection {
         };
         let held = Held::new(accepted, permit, budget);
         if self.shared.drain.is_stopping() && !job.is_status() {
+            meter.done::<()>(&Err(TaskError::msg(kind::STOPPING, task)));
             self.send_error(id, kind::STOPPING, task, ErrorStatus::NotRun, held);
             return true;
         }
@@ -429,7 +432,7 @@ impl Connection {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
-                tx.push_held_back(&encode_reply(id, result, max_message), held, batch);
+                tx.push_held_back(&encode_reply(id, result, max_message, meter), held, batch);
             });
             remote.dispatch(job.call(), deliver, &mut self.batch);
             return true;
@@ -438,7 +441,7 @@ impl Connection {
         self.batch.flush();
         if let Some(result) = try_inline(&self.shared, &job) {
             self.tx.push(
-                &encode_reply(id, result, self.shared.config.max_message),
+                &encode_reply(id, result, self.shared.config.max_message, meter),
                 After::Nothing,
                 held,
             );
@@ -460,7 +463,7 @@ impl Connection {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
             tx.push(
-                &encode_reply(id, result, shared.config.max_message),
+                &encode_reply(id, result, shared.config.max_message, meter),
                 after,
                 held,
             );
@@ -529,11 +532,18 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) ->
     }
 }
 
-/// The reply frame to call `id`; a result over the reply limit (see
-/// [`max_result`]) becomes `ReplyTooLarge`.
-fn encode_reply(id: u64, result: Result<Vec<u8>, TaskError>, max_message: usize) -> Vec<u8> {
+/// The reply frame to call `id`, counted by `meter`; a result over the
+/// reply limit (see [`max_result`]) becomes `ReplyTooLarge`.
+fn encode_reply(
+    id: u64,
+    result: Result<Vec<u8>, TaskError>,
+    max_message: usize,
+    meter: Meter,
+) -> Vec<u8> {
     let mut frame = Vec::new();
-    match within(result, max_result(max_message)) {
+    let result = within(result, max_result(max_message));
+    meter.done(&result);
+    match result {
         Ok(bytes) => native::encode_ok(&mut frame, id, &bytes),
         Err(err) => native::encode_error(
             &mut frame,

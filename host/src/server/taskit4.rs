@@ -18,6 +18,7 @@ use super::drain::AcceptedCall;
 use super::Shared;
 use crate::call::{max_result, within, TaskCall};
 use crate::fair::Caller;
+use crate::metrics::Proto;
 
 /// The one reply of a connection, and what it answers for.
 struct Answer {
@@ -85,6 +86,7 @@ async fn answer(shared: &Arc<Shared>, message: &[u8], caller: Caller) -> Answer 
     )
     .made_by(caller);
     let job = Job::new(shared, call);
+    let meter = job.meter(shared, Proto::Taskit4);
     let (result, after) = if shared.drain.is_stopping() && !job.is_status() {
         let task = job.call().task().to_owned();
         (Err(TaskError::msg(kind::STOPPING, task)), After::Nothing)
@@ -94,7 +96,9 @@ async fn answer(shared: &Arc<Shared>, message: &[u8], caller: Caller) -> Answer 
             None => execute(shared, job).await,
         }
     };
-    let reply = match within(result, max_result(shared.config.max_message)) {
+    let result = within(result, max_result(shared.config.max_message));
+    meter.done(&result);
+    let reply = match result {
         Ok(json) => taskit4::encode_success(&json),
         Err(err) => taskit4::encode_error(err.kind(), err.args()),
     };

@@ -1102,6 +1102,7 @@ impl Pool {
             match self.start_one() {
                 Ok((started, slot)) => {
                     lock(&self.inner).restarts += 1;
+                    crate::metrics::worker_restarted(&self.name, &cause);
                     tracing::info!(plugin = %self.name, version = %self.version, pid = started.child.id(), "plugin worker restarted");
                     Pool::serve(&self, index, started, slot);
                     return;

@@ -1,0 +1,42 @@
+//! Virtualenvs with packages from PyPI, made once under the target
+//! directory, for tests that check against Python's own implementations.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The Python of a virtualenv called `name` in which `check` (Python code,
+/// e.g. `import taskit.frontend`) runs; made with `packages` installed if
+/// it does not run yet.
+pub fn venv_python(name: &str, check: &str, packages: &[&str]) -> PathBuf {
+    let venv = crate::built::profile_dir().join(name);
+    let python = venv.join("bin").join("python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", check])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(status.success(), "cannot create a virtualenv");
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .expect("pip install");
+        assert!(status.success(), "cannot install {packages:?} from PyPI");
+        assert!(ready(), "{check:?} fails after installing {packages:?}");
+    }
+    python
+}
