@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use taskit_plugin_api::frontend::{
     BackendAddr, CallOptions, FrontEnd, FrontendConfig, FrontendError,
 };
+use taskit_plugin_api::tls::ClientTlsOptions;
 use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file, Reply, Signal};
 
 /// Controls TaskIt hosts: status, stop, kill, tasks and reload over a list
@@ -44,6 +45,33 @@ struct Cli {
     /// this machine the token it made (in its runtime directory).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// Speak TLS (hosts' --tls-bind), trusting the system's root
+    /// certificates.
+    #[arg(long, global = true)]
+    tls: bool,
+
+    /// Speak TLS, trusting the CA in this PEM file (instead of the
+    /// system's roots); repeat for several.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Vec<PathBuf>,
+
+    /// Client certificate chain (PEM), for hosts that require one
+    /// (--tls-client-ca).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// The name hosts' certificates must carry (default: the HOST given).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
+
+    /// File holding the hosts' call token (--call-token-file).
+    #[arg(long, global = true, value_name = "FILE")]
+    call_token_file: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -128,8 +156,31 @@ fn config(cli: &Cli) -> Result<FrontendConfig, Fail> {
         .map(|path| read_token_file(path, false))
         .transpose()
         .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    let call_token = cli
+        .call_token_file
+        .as_deref()
+        .map(|path| read_token_file(path, false))
+        .transpose()
+        .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    let tls = if cli.tls || !cli.tls_ca.is_empty() || cli.tls_cert.is_some() {
+        let options = ClientTlsOptions {
+            ca_files: cli.tls_ca.clone(),
+            system_roots: cli.tls_ca.is_empty(),
+            identity: cli.tls_cert.clone().zip(cli.tls_key.clone()),
+            server_name: cli.tls_server_name.clone(),
+        };
+        Some(
+            options
+                .load()
+                .map_err(|e| Fail(EXIT_USAGE, format!("TLS: {e}")))?,
+        )
+    } else {
+        None
+    };
     Ok(FrontendConfig {
         admin_token,
+        call_token,
+        tls,
         connect_timeout: cli.timeout.min(Duration::from_secs(5)),
         ..FrontendConfig::default()
     })

@@ -19,6 +19,7 @@
 //! | `worker` | process isolation: plugin versions served by supervised worker processes |
 //! | `counters` | the running-task count, in memory shared with the workers |
 //! | `services` | what plugins may ask of the host across the ABI: the running count, logging |
+//! | `tls` | [`ServerTls`]: the TLS binds' certificate, key and client CA; the clear side of a TLS connection |
 //! | `metrics` | [`MetricsEndpoint`]: counters of calls, gauges, `/metrics` and `/healthz` |
 //!
 //! Embedding: serve your own functions with [`Registry::register`] and
@@ -41,6 +42,7 @@ mod registry;
 mod server;
 mod services;
 mod text;
+mod tls;
 mod watcher;
 mod worker;
 
@@ -51,6 +53,7 @@ pub use plugin_host::{HostConfig, PluginEvent, PluginHost, ReloadSummary, StartE
 pub use registry::{Conflict, PluginInfo, RegisterError, Registry, Route, EMBEDDED};
 pub use server::{Bound, Exit, Served, Server, ServerConfig, ServerHandle};
 pub use services::PLUGIN_LOG_TARGET;
+pub use tls::ServerTls;
 pub use watcher::is_plugin_file;
 pub use worker::{run_worker, Isolation, WorkerOptions, FRAME_SLACK, WORKER_SUBCOMMAND};
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use taskit_host::{
     run_worker, Exit, HostConfig, Isolation, MetricsEndpoint, PluginHost, Server, ServerConfig,
-    WorkerOptions, WORKER_SUBCOMMAND,
+    ServerTls, WorkerOptions, WORKER_SUBCOMMAND,
 };
 use taskit_plugin_api::wire::admin::{parse_seconds, read_token_file};
 use tokio::signal::unix::{signal, SignalKind};
@@ -28,9 +28,40 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "plugins.d")]
     plugins: PathBuf,
 
-    /// Address to listen on; repeat for several.
-    #[arg(long = "bind", value_name = "ADDR", default_value = "127.0.0.1:54543")]
+    /// Address to listen on in plain text, both protocols; repeat for
+    /// several. Default: 127.0.0.1:54543, unless --tls-bind is given.
+    #[arg(long = "bind", value_name = "ADDR")]
     binds: Vec<SocketAddr>,
+
+    /// Address to listen on with TLS (native protocol only); repeat for
+    /// several. Needs --tls-cert and --tls-key.
+    #[arg(long = "tls-bind", value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    tls_binds: Vec<SocketAddr>,
+
+    /// The certificate chain of the TLS binds (PEM), read again on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM), read again on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only callers presenting a certificate signed by this CA
+    /// (PEM) are served on the TLS binds.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// File holding a call token every native connection must present
+    /// before any call (frontends: FrontendConfig::call_token, taskitctl
+    /// --call-token-file). Must not be readable by other users. TaskIt 4.0
+    /// calls cannot carry it and are refused.
+    #[arg(long, value_name = "FILE")]
+    call_token_file: Option<PathBuf>,
+
+    /// Serve the TaskIt 4.0 protocol on the plain-text binds (on) or the
+    /// native protocol alone (off).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    taskit4: OnOff,
 
     /// Serve HTTP on this address: GET /metrics (Prometheus text: calls by
     /// task, plugin, protocol and outcome, latency, connections, bytes
@@ -216,6 +247,39 @@ enum IsolationMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// Warns of each bind beyond loopback that serves calls in clear text, or
+/// to any caller (no client certificate asked, no call token).
+fn warn_of_open_binds(
+    binds: &[SocketAddr],
+    tls_binds: &[SocketAddr],
+    tls: Option<&ServerTls>,
+    call_token: bool,
+) {
+    let checks_callers =
+        |tls_bind: bool| call_token || (tls_bind && tls.is_some_and(ServerTls::checks_callers));
+    for (addr, tls_bind) in binds
+        .iter()
+        .map(|a| (a, false))
+        .chain(tls_binds.iter().map(|a| (a, true)))
+    {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        if !tls_bind {
+            tracing::warn!(%addr, "serving calls in clear text beyond loopback: use --tls-bind with --tls-cert and --tls-key");
+        }
+        if !checks_callers(tls_bind) {
+            tracing::warn!(%addr, "serving calls to anyone who can connect: use --call-token-file, or --tls-client-ca on a TLS bind");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -339,11 +403,49 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
         None if made_token => Some(local_token::make()?),
         None => None,
     };
-    if admin_token.is_none() && args.binds.iter().any(|a| !a.ip().is_loopback()) {
+    let call_token = args
+        .call_token_file
+        .as_deref()
+        .map(|path| read_token_file(path, true))
+        .transpose()?;
+    let binds = if args.binds.is_empty() && args.tls_binds.is_empty() {
+        vec![SocketAddr::from((
+            [127, 0, 0, 1],
+            taskit_plugin_api::wire::DEFAULT_PORT,
+        ))]
+    } else {
+        args.binds.clone()
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::load(cert.clone(), key.clone(), args.tls_client_ca.clone())
+                .context("cannot set up TLS")?,
+        ),
+        _ => None,
+    };
+    if tls.is_some() && args.tls_binds.is_empty() {
+        tracing::warn!("--tls-cert given without --tls-bind: no address serves TLS");
+    }
+    warn_of_open_binds(
+        &binds,
+        &args.tls_binds,
+        tls.as_deref(),
+        call_token.is_some(),
+    );
+    if admin_token.is_none()
+        && binds
+            .iter()
+            .chain(&args.tls_binds)
+            .any(|a| !a.ip().is_loopback())
+    {
         tracing::warn!("listening beyond loopback with --no-admin-token: anyone who can connect can stop this host");
     }
     let config = ServerConfig {
-        binds: args.binds.clone(),
+        binds,
+        tls_binds: args.tls_binds.clone(),
+        tls: tls.clone(),
+        call_token,
+        taskit4: args.taskit4 == OnOff::On,
         max_message: args.max_message,
         max_tasks: args.max_tasks,
         admin_token: admin_token.clone(),
@@ -375,13 +477,22 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
     let registry = std::sync::Arc::clone(plugins.registry());
     let mut server = bound.serve(plugins);
     endpoint.attach(server.handle());
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let plain = server.local_addrs().len() - args.tls_binds.len();
+    let addrs: Vec<String> = server.local_addrs()[..plain]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let tls_addrs: Vec<String> = server.local_addrs()[plain..]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let token_files = match (&admin_token, made_token) {
         (Some(token), true) => local_token::write(token, server.local_addrs())?,
         _ => local_token::Files::default(),
     };
     tracing::info!(
         listening = %addrs.join(", "),
+        tls = %tls_addrs.join(", "),
         plugins = registry.plugins().len(),
         tasks = registry.task_ids().len(),
         plugins_dir = %args.plugins.display(),
@@ -405,6 +516,12 @@ async fn run(args: Args, admin_token: Option<String>) -> anyhow::Result<Exit> {
             _ = hangup.recv() => {
                 // In a task of its own: a slow rescan must not hold up SIGTERM.
                 let handle = handle.clone();
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+                        Err(err) => tracing::error!(%err, "SIGHUP: cannot read the TLS files again; the ones loaded before stay"),
+                    }
+                }
                 tokio::spawn(async move {
                     sd_notify::notify("RELOADING=1");
                     let summary = handle.reload().await;

@@ -40,6 +40,8 @@ pub mod resync;
 #[cfg(feature = "local")]
 pub mod simple;
 mod task;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "wire")]
 pub mod wire;
 

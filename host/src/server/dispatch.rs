@@ -238,7 +238,7 @@ pub(crate) async fn execute(shared: &Arc<Shared>, job: Job) -> (Result<Vec<u8>, 
 
 /// Compares without an early exit, so the time taken does not tell how much
 /// of a guessed token was right (the length still shows).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

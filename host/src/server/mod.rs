@@ -39,6 +39,33 @@ pub(crate) use budget::Backlog;
 use budget::{Budget, Unwritten};
 use drain::{Drain, OpenConnection, Phase};
 
+/// A connection's bytes: a TCP socket, or the clear side of a TLS
+/// connection (one end of a socket pair, see `tls.rs`). Its descriptor is
+/// duplicated for replies written straight from worker reader threads.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static
+{
+    type Read: tokio::io::AsyncRead + Unpin + Send + 'static;
+    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Stream for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Stream for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
 /// Limits and settings of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -49,6 +76,18 @@ pub struct ServerConfig {
     pub max_message: usize,
     /// Tasks running at once; further calls wait for a slot.
     pub max_tasks: usize,
+    /// When set, a native connection must present it (an AUTH frame)
+    /// before any call, signal or task: callers without it are refused.
+    /// TaskIt 4.0 connections cannot carry it: every call they make is
+    /// refused `Unauthorized`.
+    pub call_token: Option<String>,
+    /// Serve the TaskIt 4.0 protocol on the plain-text binds (it cannot
+    /// run over TLS).
+    pub taskit4: bool,
+    /// Addresses to listen on with TLS (native protocol only); needs `tls`.
+    pub tls_binds: Vec<SocketAddr>,
+    /// The certificate, key and client CA of the TLS binds.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// When set, every admin signal must carry it (`{"token": …}` as its
     /// keyword arguments), but see `open_reads`.
     pub admin_token: Option<String>,
@@ -101,6 +140,10 @@ impl Default for ServerConfig {
             max_message: 16 << 20,
             max_tasks: 64,
             admin_token: None,
+            call_token: None,
+            taskit4: true,
+            tls_binds: Vec::new(),
+            tls: None,
             open_reads: false,
             read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
@@ -193,7 +236,8 @@ pub struct Server {
 /// serves.
 pub struct Bound {
     config: ServerConfig,
-    listeners: Vec<TcpListener>,
+    /// Each listener, and whether it speaks TLS.
+    listeners: Vec<(TcpListener, bool)>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -208,16 +252,23 @@ impl Server {
     /// Binds every address of `config`, serving nothing yet: a program
     /// finds a taken port before it loads anything.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Bound> {
+        if !config.tls_binds.is_empty() && config.tls.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "TLS binds need a certificate and key",
+            ));
+        }
         let mut listeners = Vec::new();
-        for addr in &config.binds {
+        let binds = config.binds.iter().map(|a| (a, false));
+        for (addr, tls) in binds.chain(config.tls_binds.iter().map(|a| (a, true))) {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
-            listeners.push(listener);
+            listeners.push((listener, tls));
         }
         let addrs = listeners
             .iter()
-            .map(|l| l.local_addr())
+            .map(|(l, _)| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Bound {
             config,
@@ -256,13 +307,14 @@ impl Bound {
             shared.config.max_connections,
             shared.config.max_connections_per_peer,
         );
-        for listener in listeners {
+        for (listener, tls) in listeners {
             // Each listener counts as a connection until it has handed over
             // the connections queued at the stop.
             let open = drain.open_connection();
             tokio::spawn(accept_loop(
                 Arc::clone(&shared),
                 listener,
+                tls,
                 Arc::clone(&connections),
                 open,
             ));
@@ -336,6 +388,7 @@ impl ServerHandle {
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
+    tls: bool,
     connections: Arc<conns::Table>,
     _open: OpenConnection,
 ) {
@@ -347,7 +400,7 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer).await,
+            Ok((stream, peer)) => spawn_connection(&shared, &connections, stream, peer, tls).await,
             Err(err) => {
                 // Out of file descriptors, most likely: pause rather than
                 // spin.
@@ -369,7 +422,7 @@ async fn accept_loop(
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream));
             if let Ok(stream) = stream {
-                spawn_connection(&shared, &connections, stream, peer).await;
+                spawn_connection(&shared, &connections, stream, peer, tls).await;
                 queued += 1;
             }
         }
@@ -386,6 +439,7 @@ async fn spawn_connection(
     connections: &Arc<conns::Table>,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
 ) {
     let slot = match connections.admit(crate::fair::peer_key(peer.ip())).await {
         Ok(slot) => Arc::new(slot),
@@ -414,7 +468,21 @@ async fn spawn_connection(
     let connections = &shared.metrics.connections;
     connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
-        serve_connection(Arc::clone(&shared), stream, peer, &slot).await;
+        match shared.config.tls.as_ref().filter(|_| tls) {
+            None => {
+                let taskit4 = shared.config.taskit4;
+                serve_connection(Arc::clone(&shared), stream, peer, &slot, taskit4).await
+            }
+            Some(config) => {
+                let (limit, write) = (shared.config.handshake_timeout, shared.config.write_timeout);
+                match crate::tls::accept(config, stream, limit, write).await {
+                    Ok(clear) => {
+                        serve_connection(Arc::clone(&shared), clear, peer, &slot, false).await
+                    }
+                    Err(err) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+                }
+            }
+        }
         shared
             .metrics
             .connections
@@ -429,11 +497,12 @@ async fn spawn_connection(
 const CLOSING_GRACE: Duration = Duration::from_millis(250);
 
 /// Reads the first byte and hands the connection to its protocol.
-async fn serve_connection(
+async fn serve_connection<S: Stream>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     slot: &Arc<conns::Slot>,
+    taskit4: bool,
 ) {
     let mut first = [0u8; 1];
     // A connection that has said nothing when the host closes holds no call
@@ -471,7 +540,7 @@ async fn serve_connection(
     // It speaks: busy until it waits for its next call.
     slot.set_idle(false);
     match first[0] {
-        b'0' | b'1' => taskit4::serve(shared, stream, first[0], peer).await,
+        b'0' | b'1' if taskit4 => taskit4::serve(shared, stream, first[0], peer).await,
         b'T' => native::serve(shared, stream, peer, slot).await,
         other => {
             tracing::debug!(%peer, byte = other, "closing a connection that speaks neither protocol");
@@ -489,7 +558,7 @@ const DISCARD_TIME: Duration = Duration::from_secs(1);
 /// host says it sends nothing more, then reads and drops what the peer
 /// sent (a bounded amount, for a bounded time) so that closing with unread
 /// bytes does not reset it.
-async fn close_cleanly(mut stream: TcpStream) {
+async fn close_cleanly(mut stream: impl Stream) {
     let _ = stream.shutdown().await;
     let deadline = tokio::time::Instant::now() + DISCARD_TIME;
     let mut buf = [0u8; 4096];

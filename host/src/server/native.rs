@@ -18,18 +18,18 @@ use taskit_plugin_api::error::kind;
 use taskit_plugin_api::wire::native::{self, ErrorStatus, HelloStatus, Request};
 use taskit_plugin_api::wire::WireError;
 use taskit_plugin_api::{CodecKind, TaskError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::budget::{Budgets, Charge};
 use super::conns;
+use super::dispatch::same_secret;
 use super::dispatch::{execute, try_inline, After, Job};
 use super::drain::Phase;
 use super::replies::{self, Held, Replies, Writer};
-use super::{Backlog, Shared};
+use super::{Backlog, Shared, Stream};
 use crate::batch::Batch;
 use crate::call::{max_result, within, TaskCall};
 use crate::fair::Caller;
@@ -38,9 +38,9 @@ use crate::rate::Limiter;
 
 type Cancels = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
 
-pub(crate) async fn serve(
+pub(crate) async fn serve<S: Stream>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     slot: &Arc<conns::Slot>,
 ) {
@@ -49,11 +49,8 @@ pub(crate) async fn serve(
     };
     // Answers from worker processes are written by the thread that reads
     // them, through a descriptor of its own.
-    let direct = {
-        use std::os::fd::AsFd;
-        stream.as_fd().try_clone_to_owned().ok()
-    };
-    let (reader, writer) = stream.into_split();
+    let direct = stream.as_fd().try_clone_to_owned().ok();
+    let (reader, writer) = stream.split();
     let backlog = Backlog::new(&shared.unwritten, shared.config.max_buffered_per_connection);
     let (tx, replies) = replies::channel(direct, Arc::clone(&backlog));
     let broken = Arc::new(Notify::new());
@@ -80,6 +77,7 @@ pub(crate) async fn serve(
         caller: Caller::connection(peer.ip()),
         budgets: Budgets::for_connection(&shared.budget, shared.config.max_buffered_per_connection),
         backlog,
+        authenticated: shared.config.call_token.is_none(),
     };
     let mut frames = FrameReader::new(reader);
     let ended = loop {
@@ -161,8 +159,8 @@ enum Next<'a> {
 /// allowance: a header alone costs the server's budget nothing.)
 const READ_AHEAD: usize = 15 << 10;
 
-struct FrameReader {
-    half: OwnedReadHalf,
+struct FrameReader<R> {
+    half: R,
     buf: Vec<u8>,
     /// Where the next frame begins in `buf`.
     start: usize,
@@ -173,8 +171,8 @@ struct FrameReader {
     reserved: Option<(usize, usize, Charge)>,
 }
 
-impl FrameReader {
-    fn new(half: OwnedReadHalf) -> Self {
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(half: R) -> Self {
         Self {
             half,
             buf: Vec::with_capacity(16 << 10),
@@ -358,6 +356,8 @@ struct Connection {
     /// Its replies not yet written: its calls wait to start while there
     /// are too many.
     backlog: Arc<Backlog>,
+    /// It may call: it presented the call token, or none is asked for.
+    authenticated: bool,
 }
 
 impl Connection {
@@ -379,11 +379,22 @@ impl Connection {
                 self.cancel(id);
                 return true;
             }
+            Ok(Request::Auth { id, token }) => return self.authenticate(id, token),
             Err(err) => {
                 self.fatal(kind::PROTOCOL_ERROR, &err.to_string());
                 return false;
             }
         };
+        if !self.authenticated {
+            self.send_error(
+                id,
+                kind::UNAUTHORIZED,
+                "this host needs its call token before any call",
+                ErrorStatus::Error,
+                Held::default(),
+            );
+            return true;
+        }
         // Accepted before any wait, so a drain waits for it; resolved now,
         // so it runs on the plugin version live when it was read.
         let accepted = self.shared.drain.accept_call();
@@ -471,6 +482,28 @@ impl Connection {
         true
     }
 
+    /// Checks the call token of an AUTH frame: accepted (or no token asked
+    /// for), the connection may call; a wrong one closes it.
+    fn authenticate(&mut self, id: u64, token: &[u8]) -> bool {
+        match &self.shared.config.call_token {
+            Some(expected) if !same_secret(token, expected.as_bytes()) => {
+                static REFUSED: Limiter = Limiter::new();
+                if let Some(left_out) = REFUSED.admit() {
+                    tracing::warn!(peer = ?self.caller.peer, left_out, "connection refused: wrong call token");
+                }
+                self.fatal(kind::UNAUTHORIZED, "wrong call token");
+                false
+            }
+            _ => {
+                self.authenticated = true;
+                let mut frame = Vec::new();
+                native::encode_ok(&mut frame, id, b"");
+                self.tx.push(&frame, After::Nothing, Held::default());
+                true
+            }
+        }
+    }
+
     /// Sets the cancellation flag of call `id`, if it is in flight.
     fn cancel(&self, id: u64) {
         let cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
@@ -495,7 +528,11 @@ impl Connection {
 
 /// Reads the client's hello (its first byte, `T`, is already read) and
 /// answers it; returns the codec agreed on.
-async fn handshake(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) -> Option<CodecKind> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: &mut S,
+    peer: SocketAddr,
+) -> Option<CodecKind> {
     let mut hello = [0u8; native::HELLO_LEN];
     hello[0] = b'T';
     match tokio::time::timeout(
@@ -566,9 +603,9 @@ fn encode_reply(
 ///
 /// Replies to a broken connection count as answered when they are dropped:
 /// nobody is left to read them, and a drain must not wait for them.
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    mut writer: OwnedWriteHalf,
+    mut writer: W,
     replies: Writer,
     peer: SocketAddr,
     broken_signal: Arc<Notify>,

@@ -9,8 +9,8 @@ use taskit_plugin_api::error::kind;
 use taskit_plugin_api::wire::taskit4::{self, EnvelopeError};
 use taskit_plugin_api::wire::{firstbytes, WireError};
 use taskit_plugin_api::{CodecKind, TaskError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::budget::{Budgets, Charge};
 use super::dispatch::{execute, try_inline, After, Job};
@@ -39,7 +39,12 @@ impl Answer {
     }
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, first: u8, peer: SocketAddr) {
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    first: u8,
+    peer: SocketAddr,
+) {
     // `held` keeps the message's charge to the byte budgets until the
     // reply is written.
     let caller = Caller::connection(peer.ip());
@@ -76,6 +81,12 @@ async fn answer(shared: &Arc<Shared>, message: &[u8], caller: Caller) -> Answer 
             return Answer::error(kind::PROTOCOL_ERROR, err.to_string())
         }
     };
+    if shared.config.call_token.is_some() {
+        return Answer::error(
+            kind::UNAUTHORIZED,
+            "this host needs a call token, which TaskIt 4.0 calls cannot carry".into(),
+        );
+    }
     // Accepted before anything else, so a drain waits for its reply.
     let accepted = Some(shared.drain.accept_call());
     let call = TaskCall::new(
@@ -118,7 +129,7 @@ const UNCLOSED_QUIET: Duration = Duration::from_millis(100);
 async fn read_message(
     shared: &Shared,
     budgets: &Budgets,
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     first: u8,
 ) -> Result<Option<(Vec<u8>, Charge)>, WireError> {
     let mut decoder = firstbytes::Decoder::new(shared.config.max_message);
@@ -183,7 +194,11 @@ async fn read_message(
     Ok(Some((decoder.into_message(), held)))
 }
 
-async fn write_reply(shared: &Shared, stream: &mut TcpStream, reply: &[u8]) -> std::io::Result<()> {
+async fn write_reply(
+    shared: &Shared,
+    stream: &mut (impl AsyncWrite + Unpin),
+    reply: &[u8],
+) -> std::io::Result<()> {
     let framed = firstbytes::encode(reply);
     match tokio::time::timeout(shared.config.write_timeout, async {
         stream.write_all(&framed).await?;

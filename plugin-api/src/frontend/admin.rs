@@ -40,7 +40,7 @@ impl FrontEnd {
             .map_err(|e| FrontendError::Encode(e.to_string()))?;
         let _counted = InFlight::new(&backend.in_flight);
         match self.attempt(&backend, signal.name(), &args, &kwargs).await {
-            Outcome::Skip => Err(FrontendError::BackendNotAvailable),
+            Outcome::Skip(why) => Err(why.unwrap_or(FrontendError::BackendNotAvailable)),
             Outcome::Done(result) => signal
                 .decode_reply(codec, &result?)
                 .map_err(|e| FrontendError::Decode(e.to_string())),

@@ -204,7 +204,7 @@ impl FrontEnd {
                     .iter()
                     .find(|b| b.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(addr)))
+                    .unwrap_or_else(|| Arc::new(Backend::named(addr, name.spec.host.clone())))
             })
             .collect();
         {

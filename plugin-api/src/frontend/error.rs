@@ -47,6 +47,15 @@ pub enum FrontendError {
         /// What was wrong.
         message: String,
     },
+    /// The TLS connection failed: the host's certificate was not trusted,
+    /// or it refused this client's (mutual TLS).
+    #[error("TLS with {backend} failed: {message}")]
+    Tls {
+        /// The backend's address.
+        backend: String,
+        /// What rustls said.
+        message: String,
+    },
     /// A backend name could not be resolved.
     #[error("cannot resolve {name}: {message}")]
     Resolve {

@@ -60,6 +60,10 @@ use crate::error::kind;
 /// One backend, and what this client knows of it.
 struct Backend {
     addr: BackendAddr,
+    /// The name its TLS certificate must carry (unless the TLS settings
+    /// name one): the host it was given by, the name for an address found
+    /// behind a name.
+    tls_name: String,
     /// Calls in flight from this client: what routing compares.
     in_flight: AtomicUsize,
     /// Calls it answered (with a result or a task's error).
@@ -69,8 +73,14 @@ struct Backend {
 
 impl Backend {
     fn new(addr: BackendAddr) -> Self {
+        let tls_name = addr.host.clone();
+        Self::named(addr, tls_name)
+    }
+
+    fn named(addr: BackendAddr, tls_name: String) -> Self {
         Self {
             addr,
+            tls_name,
             in_flight: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             native: native_conn::Connector::default(),
@@ -158,8 +168,10 @@ impl Drop for InFlight<'_> {
 
 /// How a call fared on one backend.
 enum Outcome {
-    /// The call did not run there: try the next backend.
-    Skip,
+    /// The call did not run there: try the next backend. With the error
+    /// to answer if none takes it, when this one refused the client (TLS,
+    /// call token).
+    Skip(Option<FrontendError>),
     /// An answer (or a failure that may have followed a run).
     Done(Result<Vec<u8>, FrontendError>),
 }
@@ -294,8 +306,9 @@ impl FrontEnd {
         let started = Instant::now();
         self.fresh().await;
         // Where an idempotent call was lost last, if it was: the answer
-        // when no backend is left to try.
+        // when no backend is left to try; else why one refused the client.
         let mut lost = None;
+        let mut refused = None;
         // Backends that did not take the call, when every one has failed
         // and the names were resolved again to find others.
         let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -309,7 +322,7 @@ impl FrontEnd {
                 let outcome = self.attempt(&backend, task, &encoded, &kwargs).await;
                 drop(counted);
                 match outcome {
-                    Outcome::Skip => {}
+                    Outcome::Skip(why) => refused = why.or(refused),
                     // It may have run there; the caller said running twice is fine.
                     Outcome::Done(Err(FrontendError::ConnectionLost(at))) if options.idempotent => {
                         tracing::debug!(backend = %at, task, "connection lost in flight; idempotent call retried");
@@ -340,7 +353,9 @@ impl FrontEnd {
             }
         }
         // It may have run where it was lost: not "not available".
-        Err(lost.unwrap_or(FrontendError::BackendNotAvailable))
+        Err(lost
+            .or(refused)
+            .unwrap_or(FrontendError::BackendNotAvailable))
     }
 
     /// One try of a call on one backend.
@@ -352,11 +367,15 @@ impl FrontEnd {
                 // replaced once; the call has not run anywhere.
                 let mut sent = None;
                 for _ in 0..2 {
-                    let conn = match backend.native.get(&backend.addr, config).await {
+                    let conn = match backend
+                        .native
+                        .get(&backend.addr, &backend.tls_name, config)
+                        .await
+                    {
                         Ok(conn) => conn,
                         Err(err) => {
                             tracing::debug!(backend = %backend.addr, %err, "cannot connect; trying the next backend");
-                            return Outcome::Skip;
+                            return Outcome::Skip(err.refused);
                         }
                     };
                     if let Ok(result) = conn.call(task, args, kwargs).await {
@@ -366,20 +385,20 @@ impl FrontEnd {
                 }
                 match sent {
                     Some(result) => result,
-                    None => return Outcome::Skip,
+                    None => return Outcome::Skip(None),
                 }
             }
             Protocol::Taskit4 => {
                 match taskit4_conn::call(&backend.addr, config, task, args, kwargs).await {
                     Ok(result) => result,
-                    Err(taskit4_conn::ConnectFailed) => return Outcome::Skip,
+                    Err(taskit4_conn::ConnectFailed) => return Outcome::Skip(None),
                 }
             }
         };
         match result {
             // A stopping backend ran nothing: another one may take the call.
             Err(FrontendError::BackendProcessing { ref kind, .. }) if kind == kind::STOPPING => {
-                Outcome::Skip
+                Outcome::Skip(None)
             }
             other => Outcome::Done(other),
         }

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +24,49 @@ pub(super) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// The last failed attempt: calls arriving within [`RETRY_AFTER`] of it
     /// fail over at once instead of each waiting for a connect of their own.
-    failed: Mutex<Option<(Instant, String)>>,
+    failed: Mutex<Option<(Instant, ConnectFailed)>>,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectFailed {
+    pub(super) message: String,
+    /// The backend was reached and refused this client, or TLS failed: what
+    /// to answer if no other backend takes the call.
+    pub(super) refused: Option<FrontendError>,
+}
+
+impl ConnectFailed {
+    fn unreachable(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            refused: None,
+        }
+    }
+
+    /// An I/O error, which is a TLS failure if rustls made it.
+    fn io(backend: &str, err: std::io::Error) -> Self {
+        let tls = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::tls::rustls::Error>())
+            .map(ToString::to_string);
+        match tls {
+            Some(message) => Self {
+                message: message.clone(),
+                refused: Some(FrontendError::Tls {
+                    backend: backend.to_owned(),
+                    message,
+                }),
+            },
+            None => Self::unreachable(err),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// How long a failed connection attempt is remembered.
@@ -40,7 +81,7 @@ impl Connector {
             .cloned()
     }
 
-    fn recent_failure(&self) -> Option<String> {
+    fn recent_failure(&self) -> Option<ConnectFailed> {
         let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
         failed
             .as_ref()
@@ -53,8 +94,9 @@ impl Connector {
     pub(super) async fn get(
         &self,
         addr: &BackendAddr,
+        tls_name: &str,
         config: &FrontendConfig,
-    ) -> Result<Arc<NativeConn>, String> {
+    ) -> Result<Arc<NativeConn>, ConnectFailed> {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
@@ -68,7 +110,7 @@ impl Connector {
         if let Some(err) = self.recent_failure() {
             return Err(err);
         }
-        match NativeConn::connect(addr, config).await {
+        match NativeConn::connect(addr, tls_name, config).await {
             Ok(conn) => {
                 *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -96,30 +138,55 @@ pub(super) struct NativeConn {
 }
 
 impl NativeConn {
-    async fn connect(addr: &BackendAddr, config: &FrontendConfig) -> Result<Arc<Self>, String> {
+    async fn connect(
+        addr: &BackendAddr,
+        tls_name: &str,
+        config: &FrontendConfig,
+    ) -> Result<Arc<Self>, ConnectFailed> {
+        let backend = addr.to_string();
         let connect = async {
-            let mut stream = TcpStream::connect(addr.endpoint())
+            let stream = TcpStream::connect(addr.endpoint())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ConnectFailed::unreachable)?;
             let _ = stream.set_nodelay(true);
-            stream
-                .write_all(&native::client_hello(addr.codec))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut hello = [0u8; native::HELLO_LEN];
-            stream
-                .read_exact(&mut hello)
-                .await
-                .map_err(|e| e.to_string())?;
-            match native::parse_server_hello(&hello).map_err(|e| e.to_string())? {
-                HelloStatus::Ok => Ok(stream),
-                other => Err(format!("the backend refused the hello: {other:?}")),
+            match &config.tls {
+                None => {
+                    let mut stream = stream;
+                    open(&mut stream, addr, config).await?;
+                    let (reader, writer) = stream.into_split();
+                    Ok(Self::start(addr, config, reader, writer))
+                }
+                Some(tls) => {
+                    let name = tls.server_name(tls_name).map_err(|e| ConnectFailed {
+                        message: e.to_string(),
+                        refused: Some(FrontendError::Tls {
+                            backend: backend.clone(),
+                            message: e.to_string(),
+                        }),
+                    })?;
+                    let mut stream = tls
+                        .connector()
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| ConnectFailed::io(&backend, e))?;
+                    open(&mut stream, addr, config).await?;
+                    let (reader, writer) = tokio::io::split(stream);
+                    Ok(Self::start(addr, config, reader, writer))
+                }
             }
         };
-        let stream = tokio::time::timeout(config.connect_timeout, connect)
+        tokio::time::timeout(config.connect_timeout, connect)
             .await
-            .map_err(|_| "connect timed out".to_owned())??;
-        let (reader, writer) = stream.into_split();
+            .map_err(|_| ConnectFailed::unreachable("connect timed out"))?
+    }
+
+    /// The connection over `reader` and `writer`, its tasks started.
+    fn start(
+        addr: &BackendAddr,
+        config: &FrontendConfig,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Arc<Self> {
         let (frames, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Self {
             backend: addr.to_string(),
@@ -132,7 +199,7 @@ impl NativeConn {
         // the connection, the writer's channel closes and both tasks end.
         tokio::spawn(write_loop(Arc::downgrade(&conn), writer, rx));
         tokio::spawn(read_loop(Arc::downgrade(&conn), reader, config.max_reply));
-        Ok(conn)
+        conn
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
@@ -210,7 +277,7 @@ impl Drop for CancelOnDrop<'_> {
 
 async fn write_loop(
     conn: Weak<NativeConn>,
-    mut writer: OwnedWriteHalf,
+    mut writer: impl AsyncWrite + Unpin,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     let mut batch = Vec::new();
@@ -235,7 +302,7 @@ async fn write_loop(
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply: usize) {
+async fn read_loop(conn: Weak<NativeConn>, mut reader: impl AsyncRead + Unpin, max_reply: usize) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let failure = loop {
         let mut used = 0;
@@ -296,6 +363,65 @@ async fn read_loop(conn: Weak<NativeConn>, mut reader: OwnedReadHalf, max_reply:
         conn.fail_all(err);
     }
 }
+
+/// The hellos, then the call token if there is one: the connection is
+/// ready for calls.
+async fn open(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    addr: &BackendAddr,
+    config: &FrontendConfig,
+) -> Result<(), ConnectFailed> {
+    let backend = addr.to_string();
+    let io = |e| ConnectFailed::io(&backend, e);
+    let mut hello = native::client_hello(addr.codec).to_vec();
+    if let Some(token) = &config.call_token {
+        native::encode_auth(&mut hello, AUTH_ID, token.as_bytes());
+    }
+    stream.write_all(&hello).await.map_err(io)?;
+    let mut reply = [0u8; native::HELLO_LEN];
+    stream.read_exact(&mut reply).await.map_err(io)?;
+    match native::parse_server_hello(&reply).map_err(ConnectFailed::unreachable)? {
+        HelloStatus::Ok => {}
+        other => {
+            return Err(ConnectFailed::unreachable(format!(
+                "the backend refused the hello: {other:?}"
+            )))
+        }
+    }
+    if config.call_token.is_none() {
+        return Ok(());
+    }
+    // The answer to the token: one small frame.
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let frame = native::split_frame(&buf, 64 << 10).map_err(ConnectFailed::unreachable)?;
+        if let Some((body, _)) = frame {
+            return match native::parse_response(body).map_err(ConnectFailed::unreachable)? {
+                Response::Ok { id: AUTH_ID, .. } => Ok(()),
+                Response::Ok { .. } => Err(ConnectFailed::unreachable(
+                    "an answer to no call before the call token's",
+                )),
+                Response::Error {
+                    kind, args_json, ..
+                } => {
+                    let err = FrontendError::remote(TaskError::from_args_json(kind, args_json));
+                    Err(ConnectFailed {
+                        message: err.to_string(),
+                        refused: Some(err),
+                    })
+                }
+            };
+        }
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err(ConnectFailed::unreachable(
+                "closed before answering the call token",
+            ));
+        }
+    }
+}
+
+/// The id of the call token's frame (calls count up from 1).
+const AUTH_ID: u64 = 0;
 
 type Reply = (u64, Result<Vec<u8>, FrontendError>, bool);
 

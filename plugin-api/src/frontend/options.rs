@@ -65,6 +65,12 @@ pub struct FrontendConfig {
     /// Resolves names instead of the system resolver (`getaddrinfo`): for
     /// tests, or a service registry of your own.
     pub resolver: Option<Resolver>,
+    /// Speak TLS to native backends (hosts' `--tls-bind`), checking their
+    /// certificates as this says (see [`ClientTlsOptions::load`](crate::tls::ClientTlsOptions::load)).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The hosts' call token (`--call-token-file`), presented once per
+    /// connection before any call.
+    pub call_token: Option<String>,
 }
 
 /// A way to resolve a backend name and port to socket addresses. It may
@@ -101,6 +107,8 @@ impl Default for FrontendConfig {
             resolve_every: Duration::from_secs(5),
             discover_names: false,
             resolver: None,
+            tls: None,
+            call_token: None,
         }
     }
 }

@@ -9,6 +9,9 @@
 //! request body  id:u64 kind:u8 ...
 //!   CALL   (1)  task_len:u16 task args_len:u32 args kwargs(rest, JSON object or empty)
 //!   CANCEL (2)  (nothing)
+//!   AUTH   (3)  token (rest): the host's call token (`--call-token-file`),
+//!               sent once, before any call; answered OK (empty), or
+//!               FATAL `Unauthorized` if wrong
 //! reply body    id:u64 status:u8 ...
 //!   OK     (0)  result (rest)
 //!   ERROR  (1)  type_len:u16 type args(rest, JSON array)
@@ -32,6 +35,7 @@ pub const LENGTH_LEN: usize = 4;
 
 const KIND_CALL: u8 = 1;
 const KIND_CANCEL: u8 = 2;
+const KIND_AUTH: u8 = 3;
 const STATUS_OK: u8 = 0;
 const STATUS_ERROR: u8 = 1;
 const STATUS_FATAL: u8 = 2;
@@ -140,6 +144,14 @@ pub enum Request<'a> {
         /// The call to cancel.
         id: u64,
     },
+    /// Presents the host's call token: the connection may make calls once
+    /// it is accepted.
+    Auth {
+        /// Its reply carries it back.
+        id: u64,
+        /// The token's bytes.
+        token: &'a [u8],
+    },
 }
 
 /// What an error reply says about its call.
@@ -208,6 +220,15 @@ pub fn encode_call(out: &mut Vec<u8>, id: u64, task: &str, args: &[u8], kwargs: 
         out.extend_from_slice(&(args.len() as u32).to_be_bytes());
         out.extend_from_slice(args);
         out.extend_from_slice(kwargs);
+    });
+}
+
+/// Appends an AUTH frame carrying the call token to `out`.
+pub fn encode_auth(out: &mut Vec<u8>, id: u64, token: &[u8]) {
+    frame(out, 9 + token.len(), |out| {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.push(KIND_AUTH);
+        out.extend_from_slice(token);
     });
 }
 
@@ -326,6 +347,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request<'_>, WireError> {
         KIND_CANCEL => Err(WireError::BadFrame(
             "a CANCEL frame carries nothing after its id".into(),
         )),
+        KIND_AUTH => Ok(Request::Auth { id, token: b.0 }),
         other => Err(WireError::BadFrame(format!("unknown request kind {other}"))),
     }
 }
@@ -375,6 +397,16 @@ mod tests {
         );
         let (body, used2) = split_frame(&buf[used..], 1024).unwrap().unwrap();
         assert_eq!(parse_request(body).unwrap(), Request::Cancel { id: 7 });
+        let mut auth = Vec::new();
+        encode_auth(&mut auth, 8, b"s3cret");
+        let (body, _) = split_frame(&auth, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            parse_request(body).unwrap(),
+            Request::Auth {
+                id: 8,
+                token: b"s3cret"
+            }
+        );
         assert_eq!(used + used2, buf.len());
         assert_eq!(split_frame(&buf[..used - 1], 1024).unwrap(), None);
     }
