@@ -82,8 +82,11 @@ const PREFIX: &str = ".taskit-host-";
 
 /// Removes the shadow directories in `root` of hosts of this user that no
 /// longer run: named by their process id, owned by this user, and that
-/// process gone.
+/// process gone, or that process this one while the directory is none of
+/// its own (a host that ran with this pid before: in a container, the host
+/// is always pid 1).
 fn remove_stale(root: &Path) {
+    let own = std::process::id() as libc::pid_t;
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
@@ -103,7 +106,12 @@ fn remove_stale(root: &Path) {
         let Ok(meta) = entry.path().symlink_metadata() else {
             continue;
         };
-        if !meta.is_dir() || meta.uid() != me || pid <= 0 || process_exists(pid) {
+        let ours_before = pid == own
+            && !LIVE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&entry.path());
+        if !meta.is_dir() || meta.uid() != me || pid <= 0 || (process_exists(pid) && !ours_before) {
             continue;
         }
         match fs::remove_dir_all(entry.path()) {
@@ -130,5 +138,28 @@ pub(crate) fn remove_all() {
     let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(PoisonError::into_inner));
     for path in live {
         let _ = fs::remove_dir_all(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn copies_left_under_this_pid_by_an_earlier_host_are_removed() {
+        let root = std::env::temp_dir().join(format!("taskit-shadow-test-{}", std::process::id()));
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        let live = ShadowDir::create(Some(&root)).unwrap();
+        // What a host that ran as this pid before (pid 1 in a container)
+        // left behind.
+        let left = root.join(format!("{PREFIX}{}-0000beef", std::process::id()));
+        fs::create_dir(&left).unwrap();
+        let second = ShadowDir::create(Some(&root)).unwrap();
+        assert!(!left.exists(), "the copies of a host gone stayed");
+        assert!(live.path().exists() && second.path().exists(), "a live one was removed");
+        drop((live, second));
+        fs::remove_dir_all(&root).unwrap();
     }
 }
