@@ -158,7 +158,10 @@ mod tests {
         fs::create_dir(&left).unwrap();
         let second = ShadowDir::create(Some(&root)).unwrap();
         assert!(!left.exists(), "the copies of a host gone stayed");
-        assert!(live.path().exists() && second.path().exists(), "a live one was removed");
+        assert!(
+            live.path().exists() && second.path().exists(),
+            "a live one was removed"
+        );
         drop((live, second));
         fs::remove_dir_all(&root).unwrap();
     }
