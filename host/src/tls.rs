@@ -78,11 +78,7 @@ impl ServerTls {
     }
 }
 
-fn acceptor(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&PathBuf>,
-) -> Result<TlsAcceptor, TlsError> {
+fn acceptor(cert: &Path, key: &Path, client_ca: Option<&PathBuf>) -> Result<TlsAcceptor, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
