@@ -1,8 +1,8 @@
 //! `--metrics`: `/metrics` in Prometheus' text format, read by the
 //! reference parser (Python's `prometheus_client`), and `/healthz`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -33,25 +33,9 @@ fn host_with_metrics(dir: &TempDir, extra: &[&str]) -> (HostProcess, SocketAddr,
     ];
     args.extend_from_slice(extra);
     let mut host = HostProcess::start(&args);
-    let line = host.expect_line(&["metrics and health served"]);
-    let metrics = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let metrics = metrics_addr(&mut host);
     let addr = host.ready();
     (host, addr, metrics)
-}
-
-/// One HTTP request: the status code and the body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
 }
 
 /// `/metrics`, parsed by the reference parser: its families.

@@ -210,10 +210,17 @@ fn mutual_tls_serves_only_clients_with_a_certificate_from_its_ca() {
 fn the_call_token_refuses_callers_without_it() {
     let dir = TempDir::new("tls-token");
     let token = private_token_file(&dir, "call-s3cret");
-    let (_host, addr) = HostProcess::serving(
-        demo_dir("token-plugins").path(),
-        &["--call-token-file", token.to_str().unwrap()],
-    );
+    let plugins = demo_dir("token-plugins");
+    let mut host = HostProcess::start(&[
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "--call-token-file",
+        token.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&mut host);
+    let addr = host.ready();
     assert_eq!(
         client(addr, None, Some("call-s3cret"))
             .work::<i64>("add", &(5, 5))
@@ -236,6 +243,12 @@ fn the_call_token_refuses_callers_without_it() {
     let old = BlockingFrontEnd::new([BackendAddr::from(addr).taskit4()]).unwrap();
     let err = old.work::<Value>("add", &(5, 5)).unwrap_err();
     assert_eq!(err.remote_type(), Some(kind::UNAUTHORIZED), "{err:?}");
+    // The two wrong tokens closed their connections, and are counted.
+    let (_, text) = http(metrics, "GET", "/metrics");
+    assert!(
+        text.contains("taskit_connections_refused_total{reason=\"call_token\"} 2\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -57,3 +57,30 @@ pub fn consecutive_free_ports(n: u16) -> u16 {
     }
     panic!("no {n} consecutive free ports");
 }
+
+/// One HTTP/1.1 request to `addr` (the host's `--metrics` endpoint): the
+/// status code and the body.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_owned())
+}
+
+/// The address a host started with `--metrics ADDR:0` serves metrics on,
+/// from its log.
+pub fn metrics_addr(host: &mut HostProcess) -> std::net::SocketAddr {
+    let line = host.expect_line(&["metrics and health served"]);
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}

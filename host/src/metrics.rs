@@ -135,14 +135,18 @@ pub(crate) struct Metrics {
     series: RwLock<HashMap<Box<str>, Vec<Arc<Series>>>>,
     /// Calls past [`MAX_SERIES`].
     other: Arc<Series>,
-    pub(crate) connections_refused: [AtomicU64; 2],
+    pub(crate) connections_refused: [AtomicU64; REFUSALS.len()],
     /// Client connections admitted and open.
     pub(crate) connections: AtomicU64,
 }
 
-/// Why a connection was refused (`connections_refused` index).
+/// Why a connection was refused (`connections_refused` index, and the
+/// `reason` label).
 pub(crate) const HOST_FULL: usize = 0;
 pub(crate) const PEER_FULL: usize = 1;
+pub(crate) const TLS_FAILED: usize = 2;
+pub(crate) const WRONG_TOKEN: usize = 3;
+const REFUSALS: [&str; 4] = ["host_full", "peer_full", "tls_handshake", "call_token"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -388,13 +392,13 @@ pub(crate) fn render(server: &ServerHandle) -> String {
         &mut out,
         "taskit_connections_refused_total",
         "counter",
-        "Connections closed at once for want of room: host (--max-connections) or peer (--max-connections-per-peer).",
+        "Connections closed at once: for want of room (host_full: --max-connections, peer_full: --max-connections-per-peer), a failed TLS handshake, or a wrong call token.",
     );
-    for (i, reason) in ["host", "peer"].iter().enumerate() {
+    for (i, reason) in REFUSALS.iter().enumerate() {
         let n = metrics.connections_refused[i].load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "taskit_connections_refused_total{{limit=\"{reason}\"}} {n}"
+            "taskit_connections_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
 

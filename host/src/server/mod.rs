@@ -479,7 +479,11 @@ async fn spawn_connection(
                     Ok(clear) => {
                         serve_connection(Arc::clone(&shared), clear, peer, &slot, false).await
                     }
-                    Err(err) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+                    Err(err) => {
+                        shared.metrics.connections_refused[crate::metrics::TLS_FAILED]
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(%peer, %err, "TLS handshake failed")
+                    }
                 }
             }
         }

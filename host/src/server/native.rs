@@ -487,6 +487,8 @@ impl Connection {
     fn authenticate(&mut self, id: u64, token: &[u8]) -> bool {
         match &self.shared.config.call_token {
             Some(expected) if !same_secret(token, expected.as_bytes()) => {
+                self.shared.metrics.connections_refused[crate::metrics::WRONG_TOKEN]
+                    .fetch_add(1, Ordering::Relaxed);
                 static REFUSED: Limiter = Limiter::new();
                 if let Some(left_out) = REFUSED.admit() {
                     tracing::warn!(peer = ?self.caller.peer, left_out, "connection refused: wrong call token");
