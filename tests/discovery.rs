@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use taskit_harness::*;
-use taskit_plugin_api::frontend::{BackendAddr, FrontEnd, FrontendConfig, Resolver};
+use taskit_plugin_api::frontend::{BackendAddr, FrontEnd, FrontendConfig, FrontendError, Resolver};
 
 /// What the test's resolver answers, and how often it was asked.
 #[derive(Default)]
@@ -310,4 +310,63 @@ async fn the_system_resolver_finds_every_address_of_localhost() {
             assert!(answered(&fe, *addr) > 0, "{addr}: {:?}", fe.routes());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_all_find_the_backends_that_replaced_the_gone_ones() {
+    let dir = demo_dir("dns-concurrent");
+    let mut hosts = hosts(&dir, 2);
+    let addrs: Vec<SocketAddr> = hosts.iter().map(|h| h.1).collect();
+    let zone = Arc::new(Zone::default());
+    zone.set(&addrs[..1]);
+    let fe = frontend(&zone, addrs[0].port(), Duration::from_secs(3600));
+    assert_eq!(fe.call::<i64>("add", &(1, 2)).await.unwrap(), 3);
+    let (first, first_addr) = &mut hosts[0];
+    FrontEnd::new([*first_addr])
+        .send_stop(*first_addr)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| first.wait_exit());
+    zone.set(&addrs[1..]);
+    // Each finds the old host gone; one lookup finds the new one, and
+    // every call uses it, whichever call made the lookup.
+    let calls: Vec<_> = (0..16i64)
+        .map(|i| {
+            let fe = fe.clone();
+            tokio::spawn(async move { fe.call::<i64>("add", &(i, 1)).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), i as i64 + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_did_not_resolve_is_looked_up_again_by_the_next_call() {
+    let dir = demo_dir("dns-retry");
+    let hosts = hosts(&dir, 1);
+    let addr = hosts[0].1;
+    let down = Arc::new(AtomicBool::new(true));
+    let d = Arc::clone(&down);
+    let config = FrontendConfig {
+        resolve_every: Duration::from_secs(3600),
+        resolver: Some(Resolver::new(move |_, _| {
+            if d.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("resolver down"))
+            } else {
+                Ok(vec![addr])
+            }
+        })),
+        ..FrontendConfig::default()
+    };
+    let fe = FrontEnd::with_config([BackendAddr::dns("taskit-test", addr.port())], config);
+    match fe.call::<i64>("add", &(1, 1)).await {
+        Err(FrontendError::Resolve { name, message }) => {
+            assert_eq!(name, format!("dns:taskit-test:{}", addr.port()));
+            assert!(message.contains("resolver down"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    down.store(false, Ordering::SeqCst);
+    assert_eq!(fe.call::<i64>("add", &(2, 2)).await.unwrap(), 4);
 }

@@ -27,8 +27,21 @@ pub(super) const MAX_ADDRESSES: usize = 1024;
 /// lookups.
 const FORCED_GAP: Duration = Duration::from_millis(250);
 
-/// `resolved_ms` before the first resolution.
+/// `resolved_us` before the first resolution.
 const NEVER: u64 = u64::MAX;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Clears a name's `refreshing` flag when dropped.
+struct Refreshed<'a>(&'a AtomicBool);
+
+impl Drop for Refreshed<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 /// Why a name is resolved.
 #[derive(Clone, Copy)]
@@ -37,7 +50,7 @@ enum Why {
     First,
     /// `resolve_every` has passed.
     Due,
-    /// No backend answered a call that started at this time (ms).
+    /// No backend answered a call that started at this time (µs).
     Forced(u64),
 }
 
@@ -45,15 +58,17 @@ enum Why {
 pub(super) struct Name {
     pub(super) spec: BackendAddr,
     pub(super) members: Mutex<Vec<Arc<Backend>>>,
-    /// When the last resolution ended (milliseconds since `Inner::epoch`),
+    /// When the last resolution ended (microseconds since `Inner::epoch`),
     /// whether it succeeded or not.
-    resolved_ms: AtomicU64,
+    resolved_us: AtomicU64,
     /// When the last forced resolution ended, likewise.
-    forced_ms: AtomicU64,
+    forced_us: AtomicU64,
     /// One resolution at a time.
     resolving: tokio::sync::Mutex<()>,
     /// A background resolution is under way.
     refreshing: AtomicBool,
+    /// Why the last lookup failed, if it did.
+    failure: Mutex<Option<FrontendError>>,
 }
 
 impl Name {
@@ -61,10 +76,11 @@ impl Name {
         Self {
             spec,
             members: Mutex::default(),
-            resolved_ms: AtomicU64::new(NEVER),
-            forced_ms: AtomicU64::new(NEVER),
+            resolved_us: AtomicU64::new(NEVER),
+            forced_us: AtomicU64::new(NEVER),
             resolving: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
+            failure: Mutex::new(None),
         }
     }
 
@@ -111,28 +127,28 @@ pub(super) async fn lookup(
 }
 
 impl FrontEnd {
-    fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
+    fn now_us(&self) -> u64 {
+        self.inner.epoch.elapsed().as_micros() as u64
     }
 
     /// Makes the routes current enough for a call: a name never resolved is
     /// resolved now (the call waits); one older than `resolve_every` is
     /// resolved in the background while the call goes on with what is known.
     pub(super) async fn fresh(&self) {
-        let every = self.inner.config.resolve_every.as_millis() as u64;
+        let every = self.inner.config.resolve_every.as_micros() as u64;
         for (i, name) in self.inner.names.iter().enumerate() {
-            let at = name.resolved_ms.load(Ordering::Acquire);
+            let at = name.resolved_us.load(Ordering::Acquire);
             if at == NEVER {
                 self.resolve(i, Why::First).await;
-            } else if self.now_ms().saturating_sub(at) >= every
+            } else if self.now_us().saturating_sub(at) >= every
                 && !name.refreshing.swap(true, Ordering::AcqRel)
             {
                 let frontend = self.clone();
                 tokio::spawn(async move {
+                    // Cleared however the task ends (a runtime shutting
+                    // down drops it unfinished).
+                    let _refreshed = Refreshed(&frontend.inner.names[i].refreshing);
                     frontend.resolve(i, Why::Due).await;
-                    frontend.inner.names[i]
-                        .refreshing
-                        .store(false, Ordering::Release);
                 });
             }
         }
@@ -142,12 +158,12 @@ impl FrontEnd {
     /// within the last [`FORCED_GAP`]: when no backend answered a call.
     /// True if the routes changed.
     pub(super) async fn resolve_now(&self, since: Instant) -> bool {
-        let since_ms = since
+        let since_us = since
             .saturating_duration_since(self.inner.epoch)
-            .as_millis() as u64;
+            .as_micros() as u64;
         let mut changed = false;
         for i in 0..self.inner.names.len() {
-            changed |= self.resolve(i, Why::Forced(since_ms)).await;
+            changed |= self.resolve(i, Why::Forced(since_us)).await;
         }
         changed
     }
@@ -158,37 +174,42 @@ impl FrontEnd {
     async fn resolve(&self, i: usize, why: Why) -> bool {
         let name = &self.inner.names[i];
         let _one_at_a_time = name.resolving.lock().await;
-        let at = name.resolved_ms.load(Ordering::Acquire);
-        let now = self.now_ms();
-        let forced_at = name.forced_ms.load(Ordering::Acquire);
+        let at = name.resolved_us.load(Ordering::Acquire);
+        let now = self.now_us();
+        let forced_at = name.forced_us.load(Ordering::Acquire);
         let needless = at != NEVER
             && match why {
                 Why::First => true,
                 Why::Due => {
-                    now.saturating_sub(at) < self.inner.config.resolve_every.as_millis() as u64
+                    now.saturating_sub(at) < self.inner.config.resolve_every.as_micros() as u64
                 }
                 Why::Forced(since) => {
                     at >= since
                         || (forced_at != NEVER
-                            && now.saturating_sub(forced_at) < FORCED_GAP.as_millis() as u64)
+                            && now.saturating_sub(forced_at) < FORCED_GAP.as_micros() as u64)
                 }
             };
         if needless {
             return false;
         }
-        let changed = match lookup(&name.spec, &self.inner.config).await {
-            Ok(found) => self.follow(name, found),
+        let found = lookup(&name.spec, &self.inner.config).await;
+        let changed = match found {
+            Ok(found) => {
+                *lock(&name.failure) = None;
+                self.follow(name, found)
+            }
             Err(err) => {
                 tracing::warn!(%err, kept = name.members().len(), "cannot resolve a backend name; keeping the addresses found before");
+                *lock(&name.failure) = Some(err);
                 false
             }
         };
         // Marked done once the routes show what was found: a call that
         // sees the name resolved finds its backends.
-        let now = self.now_ms();
-        name.resolved_ms.store(now, Ordering::Release);
+        let now = self.now_us();
+        name.resolved_us.store(now, Ordering::Release);
         if let Why::Forced(_) = why {
-            name.forced_ms.store(now, Ordering::Release);
+            name.forced_us.store(now, Ordering::Release);
         }
         changed
     }
@@ -227,6 +248,15 @@ impl FrontEnd {
         }
         self.inner.rebuild_routes();
         true
+    }
+
+    /// Why a name's last lookup failed, for a call that found nothing to
+    /// route to.
+    pub(super) fn lookup_failure(&self) -> Option<FrontendError> {
+        self.inner
+            .names
+            .iter()
+            .find_map(|name| lock(&name.failure).clone())
     }
 
     /// The backends behind `addr` now: itself, or for a `dns:` name every

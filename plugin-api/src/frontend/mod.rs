@@ -105,6 +105,11 @@ enum Given {
     Name(usize),
 }
 
+/// Rounds of a call over its backends: the first, then (behind names)
+/// after looking the names up again, and once more if another call's
+/// lookup changed them meanwhile.
+const ROUNDS: usize = 3;
+
 struct Inner {
     given: Vec<Given>,
     /// The names among them (`Given::Name` indexes this).
@@ -112,6 +117,8 @@ struct Inner {
     /// The backends calls go to now, in the order given, without
     /// duplicates: replaced whole when a name's addresses change.
     routes: RwLock<Arc<[Arc<Backend>]>>,
+    /// Counts the changes of `routes`.
+    generation: AtomicU64,
     config: FrontendConfig,
     /// Round-robin start among equally loaded backends.
     turn: AtomicUsize,
@@ -140,6 +147,7 @@ impl Inner {
             }
         }
         *routes = next.into();
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -206,6 +214,7 @@ impl FrontEnd {
             given,
             names,
             routes: RwLock::new(Arc::new([])),
+            generation: AtomicU64::new(0),
             config,
             turn: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -312,7 +321,8 @@ impl FrontEnd {
         // Backends that did not take the call, when every one has failed
         // and the names were resolved again to find others.
         let mut tried: Vec<Arc<Backend>> = Vec::new();
-        loop {
+        for round in 0..ROUNDS {
+            let generation = self.inner.generation.load(Ordering::Acquire);
             for backend in self.by_load(&tried) {
                 let codec = backend.addr.codec;
                 let encoded = codec
@@ -347,14 +357,27 @@ impl FrontEnd {
                     tried.push(backend);
                 }
             }
-            // None took it: behind a name there may be others now.
-            if tried.is_empty() || !self.resolve_now(started).await {
+            // None took it: behind a name there may be others now (found
+            // by this call's lookup or by another one's meanwhile).
+            if self.inner.names.is_empty() || round + 1 == ROUNDS {
+                break;
+            }
+            self.resolve_now(started).await;
+            if self.inner.generation.load(Ordering::Acquire) == generation {
                 break;
             }
         }
-        // It may have run where it was lost: not "not available".
+        // It may have run where it was lost: not "not available". With
+        // nothing to route to, why the names gave nothing.
+        let unresolved = || {
+            let routes = self.inner.routes();
+            let empty = routes.is_empty();
+            drop(routes);
+            empty.then(|| self.lookup_failure()).flatten()
+        };
         Err(lost
             .or(refused)
+            .or_else(unresolved)
             .unwrap_or(FrontendError::BackendNotAvailable))
     }
 
