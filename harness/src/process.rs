@@ -219,6 +219,32 @@ impl SelfHost {
         Ok(Self { process, addr, dir })
     }
 
+    /// As [`start_with`](Self::start_with), listening on `bind` instead of
+    /// a free port of 127.0.0.1: e.g. `127.0.0.3:40000`, or `127.0.0.2:0`
+    /// for a free port of that address. Hosts on 127.0.0.2, 127.0.0.3, …
+    /// sharing one port stand for the addresses behind one name.
+    pub fn start_bound(bind: &str, extra: &[&str]) -> std::io::Result<Self> {
+        let host_bin = beside_executable("taskit-host")?;
+        let demo = built_library("taskit_demo")?;
+        let dir = TempDir::new("bench");
+        std::fs::copy(&demo, dir.join("demo.so"))?;
+        let plugins = dir.path().display().to_string();
+        let mut args = vec!["--plugins", &plugins, "--bind", bind];
+        args.extend_from_slice(extra);
+        let mut process = HostProcess::try_spawn(&host_bin, &args, "warn,taskit_host=info")?;
+        let line = process
+            .try_expect_line(&["taskit-host ready"], Duration::from_secs(60))
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "the host on {bind} was not ready:\n{}",
+                    process.seen.join("\n")
+                ))
+            })?;
+        let addr = listening_addr(&line)
+            .ok_or_else(|| std::io::Error::other(format!("no address in {line}")))?;
+        Ok(Self { process, addr, dir })
+    }
+
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()

@@ -17,6 +17,46 @@
 //! and exits non-zero if any reply was wrong or lost, or (with `--stop-at`)
 //! if the host did not drain and exit 0. `refused` counts calls the host
 //! did not run because it was stopping; it is 0 without `--stop-at`.
+//!
+//! `--cluster N` loads many hosts behind one name instead:
+//!
+//! ```sh
+//! cargo build --release -p taskit-host -p taskit --bins && cargo build --release -p taskit-demo
+//! target/release/taskit-load --cluster 3
+//! ```
+//!
+//! N hosts with the demo plugin listen on 127.0.0.2, 127.0.0.3, … all on
+//! one port, like the pods behind a headless Service, and the callers reach
+//! them through `dns:taskit-load:PORT`, which a [`Resolver`] of the tool's
+//! own answers; the frontends resolve it every `--resolve-every-ms` (200).
+//! Every caller of a protocol shares one frontend (native JSON, native
+//! bincode, TaskIt 4.0), for the whole run. The mix is the one above, with
+//! one call in ten a `wait-double(20 ms)` so that hosts hold calls when
+//! they go, and `--idempotent-percent` (50) of the calls marked idempotent.
+//! While the calls run, evenly spread over them, hosts are stopped with
+//! `<stop>` after their removal from the name, once no frontend routes to
+//! them (`--rolling-stops`, 2), stopped while still listed (`--listed-stops`,
+//! 1; removed once exited), killed with SIGKILL while listed (`--kills`, 1;
+//! removed a moment later), and started on a fresh address and added to
+//! the name (`--adds`, as many as go); each removal takes the oldest host
+//! serving, and a replacement comes up before it. Callers go on past
+//! `--calls` until all of that has settled. The last line:
+//!
+//! `load: sent=N answered=N wrong=N lost=N lost_idempotent=N lost_stopped=N may_have_run=N … first_call_ms_min=N first_call_ms_median=N first_call_ms_max=N …`
+//!
+//! `may_have_run` counts calls not marked idempotent that failed because
+//! their host was killed (`ConnectionLost` naming it, or `WorkerCrashed`
+//! soon after a kill): allowed, when hosts were killed. Every other failure
+//! is `lost`; `lost_idempotent` and `lost_stopped` (`Stopping`, or
+//! `ConnectionLost` naming a stopped host) are parts of it. `first_call_ms`
+//! is, for each added host, the time from its address joining the name to
+//! a frontend's [`FrontEnd::routes`] counting a call it answered. The run
+//! exits non-zero if a reply was wrong, a call lost, a call may have run
+//! with no host killed, a stopped host did not exit 0, a host left alone
+//! is not running at the end (those are then stopped too, and must exit
+//! 0), or an added host answered no call.
+//!
+//! [`Resolver`]: taskit_plugin_api::frontend::Resolver
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +108,56 @@ struct Args {
     /// must exit 0.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..=99))]
     stop_at: Option<u64>,
+    /// Cluster mode: start this many hosts on 127.0.0.2, 127.0.0.3, … (one
+    /// port), call them through the name `dns:taskit-load:PORT`, and stop,
+    /// kill and add hosts while the load runs (see the module doc).
+    #[arg(long, value_name = "N", help_heading = "Cluster mode",
+          conflicts_with_all = ["host", "host_pid", "faults", "stop_at"],
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    cluster: Option<u8>,
+    /// (cluster) How often the frontends resolve the name again, in ms.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 200,
+        help_heading = "Cluster mode"
+    )]
+    resolve_every_ms: u64,
+    /// (cluster) Hosts removed from the name, then sent `<stop>` once no
+    /// frontend routes to them (a rolling update).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        help_heading = "Cluster mode"
+    )]
+    rolling_stops: u32,
+    /// (cluster) Hosts sent `<stop>` while still listed (removed from the
+    /// name once they exited).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Cluster mode"
+    )]
+    listed_stops: u32,
+    /// (cluster) Hosts killed (SIGKILL) while listed (removed from the name
+    /// a little later).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Cluster mode"
+    )]
+    kills: u32,
+    /// (cluster) Hosts started on a fresh address and added to the name
+    /// (default: as many as are stopped and killed).
+    #[arg(long, value_name = "N", help_heading = "Cluster mode")]
+    adds: Option<u32>,
+    /// (cluster) The share of calls, in percent, marked idempotent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50, help_heading = "Cluster mode",
+          value_parser = clap::value_parser!(u64).range(0..=100))]
+    idempotent_percent: u64,
 }
 
 /// Every call's outcome, counted once.
@@ -234,6 +324,9 @@ async fn connection(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(hosts) = args.cluster {
+        return cluster::run(&args, hosts);
+    }
     let mut own = None;
     let (addr, pid) = match args.host {
         Some(addr) => (addr, args.host_pid),
@@ -814,5 +907,809 @@ impl FaultThreads {
             vanished: self.vanished.join().unwrap_or(0),
             stalled: self.stalled.join().unwrap_or(0),
         }
+    }
+}
+
+/// `--cluster N`: hosts behind one name that changes while the load runs.
+mod cluster {
+    use std::collections::HashSet;
+    use std::process::ExitStatus;
+
+    use taskit_plugin_api::error::kind;
+    use taskit_plugin_api::frontend::{FrontendConfig, Resolver};
+    use taskit_plugin_api::wire::admin::local_token_file;
+
+    use super::*;
+
+    /// The name the hosts stand behind: `dns:taskit-load:PORT`.
+    const NAME: &str = "taskit-load";
+    /// Flags of every host.
+    const HOST_FLAGS: &[&str] = &["--max-tasks", "64"];
+    /// How long a killed host, or one that exited after a `<stop>` while
+    /// listed, stays in the name afterwards, in resolve periods: calls find
+    /// it dead for a while, as when a name's records lag a pod's death.
+    const LINGER_PERIODS: u32 = 5;
+    /// How long the schedule waits for what it expects (the frontends
+    /// dropping a host, a stopped host exiting, an added host's first call)
+    /// before it counts it as not seen.
+    const PATIENCE: Duration = Duration::from_secs(60);
+    /// How recent a kill must be for a `WorkerCrashed` answer (which names
+    /// no host) to be put down to it.
+    const KILL_ECHO: Duration = Duration::from_secs(5);
+    /// The last address hosts are started on: 127.0.0.254.
+    const LAST_IP: u32 = 254;
+
+    /// What the resolver answers for the name, and how often it was asked.
+    struct Zone {
+        addrs: Mutex<Vec<SocketAddr>>,
+        lookups: AtomicU64,
+    }
+
+    impl Zone {
+        fn edit(&self, change: impl FnOnce(&mut Vec<SocketAddr>)) {
+            change(&mut self.addrs.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+
+        fn resolver(self: &Arc<Self>, port: u16) -> Resolver {
+            let zone = Arc::clone(self);
+            Resolver::new(move |name, asked| {
+                zone.lookups.fetch_add(1, Ordering::Relaxed);
+                if (name, asked) != (NAME, port) {
+                    return Err(std::io::Error::other(format!(
+                        "no such name {name}:{asked}"
+                    )));
+                }
+                Ok(zone.addrs.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            })
+        }
+    }
+
+    /// One step of the schedule.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Event {
+        /// A host started on a fresh address, then added to the name.
+        Add,
+        /// The oldest serving host removed from the name, then sent
+        /// `<stop>` once no frontend routes to it.
+        RollingStop,
+        /// The oldest serving host sent `<stop>` while listed.
+        ListedStop,
+        /// The oldest serving host killed (SIGKILL) while listed.
+        Kill,
+    }
+
+    /// The events in order: removals interleaved by kind, each preceded by
+    /// an add while there are adds left (a replacement comes up before the
+    /// host it replaces goes), the remaining adds last. Refused if a
+    /// removal would leave no serving host.
+    fn schedule(
+        hosts: u32,
+        rolling: u32,
+        listed: u32,
+        kills: u32,
+        adds: u32,
+    ) -> anyhow::Result<Vec<Event>> {
+        let mut left = [
+            (rolling, Event::RollingStop),
+            (kills, Event::Kill),
+            (listed, Event::ListedStop),
+        ];
+        let mut removals = Vec::new();
+        while left.iter().any(|(n, _)| *n > 0) {
+            for (n, event) in &mut left {
+                if *n > 0 {
+                    *n -= 1;
+                    removals.push(*event);
+                }
+            }
+        }
+        let (mut events, mut adds_left, mut serving) = (Vec::new(), adds, hosts);
+        for removal in removals {
+            if adds_left > 0 {
+                adds_left -= 1;
+                serving += 1;
+                events.push(Event::Add);
+            }
+            anyhow::ensure!(
+                serving >= 2,
+                "{hosts} hosts and {adds} adds cannot take {rolling} rolling stops, {listed} listed \
+                 stops and {kills} kills with a host always serving: raise --cluster or --adds"
+            );
+            serving -= 1;
+            events.push(removal);
+        }
+        events.extend(std::iter::repeat_n(Event::Add, adds_left as usize));
+        Ok(events)
+    }
+
+    /// Hosts stopped and killed, to put failures down to the right cause.
+    #[derive(Default)]
+    struct Gone {
+        /// `IP:PORT` of each, as a lost connection names its backend.
+        killed: Mutex<HashSet<String>>,
+        stopped: Mutex<HashSet<String>>,
+        last_kill: Mutex<Option<Instant>>,
+    }
+
+    impl Gone {
+        fn killed(&self, at: &str) -> bool {
+            self.killed.lock().unwrap().contains(at)
+        }
+
+        fn stopped(&self, at: &str) -> bool {
+            self.stopped.lock().unwrap().contains(at)
+        }
+
+        fn killed_lately(&self) -> bool {
+            self.last_kill
+                .lock()
+                .unwrap()
+                .is_some_and(|at| at.elapsed() < KILL_ECHO)
+        }
+
+        /// A failure a kill explains: the call may have run on the killed
+        /// host (allowed for calls not marked idempotent).
+        fn may_have_run(&self, err: &FrontendError) -> bool {
+            match err {
+                FrontendError::ConnectionLost(at) => self.killed(at),
+                FrontendError::BackendProcessing { kind: k, .. } => {
+                    k == kind::WORKER_CRASHED && self.killed_lately()
+                }
+                _ => false,
+            }
+        }
+
+        /// A failure a `<stop>` caused: a stopping host must answer what it
+        /// accepted and refuse the rest as not run, which the frontend then
+        /// sends elsewhere.
+        fn caused_by_stop(&self, err: &FrontendError) -> bool {
+            match err {
+                FrontendError::Stopping(_) => true,
+                FrontendError::ConnectionLost(at) => self.stopped(at),
+                FrontendError::BackendProcessing { kind: k, .. } => {
+                    k == kind::WORKER_CRASHED
+                        && !self.killed_lately()
+                        && !self.stopped.lock().unwrap().is_empty()
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// Every call's outcome, counted once: `sent = answered + lost +
+    /// may_have_run`; `lost_idempotent` and `lost_stopped` are parts of
+    /// `lost`.
+    #[derive(Default)]
+    struct Tally {
+        sent: AtomicU64,
+        idempotent: AtomicU64,
+        answered: AtomicU64,
+        wrong: AtomicU64,
+        lost: AtomicU64,
+        lost_idempotent: AtomicU64,
+        lost_stopped: AtomicU64,
+        may_have_run: AtomicU64,
+        errors_expected: AtomicU64,
+        examples: Mutex<Vec<String>>,
+        /// Lost calls by error and whether they were idempotent.
+        lost_by: Mutex<std::collections::BTreeMap<String, u64>>,
+    }
+
+    impl Tally {
+        fn record(
+            &self,
+            what: impl FnOnce() -> String,
+            idempotent: bool,
+            outcome: Result<bool, FrontendError>,
+            gone: &Gone,
+        ) {
+            let add = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
+            let problem = match outcome {
+                Ok(true) => {
+                    add(&self.answered);
+                    return;
+                }
+                Err(e) if !idempotent && gone.may_have_run(&e) => {
+                    add(&self.may_have_run);
+                    return;
+                }
+                Err(FrontendError::BackendProcessing { kind: ref k, .. })
+                    if k != kind::WORKER_CRASHED =>
+                {
+                    add(&self.answered);
+                    add(&self.wrong);
+                    format!("{}: wrong reply {outcome:?}", what())
+                }
+                Ok(false) => {
+                    add(&self.answered);
+                    add(&self.wrong);
+                    format!("{}: wrong reply {outcome:?}", what())
+                }
+                Err(e) => {
+                    add(&self.lost);
+                    if idempotent {
+                        add(&self.lost_idempotent);
+                    }
+                    let stop = gone.caused_by_stop(&e);
+                    if stop {
+                        add(&self.lost_stopped);
+                    }
+                    let mut by = self.lost_by.lock().unwrap_or_else(|e| e.into_inner());
+                    let name = format!("{e:?}");
+                    let name = name.split(['(', ' ']).next().unwrap_or_default();
+                    let which = if idempotent { "idempotent" } else { "plain" };
+                    *by.entry(format!("{name}/{which}")).or_default() += 1;
+                    drop(by);
+                    format!(
+                        "{}: lost ({}, {}): {e:?}",
+                        what(),
+                        if idempotent {
+                            "idempotent"
+                        } else {
+                            "not idempotent"
+                        },
+                        if stop { "a stop" } else { "no stop to blame" },
+                    )
+                }
+            };
+            let mut examples = self.examples.lock().unwrap_or_else(|e| e.into_inner());
+            if examples.len() < 10 {
+                examples.push(problem);
+            }
+        }
+    }
+
+    /// A host added to the name, and when it answered its first call.
+    struct Joined {
+        addr: SocketAddr,
+        at: Instant,
+        first: Option<Duration>,
+    }
+
+    /// Calls the frontends had answered by the host at `addr`, and whether
+    /// any of them routes to it.
+    fn seen(fes: &[FrontEnd], addr: SocketAddr) -> (u64, bool) {
+        let (ip, port) = (addr.ip().to_string(), addr.port());
+        let mut answered = 0;
+        let mut routed = false;
+        for load in fes.iter().flat_map(FrontEnd::routes) {
+            if load.addr.host == ip && load.addr.port == port {
+                answered += load.answered;
+                routed = true;
+            }
+        }
+        (answered, routed)
+    }
+
+    /// Polls the frontends' routes until `stop`, noting when each added
+    /// host answered its first call.
+    fn watch_joins(fes: Vec<FrontEnd>, joined: Arc<Mutex<Vec<Joined>>>, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Acquire) {
+            for j in joined.lock().unwrap().iter_mut() {
+                if j.first.is_none() && seen(&fes, j.addr).0 > 0 {
+                    j.first = Some(j.at.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// What became of a host.
+    enum Fate {
+        Serving,
+        /// Sent `<stop>`; `listed` if it still was in the name.
+        Stopping {
+            listed: bool,
+            since: Instant,
+        },
+        /// Exited after `<stop>` (`None`: not within [`PATIENCE`]).
+        Stopped(Option<ExitStatus>),
+        Killed,
+    }
+
+    struct Member {
+        host: SelfHost,
+        fate: Fate,
+    }
+
+    /// Starts a host on the next free loopback address, on `port`; an
+    /// address where the host cannot listen (taken by something else) is
+    /// skipped, three times at most.
+    fn start_host(next_ip: &mut u32, port: u16) -> anyhow::Result<SelfHost> {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            anyhow::ensure!(*next_ip <= LAST_IP, "no loopback address left for a host");
+            let bind = format!("127.0.0.{next_ip}:{port}");
+            *next_ip += 1;
+            match SelfHost::start_bound(&bind, HOST_FLAGS) {
+                Ok(host) => return Ok(host),
+                Err(e) => {
+                    eprintln!("note: no host on {bind}, trying the next address: {e}");
+                    failures.push(format!("{bind}: {e}"));
+                }
+            }
+        }
+        anyhow::bail!("could not start a host: {}", failures.join("; "))
+    }
+
+    /// What the schedule did.
+    #[derive(Default)]
+    struct Report {
+        adds: u32,
+        rolling_stops: u32,
+        listed_stops: u32,
+        kills: u32,
+        /// From removal from the name to no frontend routing to the host,
+        /// for each rolling stop.
+        left_routes: Vec<Duration>,
+        problems: Vec<String>,
+    }
+
+    /// What the callers and the schedule share.
+    #[derive(Default)]
+    struct Shared {
+        tally: Tally,
+        gone: Gone,
+        /// The schedule is done and what it started has settled: callers
+        /// past their count of calls stop.
+        settled: AtomicBool,
+    }
+
+    /// Runs the schedule as the calls go out, then waits for everything it
+    /// started to settle.
+    struct Chaos {
+        events: Vec<Event>,
+        total: u64,
+        members: Vec<Member>,
+        port: u16,
+        next_ip: u32,
+        zone: Arc<Zone>,
+        joined: Arc<Mutex<Vec<Joined>>>,
+        fes: Vec<FrontEnd>,
+        shared: Arc<Shared>,
+        linger: Duration,
+        report: Report,
+    }
+
+    impl Chaos {
+        fn run(mut self) -> (Report, Vec<Member>) {
+            let mut next = 0;
+            let mut unlist: Vec<(Instant, SocketAddr)> = Vec::new();
+            loop {
+                let sent = self.shared.tally.sent.load(Ordering::Relaxed);
+                let due = self.total * (next as u64 + 1) / (self.events.len() as u64 + 1);
+                if next < self.events.len() && sent >= due {
+                    let event = self.events[next];
+                    next += 1;
+                    if let Some(addr) = self.apply(event) {
+                        unlist.push((Instant::now() + self.linger, addr));
+                    }
+                    continue;
+                }
+                let mut stopping = false;
+                for m in &mut self.members {
+                    if let Fate::Stopping { listed, since } = m.fate {
+                        let exit = m.host.wait_exit(Duration::ZERO);
+                        if exit.is_some() || since.elapsed() > PATIENCE {
+                            m.fate = Fate::Stopped(exit);
+                            if listed {
+                                unlist.push((Instant::now() + self.linger, m.host.addr));
+                            }
+                        } else {
+                            stopping = true;
+                        }
+                    }
+                }
+                let now = Instant::now();
+                unlist.retain(|(at, addr)| {
+                    let due = now >= *at;
+                    if due {
+                        self.zone.edit(|addrs| addrs.retain(|a| a != addr));
+                    }
+                    !due
+                });
+                let joins_settled = self
+                    .joined
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .all(|j| j.first.is_some() || j.at.elapsed() > PATIENCE);
+                if next == self.events.len() && unlist.is_empty() && !stopping && joins_settled {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.shared.settled.store(true, Ordering::Release);
+            (self.report, self.members)
+        }
+
+        /// Does `event`; returns a killed host's address, to remove from
+        /// the name a little later.
+        fn apply(&mut self, event: Event) -> Option<SocketAddr> {
+            if event == Event::Add {
+                match start_host(&mut self.next_ip, self.port) {
+                    Ok(host) => {
+                        let addr = host.addr;
+                        let mut joined = self.joined.lock().unwrap();
+                        self.zone.edit(|addrs| addrs.push(addr));
+                        joined.push(Joined {
+                            addr,
+                            at: Instant::now(),
+                            first: None,
+                        });
+                        self.members.push(Member {
+                            host,
+                            fate: Fate::Serving,
+                        });
+                        self.report.adds += 1;
+                    }
+                    Err(e) => self.report.problems.push(format!("add: {e}")),
+                }
+                return None;
+            }
+            // The oldest host still serving.
+            let Some(i) = self
+                .members
+                .iter()
+                .position(|m| matches!(m.fate, Fate::Serving))
+            else {
+                self.report
+                    .problems
+                    .push(format!("{event:?}: no host serving"));
+                return None;
+            };
+            let addr = self.members[i].host.addr;
+            let gone = &self.shared.gone;
+            if event == Event::Kill {
+                gone.killed.lock().unwrap().insert(addr.to_string());
+                *gone.last_kill.lock().unwrap() = Some(Instant::now());
+                if let Err(e) = self.members[i].host.kill() {
+                    self.report.problems.push(format!("kill {addr}: {e}"));
+                }
+                // A killed host cannot remove its admin token file.
+                let _ = std::fs::remove_file(local_token_file(addr));
+                self.members[i].fate = Fate::Killed;
+                self.report.kills += 1;
+                return Some(addr);
+            }
+            let listed = event == Event::ListedStop;
+            if !listed {
+                self.zone.edit(|addrs| addrs.retain(|a| *a != addr));
+                let removed = Instant::now();
+                while seen(&self.fes, addr).1 && removed.elapsed() < PATIENCE {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let took = removed.elapsed();
+                if took >= PATIENCE {
+                    self.report.problems.push(format!(
+                        "{addr} still routed to {PATIENCE:?} after its removal"
+                    ));
+                }
+                self.report.left_routes.push(took);
+            }
+            gone.stopped.lock().unwrap().insert(addr.to_string());
+            if let Err(e) = send_stop(addr) {
+                self.report
+                    .problems
+                    .push(format!("could not send <stop> to {addr}: {e}"));
+            }
+            self.members[i].fate = Fate::Stopping {
+                listed,
+                since: Instant::now(),
+            };
+            if listed {
+                self.report.listed_stops += 1;
+            } else {
+                self.report.rolling_stops += 1;
+            }
+            None
+        }
+    }
+
+    /// One caller's calls, in order: at least `calls`, and on until the
+    /// schedule has settled.
+    async fn caller(
+        c: usize,
+        fe: FrontEnd,
+        label: &'static str,
+        calls: u64,
+        options: Arc<[CallOptions; 2]>,
+        idempotent_percent: u64,
+        shared: Arc<Shared>,
+    ) {
+        let Shared {
+            tally,
+            gone,
+            settled,
+        } = &*shared;
+        let mut n = 0u64;
+        while n < calls || !settled.load(Ordering::Acquire) {
+            // One call in ten waits 20 ms: hosts have calls in flight when
+            // they are stopped or killed.
+            let call = plan(c, n, false, true);
+            let idempotent = ((c as u64) * 37 + n) % 100 < idempotent_percent;
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            if idempotent {
+                tally.idempotent.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(call, Call::GetError) {
+                tally.errors_expected.fetch_add(1, Ordering::Relaxed);
+            }
+            let outcome = make(&fe, &call, &options[usize::from(idempotent)]).await;
+            tally.record(
+                || format!("caller {c} ({label}) call {n}"),
+                idempotent,
+                outcome,
+                gone,
+            );
+            n += 1;
+        }
+    }
+
+    /// `min/median/max` in ms, or `-` for none.
+    fn spread(mut values: Vec<Duration>) -> [String; 3] {
+        values.sort();
+        let ms = |d: Option<&Duration>| {
+            d.map_or("-".to_owned(), |d| {
+                format!("{:.0}", d.as_secs_f64() * 1000.0)
+            })
+        };
+        [
+            ms(values.first()),
+            ms(values.get(values.len() / 2)),
+            ms(values.last()),
+        ]
+    }
+
+    pub(super) fn run(args: &Args, hosts: u8) -> anyhow::Result<()> {
+        let adds = args
+            .adds
+            .unwrap_or(args.rolling_stops + args.listed_stops + args.kills);
+        let events = schedule(
+            u32::from(hosts),
+            args.rolling_stops,
+            args.listed_stops,
+            args.kills,
+            adds,
+        )?;
+        anyhow::ensure!(
+            u32::from(hosts) + adds <= 200,
+            "at most 200 hosts in all (--cluster plus --adds)"
+        );
+        let every = Duration::from_millis(args.resolve_every_ms.max(1));
+        let timeout = Duration::try_from_secs_f64(args.call_timeout).context("--call-timeout")?;
+        let mut problems = Vec::new();
+
+        // The hosts, on 127.0.0.2, 127.0.0.3, … on the first one's port.
+        let first = SelfHost::start_bound("127.0.0.2:0", HOST_FLAGS)?;
+        let port = first.addr.port();
+        let mut next_ip = 3;
+        let mut started = vec![first];
+        for _ in 1..hosts {
+            started.push(start_host(&mut next_ip, port)?);
+        }
+        let zone = Arc::new(Zone {
+            addrs: Mutex::new(started.iter().map(|h| h.addr).collect()),
+            lookups: AtomicU64::new(0),
+        });
+        let members: Vec<Member> = started
+            .into_iter()
+            .map(|host| Member {
+                host,
+                fate: Fate::Serving,
+            })
+            .collect();
+
+        // One frontend per protocol, shared by every caller speaking it.
+        let config = FrontendConfig {
+            resolve_every: every,
+            resolver: Some(zone.resolver(port)),
+            ..FrontendConfig::default()
+        };
+        let name = BackendAddr::dns(NAME, port);
+        let kinds: [(&'static str, BackendAddr); 3] = [
+            ("native/json", name.clone()),
+            ("native/bincode", name.clone().codec(CodecKind::Bincode)),
+            ("taskit4", name.taskit4()),
+        ];
+        let fes: Vec<FrontEnd> = kinds
+            .iter()
+            .map(|(_, b)| FrontEnd::with_config([b.clone()], config.clone()))
+            .collect();
+        let callers = args.connections.max(1);
+        let which = |c: usize| {
+            if c * 100 / callers < args.taskit4_percent {
+                2
+            } else {
+                c % 2
+            }
+        };
+        let in_use: HashSet<usize> = (0..callers).map(which).collect();
+
+        let shared = Arc::new(Shared::default());
+        let joined = Arc::new(Mutex::new(Vec::new()));
+        let watching_done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (fes, joined, done) =
+                (fes.clone(), Arc::clone(&joined), Arc::clone(&watching_done));
+            std::thread::spawn(move || watch_joins(fes, joined, done))
+        };
+        let chaos = Chaos {
+            events,
+            total: args.calls,
+            members,
+            port,
+            next_ip,
+            zone: Arc::clone(&zone),
+            joined: Arc::clone(&joined),
+            // Only frontends with callers refresh their routes.
+            fes: in_use.iter().map(|&i| fes[i].clone()).collect(),
+            shared: Arc::clone(&shared),
+            linger: every * LINGER_PERIODS,
+            report: Report::default(),
+        };
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let plain = CallOptions::default().timeout(timeout);
+        let options = Arc::new([plain.clone(), plain.idempotent()]);
+        let per_caller = args.calls / callers as u64;
+        let extra = args.calls % callers as u64;
+        let began = Instant::now();
+        let schedule = std::thread::spawn(move || chaos.run());
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..callers)
+                .map(|c| {
+                    let i = which(c);
+                    tokio::spawn(caller(
+                        c,
+                        fes[i].clone(),
+                        kinds[i].0,
+                        per_caller + u64::from((c as u64) < extra),
+                        Arc::clone(&options),
+                        args.idempotent_percent,
+                        Arc::clone(&shared),
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        let seconds = began.elapsed().as_secs_f64();
+        let (report, mut members) = schedule
+            .join()
+            .map_err(|_| anyhow::anyhow!("the schedule's thread panicked"))?;
+        watching_done.store(true, Ordering::Release);
+        let _ = watcher.join();
+        problems.extend(report.problems.iter().cloned());
+
+        // Hosts never stopped or killed must have come through; then they
+        // are stopped too, and must exit 0.
+        let mut serving: Vec<&mut Member> = members
+            .iter_mut()
+            .filter(|m| matches!(m.fate, Fate::Serving))
+            .collect();
+        let serving_count = serving.len();
+        let mut up = 0;
+        for m in &mut serving {
+            if m.host.is_running() {
+                up += 1;
+                if let Err(e) = send_stop(m.host.addr) {
+                    problems.push(format!("could not send <stop> to {}: {e}", m.host.addr));
+                }
+            } else {
+                problems.push(format!("{} is not running after the load", m.host.addr));
+            }
+        }
+        let mut left_exit_0 = 0;
+        for m in &mut serving {
+            match m.host.wait_exit(PATIENCE).and_then(|s| s.code()) {
+                Some(0) => left_exit_0 += 1,
+                other => problems.push(format!(
+                    "{} did not exit 0 after the final <stop>: {other:?}",
+                    m.host.addr
+                )),
+            }
+        }
+        let mut stopped = 0;
+        let mut stopped_ok = 0;
+        for m in &members {
+            if let Fate::Stopped(exit) = &m.fate {
+                stopped += 1;
+                match exit.and_then(|s| s.code()) {
+                    Some(0) => stopped_ok += 1,
+                    other => problems.push(format!(
+                        "{} did not exit 0 after <stop>: {}",
+                        m.host.addr,
+                        other.map_or("no exit code (signal, or none in time)".to_owned(), |c| c
+                            .to_string())
+                    )),
+                }
+            }
+        }
+        let started_all = members.len();
+        drop(members);
+
+        let joined = std::mem::take(&mut *joined.lock().unwrap());
+        let firsts: Vec<Duration> = joined.iter().filter_map(|j| j.first).collect();
+        for j in joined.iter().filter(|j| j.first.is_none()) {
+            problems.push(format!(
+                "{} was added to the name but answered no call within {PATIENCE:?}",
+                j.addr
+            ));
+        }
+        let [first_min, first_median, first_max] = spread(firsts.clone());
+        let [_, _, left_max] = spread(report.left_routes.clone());
+
+        let tally = &shared.tally;
+        for e in tally.examples.lock().unwrap().iter() {
+            eprintln!("example: {e}");
+        }
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (sent, answered, wrong, lost, lost_idempotent, lost_stopped, may_have_run) = (
+            count(&tally.sent),
+            count(&tally.answered),
+            count(&tally.wrong),
+            count(&tally.lost),
+            count(&tally.lost_idempotent),
+            count(&tally.lost_stopped),
+            count(&tally.may_have_run),
+        );
+        let firsts_ms: Vec<String> = joined
+            .iter()
+            .map(|j| {
+                j.first.map_or("none".to_owned(), |d| {
+                    format!("{:.0}", d.as_secs_f64() * 1000.0)
+                })
+            })
+            .collect();
+        let lost_by = tally.lost_by.lock().unwrap();
+        if !lost_by.is_empty() {
+            let by: Vec<String> = lost_by.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            println!("lost_by: {}", by.join(" "));
+        }
+        drop(lost_by);
+        println!(
+            "cluster: name=dns:{NAME}:{port} hosts_started={started_all} rolling_stops={} \
+             listed_stops={} kills={} adds={} stopped_exit_0={stopped_ok}/{stopped} \
+             up_after_load={up}/{serving_count} final_stop_exit_0={left_exit_0}/{serving_count} \
+             lookups={} left_routes_ms_max={left_max} \
+             first_call_ms=[{}]",
+            report.rolling_stops,
+            report.listed_stops,
+            report.kills,
+            report.adds,
+            count(&zone.lookups),
+            firsts_ms.join(","),
+        );
+        // Last: the line scripts check.
+        println!(
+            "load: sent={sent} answered={answered} wrong={wrong} lost={lost} \
+             lost_idempotent={lost_idempotent} lost_stopped={lost_stopped} \
+             may_have_run={may_have_run} idempotent={} expected_errors={} callers={callers} \
+             frontends={} hosts={hosts} kills={} added={} first_call_ms_min={first_min} \
+             first_call_ms_median={first_median} first_call_ms_max={first_max} \
+             seconds={seconds:.1} calls_per_second={:.0}",
+            count(&tally.idempotent),
+            count(&tally.errors_expected),
+            in_use.len(),
+            report.kills,
+            report.adds,
+            sent as f64 / seconds,
+        );
+        let failed = wrong > 0
+            || lost > 0
+            || (may_have_run > 0 && report.kills == 0)
+            || answered + lost + may_have_run != sent
+            || !problems.is_empty();
+        if failed {
+            std::process::exit(1);
+        }
+        Ok(())
     }
 }
