@@ -212,3 +212,14 @@ fn healthz_turns_unavailable_while_the_host_drains() {
     fe.send_stop(addr).unwrap();
     assert_eq!(http(metrics, "GET", "/healthz"), (503, "stopping\n".into()));
 }
+
+#[test]
+fn connections_that_send_nothing_cannot_keep_a_probe_out() {
+    let dir = demo_dir("metrics-idle");
+    let (_host, _, metrics) = host_with_metrics(&dir, &[]);
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    assert_eq!(http(metrics, "GET", "/healthz"), (200, "ok\n".into()));
+    drop(idle);
+}

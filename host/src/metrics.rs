@@ -482,10 +482,13 @@ pub struct MetricsEndpoint {
     server: OnceLock<ServerHandle>,
 }
 
-/// Requests served at once; more connections are closed at once.
+/// Requests served at once; past it, the oldest is dropped for the new
+/// one, so connections that send nothing cannot keep a probe out.
 const MAX_SCRAPES: usize = 16;
-/// The most a request's head may take, in bytes and in time.
+/// The most a request's head may take, in bytes and in time (a probe
+/// sends it at once), and the whole request.
 const MAX_HEAD: usize = 8 << 10;
+const HEAD_TIME: Duration = Duration::from_secs(1);
 const REQUEST_TIME: Duration = Duration::from_secs(5);
 
 impl MetricsEndpoint {
@@ -501,29 +504,35 @@ impl MetricsEndpoint {
 
     /// Serves HTTP on `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+        let mut serving: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+            std::collections::VecDeque::new();
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                continue;
-            };
+            serving.retain(|task| !task.is_finished());
+            if serving.len() >= MAX_SCRAPES {
+                if let Some(oldest) = serving.pop_front() {
+                    oldest.abort();
+                }
+            }
             let endpoint = Arc::clone(&self);
-            tokio::spawn(async move {
+            serving.push_back(tokio::spawn(async move {
                 let _ = tokio::time::timeout(REQUEST_TIME, endpoint.answer(stream)).await;
                 tracing::trace!(%peer, "metrics request served");
-                drop(slot);
-            });
+            }));
         }
     }
 
     async fn answer(&self, mut stream: TcpStream) -> std::io::Result<()> {
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + HEAD_TIME;
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.ends_with(b"\n\n") {
-            let n = stream.read(&mut buf).await?;
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             if n == 0 || head.len() + n > MAX_HEAD {
                 return Ok(());
             }
