@@ -79,9 +79,6 @@ fn hosts_replaced_and_killed_under_load_lose_no_call() {
 }
 
 #[test]
-#[ignore = "a native call a stopping host refuses as not run fails with Stopping instead of \
-            going to another backend, and calls on its connection when it closes fail with \
-            ConnectionLost (docs/speed.md, \"Many hosts behind one name\")"]
 fn hosts_stopped_while_listed_lose_no_call() {
     let (ok, printed) = cluster(&[
         "--rolling-stops",

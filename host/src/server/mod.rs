@@ -564,11 +564,19 @@ const DISCARD_TIME: Duration = Duration::from_secs(1);
 /// bytes does not reset it.
 async fn close_cleanly(mut stream: impl Stream) {
     let _ = stream.shutdown().await;
+    discard(stream).await;
+}
+
+/// Reads and drops what the peer still sends, up to [`DISCARD_LIMIT`]
+/// bytes for [`DISCARD_TIME`], once the host has said its last: closing a
+/// socket with unread bytes resets it, and a reset can make the peer's
+/// system drop the host's last words before the peer reads them.
+pub(crate) async fn discard(mut reader: impl tokio::io::AsyncRead + Unpin) {
     let deadline = tokio::time::Instant::now() + DISCARD_TIME;
     let mut buf = [0u8; 4096];
     let mut left = DISCARD_LIMIT;
     while left > 0 {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
             _ => break,
         }

@@ -122,6 +122,12 @@ pub(crate) async fn serve<S: Stream>(
     // The writer ends once every call still running has sent its reply.
     drop(conn);
     let _ = writer.await;
+    // The host ended it: what the peer sent meanwhile (calls it wrote
+    // before it read `Stopping` or the error) is read and dropped, so the
+    // close is no reset that could lose those last words.
+    if matches!(ended, Ended::Closing | Ended::Fatal) {
+        super::discard(frames.half).await;
+    }
 }
 
 /// Why reading a connection ended.

@@ -419,7 +419,10 @@ impl FrontEnd {
             }
         };
         match result {
-            // A stopping backend ran nothing: another one may take the call.
+            // A stopping backend ran nothing: another one may take the call
+            // (the native protocol's NOT_RUN and fatal `Stopping`, or a
+            // TaskIt 4.0 `Stopping` error).
+            Err(FrontendError::Stopping(_)) => Outcome::Skip(None),
             Err(FrontendError::BackendProcessing { ref kind, .. }) if kind == kind::STOPPING => {
                 Outcome::Skip(None)
             }

@@ -69,6 +69,10 @@ impl std::fmt::Display for ConnectFailed {
     }
 }
 
+/// How long calls sent on a connection whose writes failed wait for the
+/// reader to answer or fail them, before they fail as lost.
+const ORPHAN_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a failed connection attempt is remembered.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -197,13 +201,31 @@ impl NativeConn {
         });
         // The tasks hold only weak references: once the frontend lets go of
         // the connection, the writer's channel closes and both tasks end.
-        tokio::spawn(write_loop(Arc::downgrade(&conn), writer, rx));
-        tokio::spawn(read_loop(Arc::downgrade(&conn), reader, config.max_reply));
+        // The reader says when the connection has ended, so the writer
+        // closes it then, not when the frontend lets go of it.
+        let ended = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(write_loop(
+            Arc::downgrade(&conn),
+            writer,
+            rx,
+            Arc::clone(&ended),
+        ));
+        let (weak, max_reply) = (Arc::downgrade(&conn), config.max_reply);
+        tokio::spawn(async move {
+            read_loop(weak, reader, max_reply).await;
+            ended.notify_one();
+        });
         conn
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes no new call (they are sent on a new connection).
+    fn close_to_new_calls(&self) {
+        let _waiters = self.waiters();
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Marks the connection dead and fails every waiting call with `err`.
@@ -279,9 +301,15 @@ async fn write_loop(
     conn: Weak<NativeConn>,
     mut writer: impl AsyncWrite + Unpin,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    ended: Arc<tokio::sync::Notify>,
 ) {
     let mut batch = Vec::new();
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            () = ended.notified() => None,
+        };
+        let Some(frame) = frame else { break };
         batch.extend_from_slice(&frame);
         while batch.len() < (256 << 10) {
             match rx.try_recv() {
@@ -290,8 +318,16 @@ async fn write_loop(
             }
         }
         if let Err(err) = writer.write_all(&batch).await {
+            let Some(strong) = conn.upgrade() else { return };
+            tracing::debug!(backend = %strong.backend, %err, "write failed");
+            // No new call goes out on it; the calls sent are left to the
+            // reader, which still reads their answers (or a `Stopping`
+            // that says they did not run) and fails the rest when the
+            // connection ends. Should it not end, they fail after a while.
+            strong.close_to_new_calls();
+            drop(strong);
+            tokio::time::sleep(ORPHAN_WAIT).await;
             if let Some(conn) = conn.upgrade() {
-                tracing::debug!(backend = %conn.backend, %err, "write failed");
                 let lost = FrontendError::ConnectionLost(conn.backend.clone());
                 conn.fail_all(lost);
             }
