@@ -32,10 +32,23 @@ impl Ca {
     /// A certificate for `localhost` and 127.0.0.1, for a server or a
     /// client: its chain and key, written to `dir`.
     fn issue(&self, dir: &TempDir, name: &str, client: bool) -> (PathBuf, PathBuf) {
+        self.issue_for(dir, name, client, true)
+    }
+
+    /// The same, for `localhost` alone unless `with_ip`.
+    fn issue_for(
+        &self,
+        dir: &TempDir,
+        name: &str,
+        client: bool,
+        with_ip: bool,
+    ) -> (PathBuf, PathBuf) {
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        if with_ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        }
         params.extended_key_usages = vec![if client {
             ExtendedKeyUsagePurpose::ClientAuth
         } else {
@@ -309,4 +322,41 @@ fn the_host_warns_of_a_bind_beyond_loopback_that_serves_anyone_in_clear_text() {
     host.expect_line(&["WARN", "serving calls in clear text beyond loopback"]);
     host.expect_line(&["WARN", "serving calls to anyone who can connect"]);
     host.ready();
+}
+
+#[test]
+fn connections_silent_in_their_handshake_give_way_to_a_new_one() {
+    let dir = TempDir::new("tls-silent");
+    let ca = Ca::new("test CA");
+    let server = ca.issue(&dir, "server", false);
+    let host = tls_host(&server, &["--max-connections", "4"]);
+    // Four connections to the TLS port that never start their handshake
+    // (the plain bind's listener takes no slot).
+    let silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(host.tls).unwrap())
+        .collect();
+    let fe = client(host.tls, Some(trusting(ca.write(&dir, "ca"))), None);
+    assert_eq!(fe.work::<i64>("add", &(2, 3)).unwrap(), 5);
+    drop(silent);
+}
+
+#[test]
+fn taskitctl_checks_the_hosts_behind_a_name_against_the_name() {
+    let dir = TempDir::new("tls-ctl-dns");
+    let ca = Ca::new("test CA");
+    // For the name only: an address would not match it.
+    let server = ca.issue_for(&dir, "server", false, false);
+    let host = tls_host(&server, &[]);
+    let ca_file = ca.write(&dir, "ca");
+    let out = std::process::Command::new(built().join("taskitctl"))
+        .args(["status", "dns:localhost", &host.tls.port().to_string()])
+        .args(["--tls-ca", ca_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("127.0.0.1:{} --> up", host.tls.port())),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -246,6 +246,14 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         .filter(|(_, failed)| failed.is_none())
         .map(|(a, _)| a.clone())
         .collect();
+    // The addresses behind a name are checked against the name.
+    let mut config = config;
+    if let (Some(name), Some(tls)) = (host.strip_prefix("dns:"), config.tls.take()) {
+        let tls = tls
+            .or_server_name(name)
+            .map_err(|e| Fail(EXIT_USAGE, format!("TLS: {e}")))?;
+        config.tls = Some(tls);
+    }
     let frontend = FrontEnd::with_config(addrs, config);
     // Ask up to 64 hosts at once (a long range of dead ports would otherwise
     // take a connect timeout each), and print in port order.

@@ -101,22 +101,24 @@ fn acceptor(cert: &Path, key: &Path, client_ca: Option<&PathBuf>) -> Result<TlsA
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Handshakes `stream` within `limit`; its clear side, with the pump
-/// running, or why not.
+/// Handshakes `stream` within `limit`; its clear side and the pump to run
+/// beside it (the connection lasts until the pump ends), or why not.
 pub(crate) async fn accept(
     tls: &ServerTls,
     stream: TcpStream,
     limit: Duration,
     write_timeout: Duration,
-) -> std::io::Result<UnixStream> {
+) -> std::io::Result<(
+    UnixStream,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let stream = tokio::time::timeout(limit, tls.acceptor().accept(stream))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
         })??;
     let (ours, theirs) = UnixStream::pair()?;
-    tokio::spawn(pump(stream, theirs, write_timeout));
-    Ok(ours)
+    Ok((ours, pump(stream, theirs, write_timeout)))
 }
 
 /// How long a TLS client has to close once the host closed its side.

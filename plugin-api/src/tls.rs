@@ -148,6 +148,17 @@ impl ClientTls {
         &self.connector
     }
 
+    /// The same, checking every host's certificate against `name`, unless
+    /// a name was set already.
+    pub fn or_server_name(mut self, name: &str) -> Result<Self, TlsError> {
+        if self.server_name.is_none() {
+            ServerName::try_from(name.to_owned())
+                .map_err(|e| TlsError::Config(format!("server name {name:?}: {e}")))?;
+            self.server_name = Some(name.to_owned());
+        }
+        Ok(self)
+    }
+
     /// The name to check a host's certificate against, when it was given
     /// by `host`.
     pub fn server_name(&self, host: &str) -> Result<ServerName<'static>, TlsError> {

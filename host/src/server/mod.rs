@@ -475,11 +475,25 @@ async fn spawn_connection(
             }
             Some(config) => {
                 let (limit, write) = (shared.config.handshake_timeout, shared.config.write_timeout);
-                match crate::tls::accept(config, stream, limit, write).await {
-                    Ok(clear) => {
-                        serve_connection(Arc::clone(&shared), clear, peer, &slot, false).await
+                // A handshake in progress is a connection that has said
+                // nothing yet: it gives way to a new one, and to the close.
+                let accepted = tokio::select! {
+                    accepted = crate::tls::accept(config, stream, limit, write) => Some(accepted),
+                    () = slot.evicted() => None,
+                    () = shared.drain.reached(Phase::Closing) => None,
+                };
+                match accepted {
+                    None => {
+                        tracing::debug!(%peer, "closing a TLS connection still in its handshake")
                     }
-                    Err(err) => {
+                    Some(Ok((clear, pump))) => {
+                        // The connection holds its slot, and the drain waits,
+                        // until the pump has carried its last bytes.
+                        let pump = tokio::spawn(pump);
+                        serve_connection(Arc::clone(&shared), clear, peer, &slot, false).await;
+                        let _ = pump.await;
+                    }
+                    Some(Err(err)) => {
                         shared.metrics.connections_refused[crate::metrics::TLS_FAILED]
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(%peer, %err, "TLS handshake failed")
