@@ -413,6 +413,28 @@ fn by_default_a_token_the_host_makes_guards_the_signals_that_change_things() {
     assert!(!file.exists(), "the token file is removed at exit");
 }
 
+#[test]
+fn a_host_removes_the_token_files_of_hosts_that_are_gone() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use taskit_plugin_api::wire::admin::local_token_file;
+    // What a host killed on 127.0.0.9:1 left: its pid no longer runs (the
+    // largest Linux allows is 4194304).
+    let stale = local_token_file("127.0.0.9:1".parse().unwrap());
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stale);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&stale)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"0123\n4194305\n127.0.0.9:1\n"))
+        .unwrap();
+    let dir = demo_dir("fe-token-sweep");
+    let (_host, addr) = HostProcess::serving(dir.path(), &[]);
+    assert!(!stale.exists(), "a gone host's token file stayed");
+    assert!(local_token_file(addr).exists());
+}
+
 /// `taskit-host` serving `dir` on a free loopback port, not started yet.
 fn host_command(dir: &TempDir) -> std::process::Command {
     let mut host = std::process::Command::new(host_binary());

@@ -581,6 +581,34 @@ mod local_token {
         }
     }
 
+    /// Removes the token files in `dir` of this user's hosts that are gone
+    /// (killed hosts leave theirs; clients ignore them, but nothing else
+    /// would remove them).
+    fn sweep(dir: &std::path::Path, me: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let named = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("admin-token-");
+            let ours = path
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file() && m.uid() == me);
+            if !named || !ours {
+                continue;
+            }
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.lines().nth(1).and_then(|l| l.parse::<u32>().ok()));
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Writes `token` for each of `addrs` (one file per port, or per
     /// address and port: `local_token_file`), readable by this user alone, in
     /// a directory nobody else may write to.
@@ -605,6 +633,7 @@ mod local_token {
             "{}: it must belong to this user (or root) and be writable by nobody else",
             fail()
         );
+        sweep(&dir, me);
         let text = local_token_text(token, addrs);
         let mut files = Files(Vec::new(), text.clone());
         for (i, addr) in addrs.iter().enumerate() {
