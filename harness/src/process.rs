@@ -198,25 +198,7 @@ impl SelfHost {
 
     /// Starts it on a free loopback port; extra flags go to the host.
     pub fn start_with(extra: &[&str]) -> std::io::Result<Self> {
-        let host_bin = beside_executable("taskit-host")?;
-        let demo = built_library("taskit_demo")?;
-        let dir = TempDir::new("bench");
-        std::fs::copy(&demo, dir.join("demo.so"))?;
-        let plugins = dir.path().display().to_string();
-        let mut args = vec!["--plugins", &plugins, "--bind", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let mut process = HostProcess::try_spawn(&host_bin, &args, "warn,taskit_host=info")?;
-        let line = process
-            .try_expect_line(&["taskit-host ready"], Duration::from_secs(60))
-            .ok_or_else(|| {
-                std::io::Error::other(format!(
-                    "the host was not ready:\n{}",
-                    process.seen.join("\n")
-                ))
-            })?;
-        let addr = listening_addr(&line)
-            .ok_or_else(|| std::io::Error::other(format!("no address in {line}")))?;
-        Ok(Self { process, addr, dir })
+        Self::start_bound("127.0.0.1:0", extra)
     }
 
     /// As [`start_with`](Self::start_with), listening on `bind` instead of
