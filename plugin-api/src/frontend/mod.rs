@@ -421,8 +421,9 @@ impl FrontEnd {
         match result {
             // A stopping backend ran nothing: another one may take the call
             // (the native protocol's NOT_RUN and fatal `Stopping`, or a
-            // TaskIt 4.0 `Stopping` error).
-            Err(FrontendError::Stopping(_)) => Outcome::Skip(None),
+            // TaskIt 4.0 `Stopping` error). If none does, the caller learns
+            // it was not run.
+            Err(err @ FrontendError::Stopping(_)) => Outcome::Skip(Some(err)),
             Err(FrontendError::BackendProcessing { ref kind, .. }) if kind == kind::STOPPING => {
                 Outcome::Skip(None)
             }
