@@ -207,30 +207,38 @@ async fn hosts_join_and_leave_a_name_without_a_failed_call() {
     assert!(failures.is_empty(), "failed calls: {failures:?}");
 }
 
-/// Stops the first host (`<stop>`, and waits for it to exit), then makes
-/// the name answer the others.
-async fn replace_the_first(hosts: &mut [(HostProcess, SocketAddr)], zone: &Zone) {
+/// Two hosts, the name answering the first: a frontend that resolves it
+/// only when no backend answers (not again for an hour) makes a call there;
+/// then the first host stops (`<stop>`, and it exits) and the name answers
+/// the second. The hosts, their addresses, the zone and the frontend.
+async fn first_host_replaced(
+    dir: &TempDir,
+) -> (
+    Vec<(HostProcess, SocketAddr)>,
+    Vec<SocketAddr>,
+    Arc<Zone>,
+    FrontEnd,
+) {
+    let mut hosts = hosts(dir, 2);
+    let addrs: Vec<SocketAddr> = hosts.iter().map(|h| h.1).collect();
+    let zone = Arc::new(Zone::default());
+    zone.set(&addrs[..1]);
+    let fe = frontend(&zone, addrs[0].port(), Duration::from_secs(3600));
+    assert_eq!(fe.call::<i64>("add", &(1, 2)).await.unwrap(), 3);
     let (first, first_addr) = &mut hosts[0];
     FrontEnd::new([*first_addr])
         .send_stop(*first_addr)
         .await
         .unwrap();
     tokio::task::block_in_place(|| first.wait_exit());
-    let others: Vec<SocketAddr> = hosts[1..].iter().map(|h| h.1).collect();
-    zone.set(&others);
+    zone.set(&addrs[1..]);
+    (hosts, addrs, zone, fe)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_is_resolved_again_at_once_when_no_backend_answers() {
     let dir = demo_dir("dns-all-gone");
-    let mut hosts = hosts(&dir, 2);
-    let addrs: Vec<SocketAddr> = hosts.iter().map(|h| h.1).collect();
-    let zone = Arc::new(Zone::default());
-    zone.set(&addrs[..1]);
-    // Not again for an hour, but when every backend fails.
-    let fe = frontend(&zone, addrs[0].port(), Duration::from_secs(3600));
-    assert_eq!(fe.call::<i64>("add", &(1, 2)).await.unwrap(), 3);
-    replace_the_first(&mut hosts, &zone).await;
+    let (_hosts, addrs, zone, fe) = first_host_replaced(&dir).await;
     assert_eq!(fe.call::<i64>("add", &(2, 3)).await.unwrap(), 5);
     assert_eq!(routed(&fe), addrs[1..].to_vec());
     assert_eq!(zone.lookups(), 2);
@@ -322,13 +330,7 @@ async fn the_system_resolver_finds_every_address_of_localhost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_all_find_the_backends_that_replaced_the_gone_ones() {
     let dir = demo_dir("dns-concurrent");
-    let mut hosts = hosts(&dir, 2);
-    let addrs: Vec<SocketAddr> = hosts.iter().map(|h| h.1).collect();
-    let zone = Arc::new(Zone::default());
-    zone.set(&addrs[..1]);
-    let fe = frontend(&zone, addrs[0].port(), Duration::from_secs(3600));
-    assert_eq!(fe.call::<i64>("add", &(1, 2)).await.unwrap(), 3);
-    replace_the_first(&mut hosts, &zone).await;
+    let (_hosts, _, _, fe) = first_host_replaced(&dir).await;
     // Each finds the old host gone; one lookup finds the new one, and
     // every call uses it, whichever call made the lookup.
     let calls: Vec<_> = (0..16i64)

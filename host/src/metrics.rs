@@ -442,37 +442,40 @@ pub(crate) fn render(server: &ServerHandle) -> String {
     }
 
     let events = events();
-    let mut sorted: Vec<_> = events.plugin_events.iter().collect();
-    sorted.sort();
-    head(
+    by_plugin(
         &mut out,
-        "taskit_plugin_events_total",
-        "counter",
+        ("taskit_plugin_events_total", "event"),
         "Plugin files loaded, refused or removed, by plugin (a refused file by its file name).",
+        &events.plugin_events,
     );
-    for ((plugin, event), n) in sorted {
-        let _ = writeln!(
-            out,
-            "taskit_plugin_events_total{{plugin=\"{}\",event=\"{event}\"}} {n}",
-            label(plugin)
-        );
-    }
-    let mut sorted: Vec<_> = events.worker_restarts.iter().collect();
-    sorted.sort();
-    head(
+    by_plugin(
         &mut out,
-        "taskit_worker_restarts_total",
-        "counter",
+        ("taskit_worker_restarts_total", "cause"),
         "Worker processes started again after one ended, by plugin and cause (signal, exit, time_limit, memory_limit, other).",
+        &events.worker_restarts,
     );
-    for ((plugin, cause), n) in sorted {
+    out
+}
+
+/// A counter family of `(plugin, what)` pairs, the second labelled
+/// `name.1`, in order.
+fn by_plugin(
+    out: &mut String,
+    name: (&str, &str),
+    help: &str,
+    counts: &HashMap<(String, &'static str), u64>,
+) {
+    let (name, what) = name;
+    let mut sorted: Vec<_> = counts.iter().collect();
+    sorted.sort();
+    head(out, name, "counter", help);
+    for ((plugin, value), n) in sorted {
         let _ = writeln!(
             out,
-            "taskit_worker_restarts_total{{plugin=\"{}\",cause=\"{cause}\"}} {n}",
+            "{name}{{plugin=\"{}\",{what}=\"{value}\"}} {n}",
             label(plugin)
         );
     }
-    out
 }
 
 /// The HTTP endpoint of `--metrics`: `/metrics`, and `/healthz` (200 once
