@@ -1,0 +1,579 @@
+//! `taskit_native`: TaskIt 4.0's `FrontEnd` for Python, on the native
+//! protocol, wrapping this workspace's Rust frontend.
+//!
+//! | file | |
+//! |---|---|
+//! | `lib.rs` | the `FrontEnd` class: calls, admin signals, waiting |
+//! | `convert.rs` | Python values to JSON and back |
+//! | `errors.rs` | frontend errors as Python exceptions |
+//! | `aio.rs` | calls awaited by asyncio |
+//! | `callbacks.rs` | the threads `callback`'s callbacks run on |
+//!
+//! Every call runs on one tokio runtime per process; a waiting Python
+//! thread lets go of the GIL, and many threads share each backend's one
+//! connection.
+
+mod aio;
+mod callbacks;
+mod convert;
+mod errors;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
+use serde_json::Value;
+use taskit_plugin_api::frontend::{
+    BackendAddr, CallOptions, FrontEnd as RustFrontEnd, FrontendConfig, FrontendError,
+};
+use taskit_plugin_api::tls::ClientTlsOptions;
+use taskit_plugin_api::wire::admin::{Reply, Signal};
+use taskit_plugin_api::wire::DEFAULT_PORT;
+use taskit_plugin_api::CodecKind;
+
+/// How often a waiting thread looks for a signal (Ctrl-C) to handle.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// The runtime every call of this process runs on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("taskit-native")
+            .enable_all()
+            .build()
+            .expect("cannot start the taskit_native runtime threads")
+    })
+}
+
+fn callback_pool() -> &'static callbacks::Pool {
+    static POOL: OnceLock<callbacks::Pool> = OnceLock::new();
+    POOL.get_or_init(callbacks::Pool::default)
+}
+
+/// Runs `work` to its end on the runtime, without the GIL; every
+/// `SIGNAL_CHECK` takes the GIL back to run signal handlers, so Ctrl-C
+/// raises `KeyboardInterrupt` (and drops the call) mid-wait.
+fn wait<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> PyResult<T> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        let done = py.detach(|| {
+            runtime().block_on(async {
+                tokio::select! {
+                    result = &mut work => Some(result),
+                    () = tokio::time::sleep(SIGNAL_CHECK) => None,
+                }
+            })
+        });
+        match done {
+            Some(result) => return Ok(result),
+            None => py.check_signals()?,
+        }
+    }
+}
+
+/// What every view of one frontend shares.
+struct Shared {
+    frontend: RustFrontEnd,
+    default_port: u16,
+    /// `protocol="taskit4"`: speak TaskIt 4.0's protocol to every backend.
+    taskit4: bool,
+    codec: CodecKind,
+    /// `callback` and `ignore` calls not finished, callbacks included.
+    outstanding: AtomicUsize,
+}
+
+/// Calls tasks by id on one or many backends (TaskIt 4.0's
+/// ``taskit.frontend.FrontEnd``, on the native protocol).
+///
+/// ``backends`` are ``"host"``, ``"host:port"``, ``(host, port)`` or
+/// ``"dns:NAME[:PORT]"`` (every address the name resolves to). Each call
+/// goes to the backend with the fewest calls in flight from this client;
+/// one that cannot be reached is skipped for the next.
+///
+/// Keyword-only settings: ``timeout`` (seconds, for every call),
+/// ``idempotent``, ``protocol`` (``"native"`` or ``"taskit4"`` for original
+/// TaskIt 4.0 backends), ``admin_token``, ``call_token``,
+/// ``connect_timeout``, ``max_reply``, ``discover_names``,
+/// ``resolve_every``, and TLS: ``tls``, ``tls_ca``, ``tls_cert``,
+/// ``tls_key``, ``tls_server_name``. ``logger`` is accepted for TaskIt 4.0
+/// code and not used.
+#[pyclass(frozen, subclass, module = "taskit_native")]
+struct FrontEnd {
+    shared: Arc<Shared>,
+    /// This view's call options (no keyword arguments).
+    options: CallOptions,
+}
+
+fn seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "{name} must be a positive number of seconds, not {s}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+impl FrontEnd {
+    /// A backend as given from Python: a string or a `(host, port)` pair.
+    fn addr(&self, backend: &Bound<'_, PyAny>) -> PyResult<BackendAddr> {
+        parse_backend(
+            backend,
+            self.shared.default_port,
+            self.shared.taskit4,
+            self.shared.codec,
+        )
+    }
+
+    /// The call `task(*args, **kwargs)` with this view's options, ready to
+    /// run on the runtime.
+    fn start(
+        &self,
+        task: &str,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<impl Future<Output = Result<Value, FrontendError>> + Send + 'static> {
+        let args = convert::args_to_values(args)?;
+        let mut options = self.options.clone();
+        options.kwargs = convert::kwargs_to_value(kwargs)?;
+        let frontend = self.shared.frontend.clone();
+        let task = task.to_owned();
+        Ok(async move { frontend.call_with::<Value>(&task, &args, &options).await })
+    }
+
+    /// Runs an admin request to its end and converts its result.
+    fn admin<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl Future<Output = Result<T, FrontendError>> + Send,
+    ) -> PyResult<T> {
+        wait(py, work)?.map_err(|e| errors::to_pyerr(py, e))
+    }
+
+    /// Counts a `callback` or `ignore` call until `done` runs.
+    fn track(&self) -> Arc<Shared> {
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        Arc::clone(&self.shared)
+    }
+}
+
+fn parse_backend(
+    backend: &Bound<'_, PyAny>,
+    default_port: u16,
+    taskit4: bool,
+    codec: CodecKind,
+) -> PyResult<BackendAddr> {
+    let addr = if let Ok(text) = backend.extract::<String>() {
+        let bare = !text.contains(':') && !text.starts_with('[');
+        if bare {
+            BackendAddr::new(text, default_port)
+        } else {
+            let mut addr: BackendAddr = text
+                .parse()
+                .map_err(|e| PyValueError::new_err(format!("{e}")))?;
+            if text.starts_with("dns:") && !text["dns:".len()..].contains(':') {
+                addr.port = default_port;
+            }
+            addr
+        }
+    } else if let Ok((host, port)) = backend.extract::<(String, u16)>() {
+        BackendAddr::new(host, port)
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "a backend is \"host\", \"host:port\", \"dns:NAME[:PORT]\" or (host, port), not {}",
+            backend.repr()?
+        )));
+    };
+    let addr = addr.codec(codec);
+    Ok(if taskit4 { addr.taskit4() } else { addr })
+}
+
+#[pymethods]
+impl FrontEnd {
+    #[new]
+    #[pyo3(signature = (
+        backends = None, default_port = DEFAULT_PORT, logger = None, codec = None, *,
+        protocol = "native", timeout = None, idempotent = false, admin_token = None,
+        call_token = None, connect_timeout = 5.0, max_reply = None, discover_names = false,
+        resolve_every = 5.0, tls = false, tls_ca = None, tls_cert = None, tls_key = None,
+        tls_server_name = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        backends: Option<&Bound<'_, PyAny>>,
+        default_port: u16,
+        logger: Option<&Bound<'_, PyAny>>,
+        codec: Option<&str>,
+        protocol: &str,
+        timeout: Option<f64>,
+        idempotent: bool,
+        admin_token: Option<String>,
+        call_token: Option<String>,
+        connect_timeout: f64,
+        max_reply: Option<usize>,
+        discover_names: bool,
+        resolve_every: f64,
+        tls: bool,
+        tls_ca: Option<Vec<PathBuf>>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_server_name: Option<String>,
+    ) -> PyResult<Self> {
+        let _ = logger;
+        let codec = match codec {
+            None => CodecKind::Json,
+            Some(name) => CodecKind::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!("codec is \"json\" or \"bincode\", not {name:?}"))
+            })?,
+        };
+        if codec == CodecKind::Bincode {
+            return Err(PyValueError::new_err(
+                "codec=\"bincode\" needs the reply's type, which Python values do not carry; use \"json\"",
+            ));
+        }
+        let taskit4 = match protocol {
+            "native" => false,
+            "taskit4" => true,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "protocol is \"native\" or \"taskit4\", not {other:?}"
+                )))
+            }
+        };
+        let mut config = FrontendConfig {
+            admin_token,
+            call_token,
+            discover_names,
+            ..FrontendConfig::default()
+        };
+        if let Some(max) = max_reply {
+            config.max_reply = max;
+        }
+        config.connect_timeout =
+            seconds("connect_timeout", Some(connect_timeout))?.unwrap_or_default();
+        config.resolve_every = seconds("resolve_every", Some(resolve_every))?.unwrap_or_default();
+        let tls = tls || tls_ca.is_some() || tls_cert.is_some() || tls_server_name.is_some();
+        if tls {
+            let identity = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(PyValueError::new_err("tls_cert and tls_key go together")),
+            };
+            let ca_files = tls_ca.unwrap_or_default();
+            let options = ClientTlsOptions {
+                system_roots: ca_files.is_empty(),
+                ca_files,
+                identity,
+                server_name: tls_server_name,
+            };
+            config.tls = Some(options.load().map_err(|e| PyValueError::new_err(e.to_string()))?);
+        }
+        let mut addrs = Vec::new();
+        if let Some(backends) = backends {
+            for backend in backends.try_iter()? {
+                addrs.push(parse_backend(&backend?, default_port, taskit4, codec)?);
+            }
+        }
+        let options = CallOptions {
+            kwargs: None,
+            timeout: seconds("timeout", timeout)?,
+            idempotent,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                frontend: RustFrontEnd::with_config(addrs, config),
+                default_port,
+                taskit4,
+                codec,
+                outstanding: AtomicUsize::new(0),
+            }),
+            options,
+        })
+    }
+
+    /// A view of this frontend whose calls have other options; it shares
+    /// the connections and counts. ``timeout`` in seconds (``None``: no
+    /// limit); ``idempotent=True``: the task may safely run twice, so a
+    /// call whose backend is lost mid-call is sent to another.
+    #[pyo3(signature = (*, timeout = Some(None), idempotent = None))]
+    fn with_options(&self, timeout: Option<Option<f64>>, idempotent: Option<bool>) -> PyResult<Self> {
+        let mut options = self.options.clone();
+        if let Some(timeout) = timeout {
+            options.timeout = seconds("timeout", timeout)?;
+        }
+        if let Some(idempotent) = idempotent {
+            options.idempotent = idempotent;
+        }
+        Ok(Self {
+            shared: Arc::clone(&self.shared),
+            options,
+        })
+    }
+
+    /// Calls ``task(*args, **kwargs)`` on a backend and returns its result.
+    ///
+    /// Raises ``BackendProcessingError`` (``.type``, ``.args``) when the task
+    /// raised, ``BackendNotAvailableError`` when no backend took the call,
+    /// ``CallTimeoutError``, ``ConnectionLostError``; ``TypeError`` for
+    /// arguments JSON cannot carry (bytes among them).
+    #[pyo3(signature = (task, *args, **kwargs))]
+    fn work(
+        &self,
+        py: Python<'_>,
+        task: &str,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let call = self.start(task, args, kwargs)?;
+        match wait(py, call)? {
+            Ok(value) => Ok(convert::to_py(py, &value)?.unbind()),
+            Err(err) => Err(errors::to_pyerr(py, err)),
+        }
+    }
+
+    /// Calls ``task(*args, **kwargs)`` without waiting: ``cb(result)`` runs
+    /// on another thread when it succeeds. On failure ``error_cb(error)``
+    /// runs; ``error_cb=None`` prints the error, ``False`` drops it.
+    #[pyo3(signature = (task, cb, error_cb, *args, **kwargs))]
+    fn callback(
+        &self,
+        task: &str,
+        cb: Py<PyAny>,
+        error_cb: Py<PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let call = self.start(task, args, kwargs)?;
+        let shared = self.track();
+        runtime().spawn(async move {
+            let result = call.await;
+            callback_pool().run(Box::new(move || {
+                Python::attach(|py| deliver(py, result, cb, error_cb));
+                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }));
+        });
+        Ok(())
+    }
+
+    /// Calls ``task(*args, **kwargs)`` and forgets it: result and error are
+    /// dropped.
+    #[pyo3(signature = (task, *args, **kwargs))]
+    fn ignore(
+        &self,
+        task: &str,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let call = self.start(task, args, kwargs)?;
+        let shared = self.track();
+        runtime().spawn(async move {
+            let _ = call.await;
+            shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        });
+        Ok(())
+    }
+
+    /// For asyncio: ``await fe.call(task, *args, **kwargs)``. Returns a
+    /// future of the running loop; its result or error is ``work``'s.
+    /// Cancelling it stops the wait, not the task (give a ``timeout`` for
+    /// the backend to cancel it).
+    #[pyo3(signature = (task, *args, **kwargs))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        task: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (bridge, future) = aio::running_bridge(py)?;
+        let call = self.start(task, args, kwargs)?;
+        let completions = Arc::clone(&bridge.get().completions);
+        let pending = future.clone().unbind();
+        runtime().spawn(async move {
+            let result = call.await;
+            completions.push(pending, result);
+        });
+        Ok(future)
+    }
+
+    /// Waits until every ``callback`` and ``ignore`` call has finished, its
+    /// callback included; ``timeout`` in seconds. True if they all did.
+    #[pyo3(signature = (timeout = None))]
+    fn wait_idle(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let limit = seconds("timeout", timeout)?;
+        let started = Instant::now();
+        let shared = Arc::clone(&self.shared);
+        wait(py, async move {
+            while shared.outstanding.load(Ordering::Acquire) > 0 {
+                if limit.is_some_and(|l| started.elapsed() >= l) {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            true
+        })
+    }
+
+    /// TaskIt's ``get_tasks``: the backend's running-task count as a
+    /// string (the status call counts itself), or ``"down"``.
+    fn get_tasks(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<String> {
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        self.admin(py, async move { frontend.get_tasks(addr).await })
+    }
+
+    /// Asks a backend to stop: it answers every call it accepted, then exits.
+    fn send_stop(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        self.admin(py, async move { frontend.send_stop(addr).await })
+    }
+
+    /// Asks a backend to exit now.
+    fn send_kill(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        self.admin(py, async move { frontend.send_kill(addr).await })
+    }
+
+    /// Sends a signal (``"<status>"``, ``"<tasks>"``, ``"<reload>"``,
+    /// ``"<stop>"``, ``"<kill>"``) to a backend and returns its reply.
+    fn send_signal(
+        &self,
+        py: Python<'_>,
+        backend: &Bound<'_, PyAny>,
+        signal: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let signal = Signal::parse(signal).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{signal:?} is not a signal (<status>, <tasks>, <reload>, <stop>, <kill>)"
+            ))
+        })?;
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let reply = self.admin(py, async move { frontend.send_signal(addr, signal).await })?;
+        let value = match reply {
+            Reply::Status(count) => Value::String(count),
+            Reply::Tasks(plugins) => serde_json::to_value(plugins).unwrap_or_default(),
+            Reply::Reload(report) => serde_json::to_value(report).unwrap_or_default(),
+            Reply::Done => Value::Null,
+        };
+        Ok(convert::to_py(py, &value)?.unbind())
+    }
+
+    /// The plugins a backend serves: a list of dicts with ``name``,
+    /// ``version``, ``file``, ``tasks`` (the ids), ``isolation`` and
+    /// ``workers``.
+    fn tasks(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let plugins = self.admin(py, async move { frontend.tasks(addr).await })?;
+        let value = serde_json::to_value(plugins).unwrap_or_default();
+        Ok(convert::to_py(py, &value)?.unbind())
+    }
+
+    /// Asks a backend to rescan its plugins directory now; returns a dict of
+    /// the files ``loaded``, ``refused`` and ``removed``, and how many were
+    /// ``unchanged``.
+    fn reload(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let report = self.admin(py, async move { frontend.reload(addr).await })?;
+        let value = serde_json::to_value(report).unwrap_or_default();
+        Ok(convert::to_py(py, &value)?.unbind())
+    }
+
+    /// The backends as given, as ``(host, port)`` pairs.
+    #[getter]
+    fn backends(&self) -> Vec<(String, u16)> {
+        self.shared
+            .frontend
+            .backends()
+            .into_iter()
+            .map(|b| (b.host, b.port))
+            .collect()
+    }
+
+    /// The backends calls go to now (names resolved), each a dict of
+    /// ``host``, ``port``, ``in_flight`` (this client's calls) and
+    /// ``answered``.
+    fn routes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for route in self.shared.frontend.routes() {
+            let d = PyDict::new(py);
+            d.set_item("host", route.addr.host)?;
+            d.set_item("port", route.addr.port)?;
+            d.set_item("in_flight", route.in_flight)?;
+            d.set_item("answered", route.answered)?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// This view's timeout in seconds (``None``: none).
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        self.options.timeout.map(|t| t.as_secs_f64())
+    }
+
+    /// Whether this view's calls may run twice.
+    #[getter]
+    fn idempotent(&self) -> bool {
+        self.options.idempotent
+    }
+
+    fn __repr__(&self) -> String {
+        let backends: Vec<String> = self
+            .shared
+            .frontend
+            .backends()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!("FrontEnd({backends:?})")
+    }
+}
+
+/// Hands a `callback` call's outcome to its callbacks.
+fn deliver(
+    py: Python<'_>,
+    result: Result<Value, FrontendError>,
+    cb: Py<PyAny>,
+    error_cb: Py<PyAny>,
+) {
+    let error_cb = error_cb.bind(py);
+    let outcome = match result {
+        Ok(value) => convert::to_py(py, &value).and_then(|v| cb.bind(py).call1((v,)).map(drop)),
+        Err(err) => {
+            let err = errors::to_pyerr(py, err);
+            if error_cb.is_none() {
+                err.display(py);
+                Ok(())
+            } else if error_cb.cast::<PyBool>().is_ok_and(|b| !b.is_true()) {
+                Ok(())
+            } else {
+                error_cb.call1((err.into_value(py),)).map(drop)
+            }
+        }
+    };
+    if let Err(err) = outcome {
+        err.write_unraisable(py, Some(error_cb));
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<FrontEnd>()?;
+    m.add_class::<aio::LoopBridge>()?;
+    m.add("DEFAULT_PORT", DEFAULT_PORT)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_DEPTH", convert::MAX_DEPTH)?;
+    m.add("MAX_CALLBACK_THREADS", callbacks::MAX_THREADS)?;
+    Ok(())
+}
