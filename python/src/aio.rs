@@ -91,10 +91,6 @@ impl LoopBridge {
         );
         for Done { future, result } in done {
             let future = future.bind(py);
-            // Cancelled meanwhile: nobody waits for it.
-            if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-                continue;
-            }
             let outcome = match result {
                 Ok(value) => convert::to_py(py, &value).and_then(|value| {
                     future.call_method1(pyo3::intern!(py, "set_result"), (value,))
@@ -105,8 +101,15 @@ impl LoopBridge {
                 }
             };
             if let Err(err) = outcome {
-                // One future's trouble must not strand the others.
-                err.write_unraisable(py, Some(future));
+                // Cancelled meanwhile (InvalidStateError): nobody waits for
+                // it. Anything else is reported; the other futures are set.
+                let cancelled = future
+                    .call_method0(pyo3::intern!(py, "cancelled"))
+                    .and_then(|c| c.is_truthy())
+                    .unwrap_or(false);
+                if !cancelled {
+                    err.write_unraisable(py, Some(future));
+                }
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
 use serde_json::Value;
@@ -39,17 +39,72 @@ use taskit_plugin_api::CodecKind;
 /// How often a waiting thread looks for a signal (Ctrl-C) to handle.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
-/// The runtime every call of this process runs on.
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// The runtime every call of this process runs on: one thread, which
+/// runs every connection's tasks and the calls started by `call`,
+/// `callback`, `ignore` and `map`. One thread, not a pool: the calls are
+/// small, and on a pool their tasks wake one another across threads,
+/// which costs far more than the calls (measured: 4x fewer calls/s).
+fn runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("taskit-native")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("cannot start the taskit_native runtime threads")
+            .expect("cannot start the taskit_native runtime");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("taskit-native".to_owned())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("cannot start the taskit_native runtime thread");
+        handle
     })
+}
+
+/// Calls started from Python threads, handed to the runtime in batches:
+/// a spawn from outside the runtime wakes a worker thread each time, and
+/// at many calls in flight those wake-ups cost more than the calls.
+struct Submissions {
+    queue: std::sync::Mutex<Vec<Job>>,
+    ready: tokio::sync::Notify,
+}
+
+type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `job` on the runtime (soon, not in order).
+fn submit(job: impl Future<Output = ()> + Send + 'static) {
+    static SUBMISSIONS: OnceLock<Arc<Submissions>> = OnceLock::new();
+    let submissions = SUBMISSIONS.get_or_init(|| {
+        let submissions = Arc::new(Submissions {
+            queue: std::sync::Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+        });
+        let taker = Arc::clone(&submissions);
+        runtime().spawn(async move {
+            loop {
+                taker.ready.notified().await;
+                let jobs = std::mem::take(
+                    &mut *taker
+                        .queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                for job in jobs {
+                    tokio::spawn(job);
+                }
+            }
+        });
+        submissions
+    });
+    let mut queue = submissions
+        .queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let first = queue.is_empty();
+    queue.push(Box::pin(job));
+    drop(queue);
+    if first {
+        submissions.ready.notify_one();
+    }
 }
 
 fn callback_pool() -> &'static callbacks::Pool {
@@ -343,6 +398,58 @@ impl FrontEnd {
         }
     }
 
+    /// Calls ``task(item)`` for each item of ``iterable``, up to
+    /// ``in_flight`` calls at a time, and returns the results in order
+    /// (as ``multiprocessing.Pool.map`` does). The first failed call's
+    /// error is raised, unless ``return_exceptions=True`` puts each error in
+    /// the list in its call's place. Much faster than a loop of ``work``:
+    /// the calls share round trips, and Python is only needed to convert
+    /// the values.
+    #[pyo3(signature = (task, iterable, *, in_flight = 1024, return_exceptions = false))]
+    fn map<'py>(
+        &self,
+        py: Python<'py>,
+        task: &str,
+        iterable: &Bound<'py, PyAny>,
+        in_flight: usize,
+        return_exceptions: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut calls = Vec::new();
+        for item in iterable.try_iter()? {
+            calls.push(vec![convert::to_value(&item?)?]);
+        }
+        self.run_many(py, task, calls, in_flight, return_exceptions)
+    }
+
+    /// As ``map``, each item being a tuple (or list) of positional
+    /// arguments: ``fe.starmap("add", [(1, 2), (3, 4)])`` is ``[3, 7]``.
+    #[pyo3(signature = (task, iterable, *, in_flight = 1024, return_exceptions = false))]
+    fn starmap<'py>(
+        &self,
+        py: Python<'py>,
+        task: &str,
+        iterable: &Bound<'py, PyAny>,
+        in_flight: usize,
+        return_exceptions: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut calls = Vec::new();
+        for item in iterable.try_iter()? {
+            let item = item?;
+            let args = if let Ok(tuple) = item.cast::<PyTuple>() {
+                convert::args_to_values(tuple)?
+            } else if let Ok(list) = item.cast::<PyList>() {
+                convert::args_to_values(&list.to_tuple())?
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "starmap's items are tuples of arguments, not {}",
+                    item.get_type().name()?
+                )));
+            };
+            calls.push(args);
+        }
+        self.run_many(py, task, calls, in_flight, return_exceptions)
+    }
+
     /// Calls ``task(*args, **kwargs)`` without waiting: ``cb(result)`` runs
     /// on another thread when it succeeds. On failure ``error_cb(error)``
     /// runs; ``error_cb=None`` prints the error, ``False`` drops it.
@@ -357,7 +464,7 @@ impl FrontEnd {
     ) -> PyResult<()> {
         let call = self.start(task, args, kwargs)?;
         let shared = self.track();
-        runtime().spawn(async move {
+        submit(async move {
             let result = call.await;
             callback_pool().run(Box::new(move || {
                 Python::attach(|py| deliver(py, result, cb, error_cb));
@@ -378,7 +485,7 @@ impl FrontEnd {
     ) -> PyResult<()> {
         let call = self.start(task, args, kwargs)?;
         let shared = self.track();
-        runtime().spawn(async move {
+        submit(async move {
             let _ = call.await;
             shared.outstanding.fetch_sub(1, Ordering::AcqRel);
         });
@@ -401,7 +508,7 @@ impl FrontEnd {
         let call = self.start(task, args, kwargs)?;
         let completions = Arc::clone(&bridge.get().completions);
         let pending = future.clone().unbind();
-        runtime().spawn(async move {
+        submit(async move {
             let result = call.await;
             completions.push(pending, result);
         });
@@ -537,6 +644,86 @@ impl FrontEnd {
             .map(ToString::to_string)
             .collect();
         format!("FrontEnd({backends:?})")
+    }
+}
+
+impl FrontEnd {
+    /// Runs `calls` of `task`, at most `in_flight` at once, and lists
+    /// their results in order.
+    fn run_many<'py>(
+        &self,
+        py: Python<'py>,
+        task: &str,
+        calls: Vec<Vec<Value>>,
+        in_flight: usize,
+        return_exceptions: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frontend = self.shared.frontend.clone();
+        let options = Arc::new(self.options.clone());
+        let task: Arc<str> = task.into();
+        let window = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+        // Driven on the runtime, where spawning is cheap; aborted with its
+        // calls if the wait is interrupted.
+        let driver = runtime().spawn(async move {
+            let count = calls.len();
+            let mut running = tokio::task::JoinSet::new();
+            for (i, args) in calls.into_iter().enumerate() {
+                let Ok(permit) = Arc::clone(&window).acquire_owned().await else {
+                    break;
+                };
+                let (frontend, options, task) =
+                    (frontend.clone(), Arc::clone(&options), Arc::clone(&task));
+                running.spawn(async move {
+                    let result = frontend.call_with::<Value>(&task, &args, &options).await;
+                    drop(permit);
+                    (i, result)
+                });
+            }
+            let mut results: Vec<Option<Result<Value, FrontendError>>> = vec![None; count];
+            while let Some(done) = running.join_next().await {
+                if let Ok((i, result)) = done {
+                    results[i] = Some(result);
+                }
+            }
+            results
+        });
+        let results = wait(py, AbortOnDrop(Some(driver)))?
+            .map_err(|e| PyRuntimeError::new_err(format!("the calls' driver failed: {e}")))?;
+        let list = PyList::empty(py);
+        for result in results {
+            let result = result.unwrap_or(Err(FrontendError::BackendNotAvailable));
+            match result {
+                Ok(value) => list.append(convert::to_py(py, &value)?)?,
+                Err(err) if return_exceptions => list.append(errors::to_pyerr(py, err).into_value(py))?,
+                Err(err) => return Err(errors::to_pyerr(py, err)),
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// A task's handle that aborts the task when dropped.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.0.as_mut() {
+            Some(handle) => std::pin::Pin::new(handle).poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
     }
 }
 
