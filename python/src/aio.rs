@@ -140,7 +140,14 @@ pub fn running_bridge(py: Python<'_>) -> PyResult<(Bound<'_, LoopBridge>, Bound<
         .as_ref()
         .map(|b| b.clone_ref(py));
     let bridge = match last {
-        Some(bridge) if bridge.get().event_loop.bind(py).upgrade().is_some_and(|l| l.is(&event_loop)) => {
+        Some(bridge)
+            if bridge
+                .get()
+                .event_loop
+                .bind(py)
+                .upgrade()
+                .is_some_and(|l| l.is(&event_loop)) =>
+        {
             bridge.into_bound(py)
         }
         _ => {
@@ -165,10 +172,17 @@ fn bridge_for<'py>(
     static BRIDGES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let bridges = BRIDGES
         .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py.import("weakref")?.getattr("WeakKeyDictionary")?.call0()?.unbind())
+            Ok(py
+                .import("weakref")?
+                .getattr("WeakKeyDictionary")?
+                .call0()?
+                .unbind())
         })?
         .bind(py);
-    if let Ok(found) = bridges.call_method1("get", (event_loop,))?.cast_into::<LoopBridge>() {
+    if let Ok(found) = bridges
+        .call_method1("get", (event_loop,))?
+        .cast_into::<LoopBridge>()
+    {
         return Ok(found);
     }
     let completions = Completions::new()
@@ -180,7 +194,10 @@ fn bridge_for<'py>(
             event_loop: PyWeakrefReference::new(event_loop)?.unbind(),
         },
     )?;
-    event_loop.call_method1("add_reader", (bridge.get().fileno(), bridge.getattr("drain")?))?;
+    event_loop.call_method1(
+        "add_reader",
+        (bridge.get().fileno(), bridge.getattr("drain")?),
+    )?;
     bridges.set_item(event_loop, &bridge)?;
     Ok(bridge)
 }

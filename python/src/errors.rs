@@ -51,7 +51,7 @@ fn make(py: Python<'_>, err: &FrontendError) -> PyResult<PyErr> {
                 .collect::<PyResult<Vec<_>>>()?;
             processing(py)?.call1((kind.as_str(), args))?
         }
-        FrontendError::Timeout(t) => timeout(py)?.call1((message, t.as_secs_f64()))?,
+        FrontendError::Timeout(_) => timeout(py)?.call1((message,))?,
         FrontendError::Stopping(_) => stopping(py)?.call1((message,))?,
         FrontendError::ConnectionLost(_) => lost(py)?.call1((message,))?,
         FrontendError::Encode(_) => return Ok(PyTypeError::new_err(message)),

@@ -333,7 +333,11 @@ impl FrontEnd {
                 identity,
                 server_name: tls_server_name,
             };
-            config.tls = Some(options.load().map_err(|e| PyValueError::new_err(e.to_string()))?);
+            config.tls = Some(
+                options
+                    .load()
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            );
         }
         let mut addrs = Vec::new();
         if let Some(backends) = backends {
@@ -362,14 +366,19 @@ impl FrontEnd {
     /// the connections and counts. ``timeout`` in seconds (``None``: no
     /// limit); ``idempotent=True``: the task may safely run twice, so a
     /// call whose backend is lost mid-call is sent to another.
-    #[pyo3(signature = (*, timeout = Some(None), idempotent = None))]
-    fn with_options(&self, timeout: Option<Option<f64>>, idempotent: Option<bool>) -> PyResult<Self> {
+    #[pyo3(signature = (**settings))]
+    fn with_options(&self, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let mut options = self.options.clone();
-        if let Some(timeout) = timeout {
-            options.timeout = seconds("timeout", timeout)?;
-        }
-        if let Some(idempotent) = idempotent {
-            options.idempotent = idempotent;
+        for (name, value) in settings.into_iter().flat_map(|s| s.iter()) {
+            match name.extract::<String>()?.as_str() {
+                "timeout" => options.timeout = seconds("timeout", value.extract()?)?,
+                "idempotent" => options.idempotent = value.extract()?,
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "with_options() takes timeout and idempotent, not {other:?}"
+                    )))
+                }
+            }
         }
         Ok(Self {
             shared: Arc::clone(&self.shared),
@@ -694,7 +703,9 @@ impl FrontEnd {
             let result = result.unwrap_or(Err(FrontendError::BackendNotAvailable));
             match result {
                 Ok(value) => list.append(convert::to_py(py, &value)?)?,
-                Err(err) if return_exceptions => list.append(errors::to_pyerr(py, err).into_value(py))?,
+                Err(err) if return_exceptions => {
+                    list.append(errors::to_pyerr(py, err).into_value(py))?
+                }
                 Err(err) => return Err(errors::to_pyerr(py, err)),
             }
         }

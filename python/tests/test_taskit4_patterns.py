@@ -1,0 +1,176 @@
+"""TaskIt 4.0's frontend patterns, with only the import changed: wait,
+callback, ignore, errors with type and args, many threads, admin signals."""
+
+import threading
+
+import pytest
+
+from taskit_native import (
+    BackendNotAvailableError,
+    BackendProcessingError,
+    FrontEnd,
+)
+
+
+def test_work_waits_for_the_result(fe):
+    assert fe.work("add", 4, 4) == 8
+    assert fe.work("echo", "héllo ✓") == "héllo ✓"
+
+
+def test_keyword_arguments_reach_the_task(fe):
+    assert fe.work("greet", "Ada") == "Hello, Ada."
+    assert fe.work("greet", "Ada", greeting="Hi", excited=True) == "Hi, Ada!"
+
+
+def test_unknown_task_is_a_key_error_naming_it(fe):
+    with pytest.raises(BackendProcessingError) as caught:
+        fe.work("no-such-task", 1)
+    assert caught.value.type == "KeyError"
+    assert caught.value.args == ("no-such-task",)
+
+
+def test_task_errors_carry_type_and_args(fe):
+    with pytest.raises(BackendProcessingError) as caught:
+        fe.work("get-error")
+    e = caught.value
+    assert e.type == "AssertionError"
+    assert e.args == ("this task always fails",)
+    assert str(e) == "('AssertionError', ['this task always fails'])"
+    with pytest.raises(BackendProcessingError) as caught:
+        fe.work("add", 2**62, 2**62)
+    assert caught.value.type == "OverflowError"
+    with pytest.raises(BackendProcessingError) as caught:
+        fe.work("add", "four", 4)
+    assert caught.value.type == "TypeError"
+
+
+def test_callback_gets_the_result_on_another_thread(fe):
+    got = []
+    done = threading.Event()
+    main = threading.get_ident()
+
+    def cb(result):
+        got.append((result, threading.get_ident() != main))
+        done.set()
+
+    fe.callback("add", cb, None, 20, 22)
+    assert done.wait(60)
+    assert got == [(42, True)]
+
+
+def test_callback_errors_go_to_error_cb(fe):
+    errors = []
+    fe.callback("get-error", lambda r: errors.append("ok?"), errors.append)
+    assert fe.wait_idle(60)
+    assert len(errors) == 1
+    assert isinstance(errors[0], BackendProcessingError)
+    assert errors[0].type == "AssertionError"
+
+
+def test_error_cb_none_prints_false_silences(fe, capfd):
+    fe.callback("get-error", lambda r: None, None)
+    assert fe.wait_idle(60)
+    assert "AssertionError" in capfd.readouterr().err
+    fe.callback("get-error", lambda r: None, False)
+    assert fe.wait_idle(60)
+    assert capfd.readouterr().err == ""
+
+
+def test_ignore_runs_and_drops(fe):
+    fe.ignore("get-error")
+    fe.ignore("add", 1, 2)
+    assert fe.wait_idle(60)
+    # The frontend is fine after forgetting an error.
+    assert fe.work("add", 1, 2) == 3
+
+
+def test_many_threads_share_one_connection(host, fe):
+    results = {}
+
+    def worker(n):
+        results[n] = [fe.work("add", n, i) for i in range(200)]
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in range(16):
+        assert results[n] == [n + i for i in range(200)]
+    assert connections_to(host.addr[1]) == 1
+
+
+def connections_to(port):
+    """Sockets of this process connected to `port` on loopback."""
+    inodes = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        remote, state, inode = fields[2], fields[3], fields[9]
+        if int(remote.split(":")[1], 16) == port and state == "01":
+            inodes.add(inode)
+    import os
+
+    mine = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            mine += 1
+    return mine
+
+
+def test_no_backend_is_backend_not_available(free_port):
+    fe = FrontEnd([("127.0.0.1", free_port)])
+    with pytest.raises(BackendNotAvailableError):
+        fe.work("add", 1, 2)
+
+
+def test_a_dead_backend_is_skipped(host, free_port):
+    fe = FrontEnd([("127.0.0.1", free_port), host.addr])
+    assert [fe.work("add", i, i) for i in range(10)] == [2 * i for i in range(10)]
+
+
+def test_get_tasks_counts_or_says_down(host, fe, free_port):
+    assert fe.get_tasks(host.addr) == "1"
+    assert fe.get_tasks(host.spec) == "1"
+    down = FrontEnd([("127.0.0.1", free_port)])
+    assert down.get_tasks(("127.0.0.1", free_port)) == "down"
+    with pytest.raises(ValueError):
+        fe.get_tasks(("127.0.0.1", free_port))
+
+
+def test_default_port_applies_to_bare_hosts(host):
+    fe = FrontEnd(["127.0.0.1"], default_port=host.addr[1], admin_token=host.token)
+    assert fe.backends == [host.addr]
+    assert fe.work("add", 1, 1) == 2
+    assert fe.get_tasks("127.0.0.1") == "1"
+
+
+def test_send_stop_stops_and_send_kill_kills(new_host):
+    from conftest import wait_until
+
+    h = new_host()
+    fe = h.frontend()
+    fe.send_stop(h.addr)
+    wait_until("the host to stop", lambda: not h.running())
+    assert h.proc.returncode == 0
+    h = new_host()
+    fe = h.frontend()
+    fe.send_kill(h.addr)
+    wait_until("the host to exit", lambda: not h.running())
+
+
+def test_signals_need_the_admin_token(new_host):
+    h = new_host()
+    fe = FrontEnd([h.addr], admin_token="wrong")
+    with pytest.raises(BackendProcessingError) as caught:
+        fe.send_stop(h.addr)
+    assert caught.value.type == "Unauthorized"
+    assert h.running()
+    # <status> needs no token when the host makes its own, but this host
+    # was given one: every signal needs it.
+    with pytest.raises(BackendProcessingError):
+        fe.get_tasks(h.addr)
+    assert h.frontend().get_tasks(h.addr) == "1"
