@@ -8,15 +8,17 @@
 //! | `errors.rs` | frontend errors as Python exceptions |
 //! | `aio.rs` | calls awaited by asyncio |
 //! | `callbacks.rs` | the threads `callback`'s callbacks run on |
+//! | `runtime.rs` | the runtime, who drives it, waiting without the GIL |
 //!
-//! Every call runs on one tokio runtime per process; a waiting Python
-//! thread lets go of the GIL, and many threads share each backend's one
-//! connection.
+//! Every call runs on one tokio runtime per process (`runtime.rs`); a
+//! waiting Python thread lets go of the GIL, and many threads share each
+//! backend's one connection.
 
 mod aio;
 mod callbacks;
 mod convert;
 mod errors;
+mod runtime;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,101 +38,11 @@ use taskit_plugin_api::wire::admin::{Reply, Signal};
 use taskit_plugin_api::wire::DEFAULT_PORT;
 use taskit_plugin_api::CodecKind;
 
-/// How often a waiting thread looks for a signal (Ctrl-C) to handle.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
-
-/// The runtime every call of this process runs on: one thread, which
-/// runs every connection's tasks and the calls started by `call`,
-/// `callback`, `ignore` and `map`. One thread, not a pool: the calls are
-/// small, and on a pool their tasks wake one another across threads,
-/// which costs far more than the calls (measured: 4x fewer calls/s).
-fn runtime() -> &'static tokio::runtime::Handle {
-    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("cannot start the taskit_native runtime");
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("taskit-native".to_owned())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .expect("cannot start the taskit_native runtime thread");
-        handle
-    })
-}
-
-/// Calls started from Python threads, handed to the runtime in batches:
-/// a spawn from outside the runtime wakes a worker thread each time, and
-/// at many calls in flight those wake-ups cost more than the calls.
-struct Submissions {
-    queue: std::sync::Mutex<Vec<Job>>,
-    ready: tokio::sync::Notify,
-}
-
-type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Runs `job` on the runtime (soon, not in order).
-fn submit(job: impl Future<Output = ()> + Send + 'static) {
-    static SUBMISSIONS: OnceLock<Arc<Submissions>> = OnceLock::new();
-    let submissions = SUBMISSIONS.get_or_init(|| {
-        let submissions = Arc::new(Submissions {
-            queue: std::sync::Mutex::new(Vec::new()),
-            ready: tokio::sync::Notify::new(),
-        });
-        let taker = Arc::clone(&submissions);
-        runtime().spawn(async move {
-            loop {
-                taker.ready.notified().await;
-                let jobs = std::mem::take(
-                    &mut *taker
-                        .queue
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner),
-                );
-                for job in jobs {
-                    tokio::spawn(job);
-                }
-            }
-        });
-        submissions
-    });
-    let mut queue = submissions
-        .queue
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let first = queue.is_empty();
-    queue.push(Box::pin(job));
-    drop(queue);
-    if first {
-        submissions.ready.notify_one();
-    }
-}
+use runtime::{runtime, submit, wait};
 
 fn callback_pool() -> &'static callbacks::Pool {
     static POOL: OnceLock<callbacks::Pool> = OnceLock::new();
     POOL.get_or_init(callbacks::Pool::default)
-}
-
-/// Runs `work` to its end on the runtime, without the GIL; every
-/// `SIGNAL_CHECK` takes the GIL back to run signal handlers, so Ctrl-C
-/// raises `KeyboardInterrupt` (and drops the call) mid-wait.
-fn wait<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> PyResult<T> {
-    let mut work = std::pin::pin!(work);
-    loop {
-        let done = py.detach(|| {
-            runtime().block_on(async {
-                tokio::select! {
-                    result = &mut work => Some(result),
-                    () = tokio::time::sleep(SIGNAL_CHECK) => None,
-                }
-            })
-        });
-        match done {
-            Some(result) => return Ok(result),
-            None => py.check_signals()?,
-        }
-    }
 }
 
 /// What every view of one frontend shares.

@@ -23,7 +23,7 @@ READY = re.compile(r"taskit-host ready listening=(\S+):(\d+)")
 class Host:
     """One taskit-host process on a free loopback port."""
 
-    def __init__(self, tmp_path, extra=()):
+    def __init__(self, tmp_path, extra=(), bind="127.0.0.1:0"):
         binary = os.environ["TASKIT_HOST_BIN"]
         plugins = tmp_path / "plugins"
         plugins.mkdir()
@@ -36,7 +36,7 @@ class Host:
         args = [
             binary,
             "--plugins", str(plugins),
-            "--bind", "127.0.0.1:0",
+            "--bind", bind,
             "--admin-token-file", str(token_file),
             "--drain-timeout", "5",
             *extra,
@@ -103,10 +103,10 @@ def new_host(tmp_path):
     """A host of the test's own, for tests that stop or kill it."""
     hosts = []
 
-    def start(extra=()):
+    def start(extra=(), bind="127.0.0.1:0"):
         d = tmp_path / ("h%d" % len(hosts))
         d.mkdir()
-        h = Host(d, extra)
+        h = Host(d, extra, bind)
         hosts.append(h)
         return h
 

@@ -210,3 +210,20 @@ def test_with_options_refuses_unknown_settings(fe):
         fe.with_options(retries=3)
     with pytest.raises(ValueError, match="timeout"):
         fe.with_options(timeout=0)
+
+
+def test_asyncio_finds_a_host_replaced_while_idle(new_host):
+    first = new_host()
+    fe = first.frontend()
+
+    async def add(x):
+        return await fe.call("add", x, 1)
+
+    assert asyncio.run(add(1)) == 2
+    fe.send_stop(first.addr)
+    wait_until("the first host to stop", lambda: not first.running())
+    new_host(bind=first.spec)
+    assert asyncio.run(add(2)) == 3
+    got = []
+    fe.callback("add", got.append, None, 3, 1)
+    assert fe.wait_idle(60) and got == [4]

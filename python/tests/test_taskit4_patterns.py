@@ -174,3 +174,19 @@ def test_signals_need_the_admin_token(new_host):
     with pytest.raises(BackendProcessingError):
         fe.get_tasks(h.addr)
     assert h.frontend().get_tasks(h.addr) == "1"
+
+
+def test_a_host_replaced_between_calls_is_found_again(new_host):
+    """The connection to a host that stopped while the frontend was idle is
+    noticed before the next call goes out: the call reaches the new host
+    instead of failing as lost."""
+    from conftest import wait_until
+
+    first = new_host()
+    fe = first.frontend()
+    assert fe.work("add", 1, 1) == 2
+    fe.send_stop(first.addr)
+    wait_until("the first host to stop", lambda: not first.running())
+    second = new_host(bind=first.spec)
+    assert second.addr == first.addr
+    assert [fe.work("add", i, 1) for i in range(3)] == [1, 2, 3]
