@@ -23,24 +23,22 @@ READY = re.compile(r"taskit-host ready listening=(\S+):(\d+)")
 class Host:
     """One taskit-host process on a free loopback port."""
 
-    def __init__(self, tmp_path, extra=(), bind="127.0.0.1:0"):
+    def __init__(self, tmp_path, extra=(), bind="127.0.0.1:0", token_file=True):
         binary = os.environ["TASKIT_HOST_BIN"]
         plugins = tmp_path / "plugins"
         plugins.mkdir()
         for so in os.environ["TASKIT_TEST_PLUGINS"].split(os.pathsep):
             shutil.copy(so, plugins)
         self.token = "python-frontend-test-token"
-        token_file = tmp_path / "admin-token"
-        token_file.write_text(self.token)
-        token_file.chmod(0o600)
-        args = [
-            binary,
-            "--plugins", str(plugins),
-            "--bind", bind,
-            "--admin-token-file", str(token_file),
-            "--drain-timeout", "5",
-            *extra,
-        ]
+        token_path = tmp_path / "admin-token"
+        token_path.write_text(self.token)
+        token_path.chmod(0o600)
+        args = [binary, "--plugins", str(plugins), "--bind", bind, "--drain-timeout", "5"]
+        # Without a token file the host makes its own token, which only
+        # <stop>, <kill> and <reload> need (a frontend here finds it).
+        if token_file:
+            args += ["--admin-token-file", str(token_path)]
+        args += list(extra)
         isolation = os.environ.get("TASKIT_TEST_ISOLATION")
         if isolation and "--isolation" not in extra:
             args += ["--isolation", isolation]
@@ -103,10 +101,10 @@ def new_host(tmp_path):
     """A host of the test's own, for tests that stop or kill it."""
     hosts = []
 
-    def start(extra=(), bind="127.0.0.1:0"):
+    def start(extra=(), bind="127.0.0.1:0", token_file=True):
         d = tmp_path / ("h%d" % len(hosts))
         d.mkdir()
-        h = Host(d, extra, bind)
+        h = Host(d, extra, bind, token_file)
         hosts.append(h)
         return h
 

@@ -190,3 +190,15 @@ def test_a_host_replaced_between_calls_is_found_again(new_host):
     second = new_host(bind=first.spec)
     assert second.addr == first.addr
     assert [fe.work("add", i, 1) for i in range(3)] == [1, 2, 3]
+
+
+def test_a_local_host_own_token_is_found(new_host):
+    """A host given no token file makes one; a frontend on this machine
+    sends it with <stop>, as TaskIt 4.0 code expects send_stop to work."""
+    from conftest import wait_until
+
+    h = new_host(token_file=False)
+    fe = FrontEnd([h.addr])
+    assert fe.get_tasks(h.addr) == "1"
+    fe.send_stop(h.addr)
+    wait_until("the host to stop", lambda: not h.running())
