@@ -47,13 +47,26 @@ fn callback_pool() -> &'static callbacks::Pool {
 
 /// What every view of one frontend shares.
 struct Shared {
-    frontend: RustFrontEnd,
+    /// Replaced whole by `add_backends` (calls in flight keep the one
+    /// they started on).
+    frontend: std::sync::RwLock<RustFrontEnd>,
+    /// Its settings, for a replacement.
+    config: FrontendConfig,
     default_port: u16,
     /// `protocol="taskit4"`: speak TaskIt 4.0's protocol to every backend.
     taskit4: bool,
     codec: CodecKind,
     /// `callback` and `ignore` calls not finished, callbacks included.
     outstanding: AtomicUsize,
+}
+
+impl Shared {
+    fn frontend(&self) -> RustFrontEnd {
+        self.frontend
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Calls tasks by id on one or many backends (TaskIt 4.0's
@@ -115,7 +128,7 @@ impl FrontEnd {
         let args = convert::args_to_values(args)?;
         let mut options = self.options.clone();
         options.kwargs = convert::kwargs_to_value(kwargs)?;
-        let frontend = self.shared.frontend.clone();
+        let frontend = self.shared.frontend();
         let task = task.to_owned();
         Ok(async move { frontend.call_with::<Value>(&task, &args, &options).await })
     }
@@ -264,7 +277,8 @@ impl FrontEnd {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                frontend: RustFrontEnd::with_config(addrs, config),
+                frontend: std::sync::RwLock::new(RustFrontEnd::with_config(addrs, config.clone())),
+                config,
                 default_port,
                 taskit4,
                 codec,
@@ -457,19 +471,19 @@ impl FrontEnd {
     /// TaskIt's ``get_tasks``: the backend's running-task count as a
     /// string (the status call counts itself), or ``"down"``.
     fn get_tasks(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<String> {
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         self.admin(py, async move { frontend.get_tasks(addr).await })
     }
 
     /// Asks a backend to stop: it answers every call it accepted, then exits.
     fn send_stop(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         self.admin(py, async move { frontend.send_stop(addr).await })
     }
 
     /// Asks a backend to exit now.
     fn send_kill(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         self.admin(py, async move { frontend.send_kill(addr).await })
     }
 
@@ -486,7 +500,7 @@ impl FrontEnd {
                 "{signal:?} is not a signal (<status>, <tasks>, <reload>, <stop>, <kill>)"
             ))
         })?;
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         let reply = self.admin(py, async move { frontend.send_signal(addr, signal).await })?;
         let value = match reply {
             Reply::Status(count) => Value::String(count),
@@ -501,7 +515,7 @@ impl FrontEnd {
     /// ``version``, ``file``, ``tasks`` (the ids), ``isolation`` and
     /// ``workers``.
     fn tasks(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         let plugins = self.admin(py, async move { frontend.tasks(addr).await })?;
         let value = serde_json::to_value(plugins).unwrap_or_default();
         Ok(convert::to_py(py, &value)?.unbind())
@@ -511,17 +525,39 @@ impl FrontEnd {
     /// the files ``loaded``, ``refused`` and ``removed``, and how many were
     /// ``unchanged``.
     fn reload(&self, py: Python<'_>, backend: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let (frontend, addr) = (self.shared.frontend.clone(), self.addr(backend)?);
+        let (frontend, addr) = (self.shared.frontend(), self.addr(backend)?);
         let report = self.admin(py, async move { frontend.reload(addr).await })?;
         let value = serde_json::to_value(report).unwrap_or_default();
         Ok(convert::to_py(py, &value)?.unbind())
+    }
+
+    /// TaskIt 4.0's ``add_backends``: more backends, given as to the
+    /// constructor. The frontend starts over with the old and new ones:
+    /// new connections, fresh counts (calls in flight finish where they
+    /// are).
+    #[pyo3(signature = (*backends))]
+    fn add_backends(&self, backends: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let mut addrs = self.shared.frontend().backends();
+        for backend in backends.iter() {
+            let addr = self.addr(&backend)?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        let next = RustFrontEnd::with_config(addrs, self.shared.config.clone());
+        *self
+            .shared
+            .frontend
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
     }
 
     /// The backends as given, as ``(host, port)`` pairs.
     #[getter]
     fn backends(&self) -> Vec<(String, u16)> {
         self.shared
-            .frontend
+            .frontend()
             .backends()
             .into_iter()
             .map(|b| (b.host, b.port))
@@ -533,7 +569,7 @@ impl FrontEnd {
     /// ``answered``.
     fn routes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        for route in self.shared.frontend.routes() {
+        for route in self.shared.frontend().routes() {
             let d = PyDict::new(py);
             d.set_item("host", route.addr.host)?;
             d.set_item("port", route.addr.port)?;
@@ -559,7 +595,7 @@ impl FrontEnd {
     fn __repr__(&self) -> String {
         let backends: Vec<String> = self
             .shared
-            .frontend
+            .frontend()
             .backends()
             .iter()
             .map(ToString::to_string)
@@ -579,7 +615,7 @@ impl FrontEnd {
         in_flight: usize,
         return_exceptions: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let frontend = self.shared.frontend.clone();
+        let frontend = self.shared.frontend();
         let options = Arc::new(self.options.clone());
         let task: Arc<str> = task.into();
         let window = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));

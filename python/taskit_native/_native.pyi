@@ -80,6 +80,8 @@ class FrontEnd:
         """``task(*item)`` for each item, many in flight; results in order."""
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
         """Waits for callback and ignore calls to finish."""
+    def add_backends(self, *backends: Backend) -> None:
+        """More backends; the frontend starts over with new connections."""
     def get_tasks(self, backend: Backend) -> str:
         """The backend's running-task count as a string, or ``"down"``."""
     def send_stop(self, backend: Backend) -> None: ...

@@ -202,3 +202,13 @@ def test_a_local_host_own_token_is_found(new_host):
     assert fe.get_tasks(h.addr) == "1"
     fe.send_stop(h.addr)
     wait_until("the host to stop", lambda: not h.running())
+
+
+def test_add_backends(host, free_port):
+    fe = FrontEnd([("127.0.0.1", free_port)], admin_token=host.token)
+    with pytest.raises(BackendNotAvailableError):
+        fe.work("add", 1, 1)
+    fe.add_backends(host.addr, host.addr)
+    assert fe.backends == [("127.0.0.1", free_port), host.addr]
+    assert fe.work("add", 1, 1) == 2
+    assert fe.get_tasks(host.addr) == "1"
