@@ -2,6 +2,7 @@
 //! with `pip install ./python` into a virtualenv, then its pytest suite
 //! (python/tests) runs against the real `taskit-host` binary.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,22 +17,17 @@ fn workspace() -> PathBuf {
 fn python_with_taskit_native() -> PathBuf {
     let python = venv_python("pyfront-venv", "import pytest", &["pytest"]);
     let target = profile_dir().parent().expect("target dir").to_owned();
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--force-reinstall",
-            "--no-deps",
-        ])
-        .arg(workspace().join("python"))
+    let package = workspace().join("python");
+    pip_install(
+        &python,
+        [
+            OsStr::new("--force-reinstall"),
+            OsStr::new("--no-deps"),
+            package.as_os_str(),
+        ],
         // Share the workspace's build directory: dependencies compiled once.
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("pip install ./python");
-    assert!(status.success(), "pip install ./python failed");
+        &[("CARGO_TARGET_DIR", target.as_os_str())],
+    );
     python
 }
 

@@ -24,7 +24,7 @@ pub use fs::{demo_dir, install_by_overwrite, install_by_rename, private_token_fi
 pub use in_process::{call, call_with, start_host};
 pub use memory::{rss_kib, status_kib};
 pub use process::{HostProcess, SelfHost};
-pub use python::venv_python;
+pub use python::{pip_install, venv_python};
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! Virtualenvs with packages from PyPI, made once under the target
 //! directory, for tests that check against Python's own implementations.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The Python of a virtualenv called `name` in which `check` (Python code,
@@ -24,19 +25,31 @@ pub fn venv_python(name: &str, check: &str, packages: &[&str]) -> PathBuf {
             .status()
             .expect("python3 -m venv");
         assert!(status.success(), "cannot create a virtualenv");
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(packages)
-            .status()
-            .expect("pip install");
-        assert!(status.success(), "cannot install {packages:?} from PyPI");
+        pip_install(&python, packages.iter().map(OsStr::new), &[]);
         assert!(ready(), "{check:?} fails after installing {packages:?}");
     }
     python
+}
+
+/// Runs `pip install` in the virtualenv of `python` with `args` (packages,
+/// paths, options) and `env`; panics if it fails.
+pub fn pip_install<'a>(
+    python: &Path,
+    args: impl IntoIterator<Item = &'a OsStr>,
+    env: &[(&str, &OsStr)],
+) {
+    let args: Vec<&OsStr> = args.into_iter().collect();
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&args)
+        .envs(env.iter().copied())
+        .status()
+        .expect("run pip install");
+    assert!(status.success(), "pip install {args:?} failed");
 }
