@@ -20,7 +20,9 @@ use crate::{convert, errors};
 
 /// A reply for a future of one event loop.
 struct Done {
-    future: Py<PyAny>,
+    /// Weakly: a reply must not keep a future nobody awaits, nor through
+    /// it a closed loop, alive.
+    future: Py<PyWeakrefReference>,
     result: Result<Value, FrontendError>,
 }
 
@@ -46,7 +48,7 @@ impl Completions {
 
     /// Queues a reply; wakes the loop if the queue was empty (a loop with
     /// replies queued has been woken already and not drained yet).
-    pub fn push(&self, future: Py<PyAny>, result: Result<Value, FrontendError>) {
+    pub fn push(&self, future: Py<PyWeakrefReference>, result: Result<Value, FrontendError>) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let first = queue.is_empty();
         queue.push(Done { future, result });
@@ -90,14 +92,19 @@ impl LoopBridge {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for Done { future, result } in done {
-            let future = future.bind(py);
-            let outcome = match result {
-                Ok(value) => convert::to_py(py, &value).and_then(|value| {
-                    future.call_method1(pyo3::intern!(py, "set_result"), (value,))
-                }),
+            // Gone: nobody awaited it (and its loop may be gone too).
+            let Some(future) = future.bind(py).upgrade() else {
+                continue;
+            };
+            let future = &future;
+            let value = result
+                .map_err(|err| errors::to_pyerr(py, err))
+                .and_then(|value| convert::to_py(py, &value));
+            let outcome = match value {
+                Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,)),
+                // The call's error, or the reply's conversion failing.
                 Err(err) => {
-                    let exc = errors::to_pyerr(py, err).into_value(py);
-                    future.call_method1(pyo3::intern!(py, "set_exception"), (exc,))
+                    future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))
                 }
             };
             if let Err(err) = outcome {

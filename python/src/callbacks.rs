@@ -3,6 +3,7 @@
 //! thread is busy (up to `MAX_THREADS`; past that, callbacks queue) and
 //! keeps idle threads for a while.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,6 +14,15 @@ pub const MAX_THREADS: usize = 64;
 const IDLE: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    static ON_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is one of the pool's (running a callback).
+pub fn on_pool_thread() -> bool {
+    ON_POOL.with(Cell::get)
+}
 
 #[derive(Default)]
 struct State {
@@ -57,6 +67,7 @@ impl Pool {
     }
 
     fn work(&self) {
+        ON_POOL.with(|on| on.set(true));
         let mut state = self.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {

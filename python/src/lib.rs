@@ -23,12 +23,12 @@ mod runtime;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use serde_json::Value;
 use taskit_plugin_api::frontend::{
     BackendAddr, CallOptions, FrontEnd as RustFrontEnd, FrontendConfig, FrontendError,
@@ -38,12 +38,7 @@ use taskit_plugin_api::wire::admin::{Reply, Signal};
 use taskit_plugin_api::wire::DEFAULT_PORT;
 use taskit_plugin_api::CodecKind;
 
-use runtime::{runtime, submit, wait};
-
-fn callback_pool() -> &'static callbacks::Pool {
-    static POOL: OnceLock<callbacks::Pool> = OnceLock::new();
-    POOL.get_or_init(callbacks::Pool::default)
-}
+use runtime::{callback_pool, runtime, submit, wait};
 
 /// What every view of one frontend shares.
 struct Shared {
@@ -52,6 +47,8 @@ struct Shared {
     frontend: std::sync::RwLock<RustFrontEnd>,
     /// Its settings, for a replacement.
     config: FrontendConfig,
+    /// The process that made it: its connections are that process's.
+    pid: u32,
     default_port: u16,
     /// `protocol="taskit4"`: speak TaskIt 4.0's protocol to every backend.
     taskit4: bool,
@@ -61,6 +58,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// Refuses a frontend inherited across `os.fork()`: its connections
+    /// are shared with the parent, whose replies the child would read.
+    fn check_process(&self) -> PyResult<()> {
+        if std::process::id() == self.pid {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(
+            "this FrontEnd was made before os.fork(): make a new one in the child process",
+        ))
+    }
+
     fn frontend(&self) -> RustFrontEnd {
         self.frontend
             .read()
@@ -125,6 +133,7 @@ impl FrontEnd {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<impl Future<Output = Result<Value, FrontendError>> + Send + 'static> {
+        self.shared.check_process()?;
         let args = convert::args_to_values(args)?;
         let mut options = self.options.clone();
         options.kwargs = convert::kwargs_to_value(kwargs)?;
@@ -134,11 +143,12 @@ impl FrontEnd {
     }
 
     /// Runs an admin request to its end and converts its result.
-    fn admin<T: Send>(
+    fn admin<T: Send + 'static>(
         &self,
         py: Python<'_>,
-        work: impl Future<Output = Result<T, FrontendError>> + Send,
+        work: impl Future<Output = Result<T, FrontendError>> + Send + 'static,
     ) -> PyResult<T> {
+        self.shared.check_process()?;
         wait(py, work)?.map_err(|e| errors::to_pyerr(py, e))
     }
 
@@ -279,6 +289,7 @@ impl FrontEnd {
             shared: Arc::new(Shared {
                 frontend: std::sync::RwLock::new(RustFrontEnd::with_config(addrs, config.clone())),
                 config,
+                pid: std::process::id(),
                 default_port,
                 taskit4,
                 codec,
@@ -442,7 +453,7 @@ impl FrontEnd {
         let (bridge, future) = aio::running_bridge(py)?;
         let call = self.start(task, args, kwargs)?;
         let completions = Arc::clone(&bridge.get().completions);
-        let pending = future.clone().unbind();
+        let pending = pyo3::types::PyWeakrefReference::new(&future)?.unbind();
         submit(async move {
             let result = call.await;
             completions.push(pending, result);
@@ -454,6 +465,11 @@ impl FrontEnd {
     /// callback included; ``timeout`` in seconds. True if they all did.
     #[pyo3(signature = (timeout = None))]
     fn wait_idle(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if callbacks::on_pool_thread() {
+            return Err(PyRuntimeError::new_err(
+                "wait_idle() called from a callback would wait for that callback itself",
+            ));
+        }
         let limit = seconds("timeout", timeout)?;
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
@@ -537,19 +553,27 @@ impl FrontEnd {
     /// are).
     #[pyo3(signature = (*backends))]
     fn add_backends(&self, backends: &Bound<'_, PyTuple>) -> PyResult<()> {
-        let mut addrs = self.shared.frontend().backends();
-        for backend in backends.iter() {
-            let addr = self.addr(&backend)?;
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
-            }
-        }
-        let next = RustFrontEnd::with_config(addrs, self.shared.config.clone());
-        *self
+        self.shared.check_process()?;
+        let given = backends
+            .iter()
+            .map(|b| self.addr(&b))
+            .collect::<PyResult<Vec<_>>>()?;
+        // One change at a time: two threads adding at once both count.
+        let mut frontend = self
             .shared
             .frontend
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut addrs = frontend.backends();
+        for addr in given {
+            let known = addrs
+                .iter()
+                .any(|a| a.host == addr.host && a.port == addr.port);
+            if !known {
+                addrs.push(addr);
+            }
+        }
+        *frontend = RustFrontEnd::with_config(addrs, self.shared.config.clone());
         Ok(())
     }
 
@@ -615,6 +639,7 @@ impl FrontEnd {
         in_flight: usize,
         return_exceptions: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        self.shared.check_process()?;
         let frontend = self.shared.frontend();
         let options = Arc::new(self.options.clone());
         let task: Arc<str> = task.into();
@@ -686,34 +711,48 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Hands a `callback` call's outcome to its callbacks.
+/// Hands a `callback` call's outcome to its callbacks, as TaskIt 4.0 did:
+/// `cb(result)`; on an error, `error_cb(error)` if `error_cb` is truthy,
+/// the error shown through `sys.excepthook` if it is `None`, nothing if it
+/// is any other false value. A reply that cannot be converted is an error
+/// like the others; an exception raised by a callback is reported as
+/// unraisable, naming the callback.
 fn deliver(
     py: Python<'_>,
     result: Result<Value, FrontendError>,
     cb: Py<PyAny>,
     error_cb: Py<PyAny>,
 ) {
-    let error_cb = error_cb.bind(py);
-    let outcome = match result {
-        Ok(value) => convert::to_py(py, &value).and_then(|v| cb.bind(py).call1((v,)).map(drop)),
-        Err(err) => {
-            let err = errors::to_pyerr(py, err);
-            if error_cb.is_none() {
-                err.display(py);
-                Ok(())
-            } else if error_cb.cast::<PyBool>().is_ok_and(|b| !b.is_true()) {
-                Ok(())
-            } else {
-                error_cb.call1((err.into_value(py),)).map(drop)
-            }
-        }
+    let (cb, error_cb) = (cb.bind(py), error_cb.bind(py));
+    let value = result
+        .map_err(|err| errors::to_pyerr(py, err))
+        .and_then(|value| convert::to_py(py, &value));
+    let (outcome, called) = match value {
+        Ok(value) => (cb.call1((value,)).map(drop), cb),
+        Err(err) if error_cb.is_none() => (show(py, err), error_cb),
+        Err(err) => match error_cb.is_truthy() {
+            Ok(true) => (error_cb.call1((err.into_value(py),)).map(drop), error_cb),
+            Ok(false) => (Ok(()), error_cb),
+            Err(bad) => (Err(bad), error_cb),
+        },
     };
     if let Err(err) = outcome {
-        err.write_unraisable(py, Some(error_cb));
+        err.write_unraisable(py, Some(called));
     }
 }
 
-#[pymodule]
+/// Shows an error as an uncaught one would be: through `sys.excepthook`.
+fn show(py: Python<'_>, err: PyErr) -> PyResult<()> {
+    let kind = err.get_type(py);
+    let value = err.value(py).clone();
+    let traceback = err.traceback(py);
+    py.import("sys")?
+        .getattr("excepthook")?
+        .call1((kind, value, traceback))
+        .map(drop)
+}
+
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FrontEnd>()?;
     m.add_class::<aio::LoopBridge>()?;

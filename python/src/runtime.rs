@@ -14,13 +14,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
+
+use crate::callbacks;
 
 /// How often a waiting thread looks for a signal (Ctrl-C) to handle.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
@@ -28,6 +30,8 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Driver {
+    /// The process it belongs to: a forked child makes its own.
+    pid: u32,
     runtime: Runtime,
     /// Calls started without a waiting caller, not finished.
     outstanding: AtomicUsize,
@@ -40,12 +44,26 @@ struct Driver {
     /// wake-up per batch, not per call.
     queue: Mutex<Vec<Job>>,
     ready: Notify,
+    /// The threads `callback`'s callbacks run on.
+    callbacks: callbacks::Pool,
 }
 
+/// This process's driver. A child forked from a process that had one
+/// starts its own: the parent's runtime (its epoll instance, its threads)
+/// is not the child's to use. The parent's is leaked there, never touched.
+static CURRENT: AtomicPtr<Driver> = AtomicPtr::new(std::ptr::null_mut());
+
 fn driver() -> &'static Driver {
-    static DRIVER: OnceLock<Driver> = OnceLock::new();
-    static STARTED: OnceLock<()> = OnceLock::new();
-    let driver = DRIVER.get_or_init(|| Driver {
+    let pid = std::process::id();
+    let current = CURRENT.load(Ordering::Acquire);
+    // SAFETY: CURRENT only ever holds null or a leaked, never freed Driver.
+    if let Some(d) = unsafe { current.as_ref() } {
+        if d.pid == pid {
+            return d;
+        }
+    }
+    let made: &'static Driver = Box::leak(Box::new(Driver {
+        pid,
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -56,20 +74,32 @@ fn driver() -> &'static Driver {
         idle: Notify::new(),
         queue: Mutex::new(Vec::new()),
         ready: Notify::new(),
-    });
-    STARTED.get_or_init(|| {
-        driver.runtime.spawn(take_batches(driver));
-        std::thread::Builder::new()
-            .name("taskit-native".to_owned())
-            .spawn(move || drive(driver))
-            .expect("cannot start the taskit_native runtime thread");
-    });
-    driver
+        callbacks: callbacks::Pool::default(),
+    }));
+    let made_ptr = std::ptr::from_ref(made).cast_mut();
+    match CURRENT.compare_exchange(current, made_ptr, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            made.runtime.spawn(take_batches(made));
+            std::thread::Builder::new()
+                .name("taskit-native".to_owned())
+                .spawn(move || drive(made))
+                .expect("cannot start the taskit_native runtime thread");
+            made
+        }
+        // Another thread made one first: use it (this one stays unused).
+        // SAFETY: as above.
+        Err(winner) => unsafe { &*winner },
+    }
 }
 
 /// The runtime, to spawn on (a spawned task runs while a thread drives).
 pub fn runtime() -> &'static Runtime {
     &driver().runtime
+}
+
+/// The threads `callback`'s callbacks run on.
+pub fn callback_pool() -> &'static callbacks::Pool {
+    &driver().callbacks
 }
 
 /// The driver thread: holds the runtime while calls without a waiting
@@ -135,10 +165,13 @@ pub fn submit(job: impl Future<Output = ()> + Send + 'static) {
 
 /// Runs `work` to its end without the GIL, driving the runtime if no other
 /// thread does. Every `SIGNAL_CHECK` it takes the GIL back to run signal
-/// handlers, so Ctrl-C raises `KeyboardInterrupt` (and drops the call,
-/// which asks the backend to cancel it) mid-wait.
-pub fn wait<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> PyResult<T> {
-    let mut work = std::pin::pin!(work);
+/// handlers, so Ctrl-C raises `KeyboardInterrupt` mid-wait; the call is
+/// dropped, which asks the backend to cancel it.
+pub fn wait<T: Send + 'static>(
+    py: Python<'_>,
+    work: impl Future<Output = T> + Send + 'static,
+) -> PyResult<T> {
+    let mut work = Some(Box::pin(work));
     let mut first = true;
     loop {
         let done = py.detach(|| {
@@ -153,16 +186,41 @@ pub fn wait<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> Py
                     tokio::task::yield_now().await;
                     tokio::task::yield_now().await;
                 }
-                tokio::select! {
-                    result = &mut work => Some(result),
+                let running = work.as_mut()?;
+                let result = tokio::select! {
+                    result = running => Some(result),
                     () = tokio::time::sleep(SIGNAL_CHECK) => None,
+                };
+                if result.is_some() {
+                    // What ending the call queued (a cancel after a
+                    // timeout) is written before this thread lets go of
+                    // the runtime, which may then stay idle.
+                    drop(work.take());
+                    tokio::task::yield_now().await;
                 }
+                result
             })
         });
         first = false;
         match done {
             Some(result) => return Ok(result),
-            None => py.check_signals()?,
+            None => {
+                if let Err(interrupted) = py.check_signals() {
+                    abandon(work.take());
+                    return Err(interrupted);
+                }
+            }
         }
     }
+}
+
+/// Drops an abandoned call on the runtime and has the driver thread run
+/// what that sets off (the cancel frames, `map`'s calls being aborted).
+fn abandon<F: Future + Send + 'static>(work: Option<Pin<Box<F>>>) {
+    submit(async move {
+        drop(work);
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    });
 }

@@ -54,11 +54,12 @@ class BackendProcessingError(TaskitError):
         self.type = type
         self.args = tuple(args)
 
+    # As TaskIt 4.0 writes them: str(e) == "('TypeError', ('message',))".
     def __str__(self):
-        return str((self.type, list(self.args)))
+        return str((self.type, self.args))
 
     def __repr__(self):
-        return "%s(type=%r, args=%r)" % (type(self).__name__, self.type, list(self.args))
+        return "%s(type=%s, args=%s)" % (type(self).__name__, self.type, self.args)
 
 
 class CallTimeoutError(TaskitError, TimeoutError):

@@ -2,10 +2,14 @@
 asyncio, Ctrl-C, map, and values that JSON cannot carry."""
 
 import asyncio
+import gc
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
+import weakref
 
 import pytest
 
@@ -50,7 +54,14 @@ def test_a_crashed_worker_is_a_processing_error(fe):
     with pytest.raises(BackendProcessingError) as caught:
         fe.work("segv")
     assert caught.value.type == "WorkerCrashed"
-    wait_until("the plugin to serve again", lambda: fe.work("crasher-fine") is not None)
+
+    def serves():
+        try:
+            return fe.work("crasher-fine") is not None
+        except BackendProcessingError:
+            return False
+
+    wait_until("the plugin to serve again", serves)
 
 
 def test_tasks_lists_plugins_and_ids(host, fe):
@@ -144,7 +155,10 @@ def test_map_and_starmap_keep_order(fe):
         fe.starmap("add", [5])
 
 
-def test_asyncio_call(fe):
+def test_asyncio_call(new_host):
+    # Leaves calls running (a cancelled wait, a timeout): a host of its own.
+    fe = new_host().frontend()
+
     async def main():
         assert await fe.call("add", 4, 4) == 8
         results = await asyncio.gather(*(fe.call("add", i, 1) for i in range(500)))
@@ -227,3 +241,76 @@ def test_asyncio_finds_a_host_replaced_while_idle(new_host):
     got = []
     fe.callback("add", got.append, None, 3, 1)
     assert fe.wait_idle(60) and got == [4]
+
+
+def test_a_timed_out_call_is_cancelled_without_another_call(new_host, tmp_path):
+    """The cancel a timeout sends goes out at once, not with this process's
+    next call: another process sees the task end while this one is idle."""
+    if os.environ.get("TASKIT_TEST_ISOLATION") == "none":
+        pytest.skip("a task running in the host process cannot be stopped")
+    host = new_host(extra=["--kill-grace", "1"])
+    fe = host.frontend()
+    with pytest.raises(CallTimeoutError):
+        fe.with_options(timeout=0.2).work("sleep-forever")
+    probe = (
+        "import sys\nfrom taskit_native import FrontEnd\n"
+        "print(FrontEnd([(sys.argv[1], int(sys.argv[2]))], admin_token=sys.argv[3])"
+        ".get_tasks((sys.argv[1], int(sys.argv[2]))))"
+    )
+
+    def idle_elsewhere():
+        out = subprocess.run(
+            [sys.executable, "-c", probe, host.addr[0], str(host.addr[1]), host.token],
+            capture_output=True, text=True, cwd=str(tmp_path),
+        )
+        return out.stdout.strip() == "1"
+
+    wait_until("the host to end the cancelled task", idle_elsewhere)
+
+
+def test_a_loop_closed_with_a_call_outstanding_is_freed(new_host):
+    host = new_host()
+    fe = host.frontend()
+    loops = []
+
+    async def main():
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fe.call("wait-double", 200), 0.01)
+
+    asyncio.run(main())
+    # The reply arrives after the loop closed.
+    wait_until("the call to end", lambda: fe.get_tasks(host.addr) == "1")
+    fe.work("add", 1, 1)
+    gc.collect()
+    assert loops[0]() is None
+
+
+def test_a_forked_child_makes_its_own_frontend(host):
+    fe = host.frontend()
+    assert fe.work("add", 1, 1) == 2
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                fe.work("add", 1, 1)
+            except RuntimeError:
+                mine = host.frontend()
+                ok = mine.work("add", 2, 2) == 4
+
+
+                async def add():
+                    return await mine.call("add", 3, 3)
+
+                ok = ok and asyncio.run(add()) == 6
+                got = []
+                mine.callback("add", got.append, None, 4, 4)
+                ok = ok and mine.wait_idle(60) and got == [8]
+                code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    # The parent's frontend is unharmed.
+    assert [fe.work("add", i, 1) for i in range(50)] == [i + 1 for i in range(50)]

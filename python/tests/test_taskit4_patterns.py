@@ -1,6 +1,7 @@
 """TaskIt 4.0's frontend patterns, with only the import changed: wait,
 callback, ignore, errors with type and args, many threads, admin signals."""
 
+import sys
 import threading
 
 import pytest
@@ -35,7 +36,9 @@ def test_task_errors_carry_type_and_args(fe):
     e = caught.value
     assert e.type == "AssertionError"
     assert e.args == ("this task always fails",)
-    assert str(e) == "('AssertionError', ['this task always fails'])"
+    # Written as TaskIt 4.0 writes them.
+    assert str(e) == "('AssertionError', ('this task always fails',))"
+    assert repr(e) == "BackendProcessingError(type=AssertionError, args=('this task always fails',))"
     with pytest.raises(BackendProcessingError) as caught:
         fe.work("add", 2**62, 2**62)
     assert caught.value.type == "OverflowError"
@@ -67,13 +70,45 @@ def test_callback_errors_go_to_error_cb(fe):
     assert errors[0].type == "AssertionError"
 
 
-def test_error_cb_none_prints_false_silences(fe, capfd):
+def test_error_cb_none_shows_falsy_silences(fe, capfd, monkeypatch):
+    shown = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: shown.append(exc))
     fe.callback("get-error", lambda r: None, None)
     assert fe.wait_idle(60)
-    assert "AssertionError" in capfd.readouterr().err
-    fe.callback("get-error", lambda r: None, False)
+    assert len(shown) == 1 and shown[0][0] is BackendProcessingError
+    assert shown[0][1].type == "AssertionError"
+    for falsy in (False, 0, ""):
+        fe.callback("get-error", lambda r: None, falsy)
     assert fe.wait_idle(60)
+    assert len(shown) == 1
     assert capfd.readouterr().err == ""
+
+
+def test_a_failing_callback_is_reported_as_unraisable(fe, monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u))
+
+    def cb(result):
+        raise ValueError("from the callback")
+
+    fe.callback("add", cb, None, 1, 1)
+    assert fe.wait_idle(60)
+    assert len(seen) == 1 and isinstance(seen[0].exc_value, ValueError)
+    assert seen[0].object is cb
+
+
+def test_wait_idle_inside_a_callback_is_refused(fe):
+    errors = []
+
+    def cb(result):
+        try:
+            fe.wait_idle(1)
+        except RuntimeError as e:
+            errors.append(e)
+
+    fe.callback("add", cb, None, 1, 1)
+    assert fe.wait_idle(60)
+    assert len(errors) == 1
 
 
 def test_ignore_runs_and_drops(fe):
@@ -84,7 +119,9 @@ def test_ignore_runs_and_drops(fe):
     assert fe.work("add", 1, 2) == 3
 
 
-def test_many_threads_share_one_connection(host, fe):
+def test_many_threads_share_one_connection(new_host):
+    host = new_host()
+    fe = host.frontend()
     results = {}
 
     def worker(n):
@@ -132,7 +169,9 @@ def test_a_dead_backend_is_skipped(host, free_port):
     assert [fe.work("add", i, i) for i in range(10)] == [2 * i for i in range(10)]
 
 
-def test_get_tasks_counts_or_says_down(host, fe, free_port):
+def test_get_tasks_counts_or_says_down(new_host, free_port):
+    host = new_host()
+    fe = host.frontend()
     assert fe.get_tasks(host.addr) == "1"
     assert fe.get_tasks(host.spec) == "1"
     down = FrontEnd([("127.0.0.1", free_port)])
@@ -141,7 +180,8 @@ def test_get_tasks_counts_or_says_down(host, fe, free_port):
         fe.get_tasks(("127.0.0.1", free_port))
 
 
-def test_default_port_applies_to_bare_hosts(host):
+def test_default_port_applies_to_bare_hosts(new_host):
+    host = new_host()
     fe = FrontEnd(["127.0.0.1"], default_port=host.addr[1], admin_token=host.token)
     assert fe.backends == [host.addr]
     assert fe.work("add", 1, 1) == 2
@@ -204,7 +244,8 @@ def test_a_local_host_own_token_is_found(new_host):
     wait_until("the host to stop", lambda: not h.running())
 
 
-def test_add_backends(host, free_port):
+def test_add_backends(new_host, free_port):
+    host = new_host()
     fe = FrontEnd([("127.0.0.1", free_port)], admin_token=host.token)
     with pytest.raises(BackendNotAvailableError):
         fe.work("add", 1, 1)
