@@ -149,7 +149,7 @@ impl FrontEnd {
         work: impl Future<Output = Result<T, FrontendError>> + Send + 'static,
     ) -> PyResult<T> {
         self.shared.check_process()?;
-        wait(py, work)?.map_err(|e| errors::to_pyerr(py, e))
+        wait(py, work, timed_out)?.map_err(|e| errors::to_pyerr(py, e))
     }
 
     /// Counts a `callback` or `ignore` call until `done` runs.
@@ -338,7 +338,7 @@ impl FrontEnd {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let call = self.start(task, args, kwargs)?;
-        match wait(py, call)? {
+        match wait(py, call, timed_out)? {
             Ok(value) => Ok(convert::to_py(py, &value)?.unbind()),
             Err(err) => Err(errors::to_pyerr(py, err)),
         }
@@ -473,15 +473,19 @@ impl FrontEnd {
         let limit = seconds("timeout", timeout)?;
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
-        wait(py, async move {
-            while shared.outstanding.load(Ordering::Acquire) > 0 {
-                if limit.is_some_and(|l| started.elapsed() >= l) {
-                    return false;
+        wait(
+            py,
+            async move {
+                while shared.outstanding.load(Ordering::Acquire) > 0 {
+                    if limit.is_some_and(|l| started.elapsed() >= l) {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            true
-        })
+                true
+            },
+            |_| false,
+        )
     }
 
     /// TaskIt's ``get_tasks``: the backend's running-task count as a
@@ -669,7 +673,7 @@ impl FrontEnd {
             }
             results
         });
-        let results = wait(py, AbortOnDrop(Some(driver)))?
+        let results = wait(py, AbortOnDrop(Some(driver)), |_| true)?
             .map_err(|e| PyRuntimeError::new_err(format!("the calls' driver failed: {e}")))?;
         let list = PyList::empty(py);
         for result in results {
@@ -709,6 +713,12 @@ impl<T> Drop for AbortOnDrop<T> {
             handle.abort();
         }
     }
+}
+
+/// Whether a call ended by its timeout, which queued a cancel for the
+/// backend (see `runtime::wait`).
+fn timed_out<T>(result: &Result<T, FrontendError>) -> bool {
+    matches!(result, Err(FrontendError::Timeout(_)))
 }
 
 /// Hands a `callback` call's outcome to its callbacks, as TaskIt 4.0 did:

@@ -167,9 +167,14 @@ pub fn submit(job: impl Future<Output = ()> + Send + 'static) {
 /// thread does. Every `SIGNAL_CHECK` it takes the GIL back to run signal
 /// handlers, so Ctrl-C raises `KeyboardInterrupt` mid-wait; the call is
 /// dropped, which asks the backend to cancel it.
+///
+/// `queued(&result)` tells whether ending the call may have queued frames
+/// (a cancel after a timeout): they are written before this thread lets
+/// go of the runtime, which may then stay idle.
 pub fn wait<T: Send + 'static>(
     py: Python<'_>,
     work: impl Future<Output = T> + Send + 'static,
+    queued: fn(&T) -> bool,
 ) -> PyResult<T> {
     let mut work = Some(Box::pin(work));
     let mut first = true;
@@ -191,10 +196,7 @@ pub fn wait<T: Send + 'static>(
                     result = running => Some(result),
                     () = tokio::time::sleep(SIGNAL_CHECK) => None,
                 };
-                if result.is_some() {
-                    // What ending the call queued (a cancel after a
-                    // timeout) is written before this thread lets go of
-                    // the runtime, which may then stay idle.
+                if result.as_ref().is_some_and(queued) {
                     drop(work.take());
                     tokio::task::yield_now().await;
                 }
