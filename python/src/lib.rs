@@ -47,8 +47,9 @@ struct Shared {
     frontend: std::sync::RwLock<RustFrontEnd>,
     /// Its settings, for a replacement.
     config: FrontendConfig,
-    /// The process that made it: its connections are that process's.
-    pid: u32,
+    /// The process that made it (`runtime::generation`): its connections
+    /// are that process's.
+    generation: u64,
     default_port: u16,
     /// `protocol="taskit4"`: speak TaskIt 4.0's protocol to every backend.
     taskit4: bool,
@@ -61,7 +62,7 @@ impl Shared {
     /// Refuses a frontend inherited across `os.fork()`: its connections
     /// are shared with the parent, whose replies the child would read.
     fn check_process(&self) -> PyResult<()> {
-        if std::process::id() == self.pid {
+        if runtime::generation() == self.generation {
             return Ok(());
         }
         Err(PyRuntimeError::new_err(
@@ -289,7 +290,7 @@ impl FrontEnd {
             shared: Arc::new(Shared {
                 frontend: std::sync::RwLock::new(RustFrontEnd::with_config(addrs, config.clone())),
                 config,
-                pid: std::process::id(),
+                generation: runtime::generation(),
                 default_port,
                 taskit4,
                 codec,

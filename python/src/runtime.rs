@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,8 +30,9 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Driver {
-    /// The process it belongs to: a forked child makes its own.
-    pid: u32,
+    /// The process it belongs to (see `generation`): a forked child makes
+    /// its own.
+    generation: u64,
     runtime: Runtime,
     /// Calls started without a waiting caller, not finished.
     outstanding: AtomicUsize,
@@ -53,17 +54,34 @@ struct Driver {
 /// is not the child's to use. The parent's is leaked there, never touched.
 static CURRENT: AtomicPtr<Driver> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Counts the forks this process came through: a value of its own in each
+/// process, read without a system call (a `getpid` per call cost more than
+/// the check is worth).
+pub fn generation() -> u64 {
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        FORKS.fetch_add(1, Ordering::AcqRel);
+    }
+    WATCH.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic, which is
+        // async-signal-safe as a fork child handler must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    FORKS.load(Ordering::Acquire)
+}
+
 fn driver() -> &'static Driver {
-    let pid = std::process::id();
+    let generation = generation();
     let current = CURRENT.load(Ordering::Acquire);
     // SAFETY: CURRENT only ever holds null or a leaked, never freed Driver.
     if let Some(d) = unsafe { current.as_ref() } {
-        if d.pid == pid {
+        if d.generation == generation {
             return d;
         }
     }
     let made: &'static Driver = Box::leak(Box::new(Driver {
-        pid,
+        generation,
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
