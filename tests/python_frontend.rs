@@ -15,7 +15,11 @@ fn workspace() -> PathBuf {
 /// A virtualenv with pytest and this tree's `taskit_native`, built again
 /// (incrementally) on every run, so the tests test this code.
 fn python_with_taskit_native() -> PathBuf {
-    let python = venv_python("pyfront-venv", "import pytest", &["pytest"]);
+    let python = venv_python(
+        "pyfront-venv",
+        "import pytest, cryptography",
+        &["pytest", "cryptography"],
+    );
     let target = profile_dir().parent().expect("target dir").to_owned();
     let package = workspace().join("python");
     pip_install(

@@ -18,6 +18,7 @@ import pytest
 from taskit_native import FrontEnd
 
 READY = re.compile(r"taskit-host ready listening=(\S+):(\d+)")
+TLS = re.compile(r"tls=(\S+):(\d+)")
 
 
 class Host:
@@ -54,6 +55,8 @@ class Host:
                 match = READY.search(line)
                 if match:
                     self.addr = (match.group(1), int(match.group(2)))
+                    tls = TLS.search(line)
+                    self.tls_addr = tls and (tls.group(1), int(tls.group(2)))
                     ready.set()
             ready.set()
 
