@@ -72,7 +72,9 @@ impl Pool {
         loop {
             if let Some(job) = state.jobs.pop_front() {
                 drop(state);
-                job();
+                // A job that panics must not take the thread (and the
+                // pool's count of its threads) with it.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 state = self.lock();
                 continue;
             }

@@ -43,8 +43,8 @@ use runtime::{callback_pool, runtime, submit, wait};
 /// What every view of one frontend shares.
 struct Shared {
     /// Replaced whole by `add_backends` (calls in flight keep the one
-    /// they started on).
-    frontend: std::sync::RwLock<RustFrontEnd>,
+    /// they started on). Never dropped in a forked child (see `Drop`).
+    frontend: std::mem::ManuallyDrop<std::sync::RwLock<RustFrontEnd>>,
     /// Its settings, for a replacement.
     config: FrontendConfig,
     /// The process that made it (`runtime::generation`): its connections
@@ -56,6 +56,28 @@ struct Shared {
     codec: CodecKind,
     /// `callback` and `ignore` calls not finished, callbacks included.
     outstanding: AtomicUsize,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // In a forked child the connections are the parent's, and dropping
+        // them would wake the parent's runtime (its eventfd, the locks its
+        // threads may have held at the fork): left alone, leaked.
+        if runtime::generation() == self.generation {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.frontend) };
+        }
+    }
+}
+
+/// Counts a `callback` or `ignore` call as outstanding until dropped
+/// (finished, or dropped unfinished).
+struct Tracked(Arc<Shared>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -160,10 +182,10 @@ impl FrontEnd {
         wait(py, work, timed_out)?.map_err(|e| errors::to_pyerr(py, e))
     }
 
-    /// Counts a `callback` or `ignore` call until `done` runs.
-    fn track(&self) -> Arc<Shared> {
+    /// Counts a `callback` or `ignore` call until the guard is dropped.
+    fn track(&self) -> Tracked {
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        Arc::clone(&self.shared)
+        Tracked(Arc::clone(&self.shared))
     }
 }
 
@@ -295,7 +317,9 @@ impl FrontEnd {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                frontend: std::sync::RwLock::new(RustFrontEnd::with_config(addrs, config.clone())),
+                frontend: std::mem::ManuallyDrop::new(std::sync::RwLock::new(
+                    RustFrontEnd::with_config(addrs, config.clone()),
+                )),
                 config,
                 generation: runtime::generation(),
                 default_port,
@@ -417,12 +441,14 @@ impl FrontEnd {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let call = self.start(task, args, kwargs)?;
-        let shared = self.track();
+        let tracked = self.track();
         submit(async move {
             let result = call.await;
             callback_pool().run(Box::new(move || {
-                Python::attach(|py| deliver(py, result, cb, error_cb));
-                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                // Not after the interpreter has ended (callbacks still
+                // pending at exit are dropped).
+                Python::try_attach(|py| deliver(py, result, cb, error_cb));
+                drop(tracked);
             }));
         });
         Ok(())
@@ -438,10 +464,10 @@ impl FrontEnd {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let call = self.start(task, args, kwargs)?;
-        let shared = self.track();
+        let tracked = self.track();
         submit(async move {
             let _ = call.await;
-            shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            drop(tracked);
         });
         Ok(())
     }
@@ -473,6 +499,7 @@ impl FrontEnd {
     /// callback included; ``timeout`` in seconds. True if they all did.
     #[pyo3(signature = (timeout = None))]
     fn wait_idle(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.shared.check_process()?;
         if callbacks::on_pool_thread() {
             return Err(PyRuntimeError::new_err(
                 "wait_idle() called from a callback would wait for that callback itself",
@@ -591,19 +618,22 @@ impl FrontEnd {
 
     /// The backends as given, as ``(host, port)`` pairs.
     #[getter]
-    fn backends(&self) -> Vec<(String, u16)> {
-        self.shared
+    fn backends(&self) -> PyResult<Vec<(String, u16)>> {
+        self.shared.check_process()?;
+        Ok(self
+            .shared
             .frontend()
             .backends()
             .into_iter()
             .map(|b| (b.host, b.port))
-            .collect()
+            .collect())
     }
 
     /// The backends calls go to now (names resolved), each a dict of
     /// ``host``, ``port``, ``in_flight`` (this client's calls) and
     /// ``answered``.
     fn routes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.shared.check_process()?;
         let list = PyList::empty(py);
         for route in self.shared.frontend().routes() {
             let d = PyDict::new(py);
@@ -629,6 +659,9 @@ impl FrontEnd {
     }
 
     fn __repr__(&self) -> String {
+        if self.shared.check_process().is_err() {
+            return "FrontEnd(<made before os.fork()>)".to_owned();
+        }
         let backends: Vec<String> = self
             .shared
             .frontend()

@@ -157,16 +157,26 @@ async fn take_batches(d: &'static Driver) {
     }
 }
 
+/// A job counted in `Driver::outstanding` while alive.
+struct Outstanding(&'static Driver);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        if self.0.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
 /// Runs `job` on the runtime, soon; the driver thread drives it unless a
 /// waiting caller does.
 pub fn submit(job: impl Future<Output = ()> + Send + 'static) {
     let d = driver();
     let before = d.outstanding.fetch_add(1, Ordering::AcqRel);
     let job = async move {
+        // Counted out however the job ends: done, panicked, or dropped.
+        let _counted = Outstanding(d);
         job.await;
-        if d.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            d.idle.notify_one();
-        }
     };
     let mut queue = d.queue.lock().unwrap_or_else(PoisonError::into_inner);
     let first = queue.is_empty();
@@ -223,7 +233,15 @@ pub fn wait<T: Send + 'static>(
         });
         first = false;
         match done {
-            Some(result) => return Ok(result),
+            Some(result) => {
+                if queued(&result) {
+                    // The yield above wrote them if this thread held the
+                    // runtime; if another did and has let go, the driver
+                    // thread makes sure.
+                    submit(flush());
+                }
+                return Ok(result);
+            }
             None => {
                 if let Err(interrupted) = py.check_signals() {
                     abandon(work.take());
@@ -239,8 +257,14 @@ pub fn wait<T: Send + 'static>(
 fn abandon<F: Future + Send + 'static>(work: Option<Pin<Box<F>>>) {
     submit(async move {
         drop(work);
-        for _ in 0..8 {
-            tokio::task::yield_now().await;
-        }
+        flush().await;
     });
+}
+
+/// Lets the tasks that dropped calls woke run to the end of their writes
+/// (`map`'s aborted calls, then the writer: a few rounds; 8 with room).
+async fn flush() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
 }
