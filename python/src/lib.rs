@@ -189,6 +189,30 @@ impl FrontEnd {
     }
 }
 
+/// The codec a `FrontEnd` was given: `None`, a name, or TaskIt 4.0's
+/// `JSONCodec` class (what code written for `taskit.frontend` passes).
+fn codec_named(codec: Option<&Bound<'_, PyAny>>) -> PyResult<CodecKind> {
+    let Some(codec) = codec.filter(|c| !c.is_none()) else {
+        return Ok(CodecKind::Json);
+    };
+    if let Ok(name) = codec.extract::<String>() {
+        return CodecKind::from_name(&name).ok_or_else(|| {
+            PyValueError::new_err(format!("codec is \"json\" or \"bincode\", not {name:?}"))
+        });
+    }
+    let taskit4_json = codec
+        .getattr("__name__")
+        .and_then(|n| n.extract::<String>())
+        .is_ok_and(|n| n == "JSONCodec");
+    if taskit4_json {
+        return Ok(CodecKind::Json);
+    }
+    Err(PyTypeError::new_err(format!(
+        "codec is \"json\" (or TaskIt 4.0's JSONCodec), not {}",
+        codec.repr()?
+    )))
+}
+
 fn parse_backend(
     backend: &Bound<'_, PyAny>,
     default_port: u16,
@@ -235,7 +259,7 @@ impl FrontEnd {
         backends: Option<&Bound<'_, PyAny>>,
         default_port: u16,
         logger: Option<&Bound<'_, PyAny>>,
-        codec: Option<&str>,
+        codec: Option<&Bound<'_, PyAny>>,
         protocol: &str,
         timeout: Option<f64>,
         idempotent: bool,
@@ -252,12 +276,7 @@ impl FrontEnd {
         tls_server_name: Option<String>,
     ) -> PyResult<Self> {
         let _ = logger;
-        let codec = match codec {
-            None => CodecKind::Json,
-            Some(name) => CodecKind::from_name(name).ok_or_else(|| {
-                PyValueError::new_err(format!("codec is \"json\" or \"bincode\", not {name:?}"))
-            })?,
-        };
+        let codec = codec_named(codec)?;
         if codec == CodecKind::Bincode {
             return Err(PyValueError::new_err(
                 "codec=\"bincode\" needs the reply's type, which Python values do not carry; use \"json\"",

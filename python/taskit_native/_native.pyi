@@ -24,7 +24,7 @@ class FrontEnd:
         backends: Iterable[Backend] = (),
         default_port: int = ...,
         logger: Any = None,
-        codec: Optional[Literal["json"]] = None,
+        codec: Union[None, Literal["json"], type] = None,
         *,
         protocol: Literal["native", "taskit4"] = "native",
         timeout: Optional[float] = None,

@@ -253,3 +253,17 @@ def test_add_backends(new_host, free_port):
     assert fe.backends == [("127.0.0.1", free_port), host.addr]
     assert fe.work("add", 1, 1) == 2
     assert fe.get_tasks(host.addr) == "1"
+
+
+def test_taskit4_constructor_arguments_are_accepted(new_host):
+    """FrontEnd(backends, default_port, logger, codec) as TaskIt 4.0 code
+    writes it, with its own JSONCodec class."""
+    host = new_host()
+
+    class JSONCodec:  # what `from taskit.common import JSONCodec` gives
+        pass
+
+    fe = FrontEnd(["127.0.0.1"], host.addr[1], None, JSONCodec)
+    assert fe.work("add", 2, 3) == 5
+    with pytest.raises(TypeError, match="codec"):
+        FrontEnd([host.addr], codec=object())
