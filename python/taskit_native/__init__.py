@@ -14,35 +14,8 @@ Beyond TaskIt 4.0: ``fe.with_options(timeout=..., idempotent=True)``,
 ``fe.reload(backend)``, ``admin_token=``, ``call_token=`` and TLS.
 """
 
-from ._errors import (
-    BackendNotAvailableError,
-    BackendProcessingError,
-    BackendStoppingError,
-    CallTimeoutError,
-    ConnectionLostError,
-    DecodeError,
-    ProtocolError,
-    ResolveError,
-    TaskitError,
-    TlsError,
-    UnknownBackendError,
-)
+from . import _errors
+from ._errors import *  # noqa: F401,F403 (the errors, listed in _errors.__all__)
 from ._native import DEFAULT_PORT, MAX_CALLBACK_THREADS, MAX_DEPTH, FrontEnd, __version__
 
-__all__ = [
-    "FrontEnd",
-    "DEFAULT_PORT",
-    "MAX_DEPTH",
-    "MAX_CALLBACK_THREADS",
-    "TaskitError",
-    "BackendNotAvailableError",
-    "BackendProcessingError",
-    "BackendStoppingError",
-    "CallTimeoutError",
-    "ConnectionLostError",
-    "DecodeError",
-    "ProtocolError",
-    "ResolveError",
-    "TlsError",
-    "UnknownBackendError",
-]
+__all__ = ["FrontEnd", "DEFAULT_PORT", "MAX_DEPTH", "MAX_CALLBACK_THREADS", *_errors.__all__]
