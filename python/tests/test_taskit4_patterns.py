@@ -267,3 +267,44 @@ def test_taskit4_constructor_arguments_are_accepted(new_host):
     assert fe.work("add", 2, 3) == 5
     with pytest.raises(TypeError, match="codec"):
         FrontEnd([host.addr], codec=object())
+
+
+def test_a_flood_of_callbacks_stays_within_the_thread_bound(new_host):
+    """300 callbacks whose callbacks block: at most MAX_CALLBACK_THREADS
+    threads run them, and every one is delivered."""
+    import glob
+    import time
+
+    from taskit_native import MAX_CALLBACK_THREADS
+
+    host = new_host()
+    fe = host.frontend()
+    delivered = []
+    most = [0]
+    done = threading.Event()
+
+    def count_threads():
+        while not done.is_set():
+            n = 0
+            for comm in glob.glob("/proc/self/task/*/comm"):
+                try:
+                    n += open(comm).read().strip() == "taskit-callback"
+                except OSError:
+                    pass
+            most[0] = max(most[0], n)
+            time.sleep(0.005)
+
+    counter = threading.Thread(target=count_threads)
+    counter.start()
+
+    def cb(result):
+        time.sleep(0.02)  # keeps its thread busy, so the pool grows
+        delivered.append(result)
+
+    for i in range(300):
+        fe.callback("add", cb, None, i, 1)
+    assert fe.wait_idle(300)
+    done.set()
+    counter.join()
+    assert sorted(delivered) == [i + 1 for i in range(300)]
+    assert 1 <= most[0] <= MAX_CALLBACK_THREADS
