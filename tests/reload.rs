@@ -332,6 +332,67 @@ fn a_file_still_being_written_is_not_loaded_half_way() {
     assert_eq!(version_served(&host), "0.1.0");
 }
 
+/// A copy over the plugin whose writer stalls, with all but the last byte
+/// written, for longer than the host waits for a file to settle (a busy
+/// machine): the host looks at the half-written file, but neither serves it
+/// (every loadable segment is there; the section headers are not) nor
+/// reports it refused. When the writer closes, the whole file loads, once.
+#[test]
+fn a_write_that_stalls_halfway_is_neither_served_nor_refused() {
+    let dir = TempDir::new("stalled-writer");
+    install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
+    let mut config = HostConfig::new(dir.path());
+    config.quiet = Duration::from_millis(20);
+    let host = PluginHost::start(config).unwrap();
+    let events = host.subscribe();
+    let file = dir.join("demo.so");
+    let loaded = |events: &Receiver<PluginEvent>| match next_event_for(events, &file) {
+        PluginEvent::Loaded {
+            version,
+            generation,
+            ..
+        } => (version, generation),
+        other => panic!("expected a load of the whole file, got {other:?}"),
+    };
+    install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
+    let (_, mut generation) = loaded(&events);
+
+    // The stall doubles each round until the host has looked at the file
+    // during one (seen as a load attempt between two loads).
+    let versions = [("taskit_demo", "0.1.0"), ("taskit_demo_next", "0.2.0")];
+    let mut looked_halfway = false;
+    for round in 0..8 {
+        let (name, version) = versions[round % 2];
+        let bytes = std::fs::read(plugin(name)).unwrap();
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&file)
+            .unwrap();
+        out.write_all(&bytes[..bytes.len() - 1]).unwrap();
+        std::thread::sleep(Duration::from_millis(100 << round));
+        out.write_all(&bytes[bytes.len() - 1..]).unwrap();
+        drop(out);
+        let (served, now) = loaded(&events);
+        assert_eq!(served, version);
+        assert_eq!(version_served(&host), version);
+        looked_halfway = now > generation + 1;
+        generation = now;
+        if looked_halfway {
+            break;
+        }
+    }
+    assert!(looked_halfway, "the host never looked during a stall");
+    // Nothing more about the half-written file is still to come.
+    let (name, version) = if version_served(&host) == "0.1.0" {
+        ("taskit_demo_next", "0.2.0")
+    } else {
+        ("taskit_demo", "0.1.0")
+    };
+    install_by_rename(&plugin(name), dir.path(), "demo.so");
+    assert_eq!(expect_loaded(&events, &file), version);
+}
+
 #[test]
 fn a_forced_reload_rescans_the_directory() {
     let dir = TempDir::new("forced");

@@ -9,6 +9,15 @@
 //! file's metadata is compared with what it was at the last event; if it
 //! moved, the file is still being written and the timer is armed again.
 //!
+//! A writer can also stall for longer than the wait (a busy machine), so a
+//! file written in place may be looked at half written. While its writer
+//! may still have it open (contents written, no close since), a refusal is
+//! held back rather than reported: the close that must come (the kernel
+//! closes a dead writer's files too) brings another look. A writer that
+//! keeps the file open without finishing is reported after [`HOLD_QUIETS`]
+//! quiet times. Nor is a refusal reported when the file changed while it
+//! was being loaded: the change brings events, hence another look.
+//!
 //! [`PluginHost`]: crate::PluginHost
 
 use std::collections::{HashMap, VecDeque};
@@ -54,13 +63,22 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !name.starts_with('.') && name.ends_with(".so")
 }
 
+/// How many quiet times a refusal is held back while the file's writer
+/// may still be writing it.
+pub(crate) const HOLD_QUIETS: u32 = 8;
+
 /// What an event says about a file's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
     /// Closed after writing, or renamed into place: nothing more is coming.
     EndsWrite,
-    /// A write in progress, a removal, anything else.
+    /// Contents written: the writer may still have the file open.
+    Write,
+    /// A removal, a change of metadata, anything else.
     Other,
+    /// Not an event: a refusal held back while the file may still be
+    /// written ([`HOLD_QUIETS`] quiet times).
+    Held,
 }
 
 /// A file waiting to settle.
@@ -69,6 +87,19 @@ struct Pending<F> {
     change: Change,
     /// Its metadata at the last event; `None` if it did not exist then.
     seen: Option<F>,
+    /// Contents were written and no close has been seen since.
+    writing: bool,
+}
+
+/// A file that has settled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Settled<F> {
+    pub(crate) path: PathBuf,
+    /// What a look at it gives now; `None`: gone.
+    pub(crate) seen: Option<F>,
+    /// Its writer may still have it open and be about to write more: a
+    /// refusal now should be held back. Never after a hold has run out.
+    pub(crate) writer_open: bool,
 }
 
 /// Files waiting to settle. `F` is what a look at a file gives (its
@@ -93,12 +124,27 @@ impl<F: PartialEq + Copy> Debouncer<F> {
     pub(crate) fn note(&mut self, path: PathBuf, change: Change, seen: Option<F>, now: Instant) {
         let delay = match change {
             Change::EndsWrite => self.settle,
-            Change::Other => self.quiet,
+            Change::Write | Change::Other => self.quiet,
+            Change::Held => self.quiet.saturating_mul(HOLD_QUIETS),
         };
         let due = now
             .checked_add(delay)
             .unwrap_or(now + Duration::from_secs(86_400));
-        self.pending.insert(path, Pending { due, change, seen });
+        let was_writing = self.pending.get(&path).is_some_and(|p| p.writing);
+        let writing = match change {
+            Change::Write => true,
+            Change::EndsWrite => false,
+            Change::Other | Change::Held => was_writing,
+        };
+        self.pending.insert(
+            path,
+            Pending {
+                due,
+                change,
+                seen,
+                writing,
+            },
+        );
     }
 
     /// Stops waiting for `path` (a rescan looked at it already).
@@ -112,8 +158,8 @@ impl<F: PartialEq + Copy> Debouncer<F> {
     }
 
     /// The files settled at `now`, in name order, with what `look` gives for
-    /// each now (`None`: gone). A file whose look differs from the last
-    /// event's is still being written: it waits one more settle time.
+    /// each now. A file whose look differs from the last event's is still
+    /// being written: it waits one more settle time.
     ///
     /// Files whose writes ended within one settle time of each other come
     /// out together, so a conflict between files installed together
@@ -122,7 +168,7 @@ impl<F: PartialEq + Copy> Debouncer<F> {
         &mut self,
         now: Instant,
         mut look: impl FnMut(&Path) -> Option<F>,
-    ) -> Vec<(PathBuf, Option<F>)> {
+    ) -> Vec<Settled<F>> {
         if !self.pending.values().any(|p| p.due <= now) {
             return Vec::new();
         }
@@ -145,8 +191,13 @@ impl<F: PartialEq + Copy> Debouncer<F> {
                 pending.due = now.checked_add(self.settle).unwrap_or(now);
                 continue;
             }
+            let writer_open = pending.writing && pending.change != Change::Held;
             self.pending.remove(&path);
-            settled.push((path, now_seen));
+            settled.push(Settled {
+                path,
+                seen: now_seen,
+                writer_open,
+            });
         }
         settled
     }
@@ -158,6 +209,15 @@ impl<F: PartialEq + Copy> Debouncer<F> {
 struct LastTry {
     fingerprint: Fingerprint,
     refused: bool,
+}
+
+/// Why a file is looked at.
+#[derive(Debug, Clone, Copy)]
+enum Look {
+    /// It settled after events; `writer_open`: see [`Settled`].
+    Settled { writer_open: bool },
+    /// A rescan, which tries a file refused before again.
+    Rescan,
 }
 
 /// What one look at a file did.
@@ -286,10 +346,15 @@ impl Applier {
         let settled = self
             .debouncer
             .take_due(Instant::now(), |p| Fingerprint::of(p).ok());
-        for (path, seen) in settled {
+        for Settled {
+            path,
+            seen,
+            writer_open,
+        } in settled
+        {
             match seen {
                 Some(fingerprint) => {
-                    self.load_if_changed(&path, fingerprint, false);
+                    self.load_if_changed(&path, fingerprint, Look::Settled { writer_open });
                 }
                 None => {
                     self.unload(&path);
@@ -307,6 +372,7 @@ impl Applier {
         let change = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(ModifyKind::Name(_)) => Change::EndsWrite,
+            EventKind::Modify(ModifyKind::Data(_)) => Change::Write,
             // Reads (ours included) change nothing.
             EventKind::Access(_) => return,
             // A removal waits as long as a write in progress: `rm` then `cp`
@@ -325,19 +391,42 @@ impl Applier {
     }
 
     /// Loads `path` unless it was already tried with this exact metadata
-    /// (and, with `retry_refused`, was not refused).
+    /// (and, on a rescan, was not refused).
+    ///
+    /// A refusal is not final, so neither reported nor remembered, when the
+    /// file changed while it was being loaded (the change brings events,
+    /// hence another look), or when its writer may still have it open (it
+    /// is held back, see the module's documentation).
     fn load_if_changed(
         &mut self,
         path: &Path,
         fingerprint: Fingerprint,
-        retry_refused: bool,
+        look: Look,
     ) -> LoadOutcome {
-        if let Some(last) = self.tries.get(path) {
-            if last.fingerprint == fingerprint && !(last.refused && retry_refused) {
-                return LoadOutcome::Unchanged;
-            }
+        let retry_refused = matches!(look, Look::Rescan);
+        let tried = self.tries.get(path).is_some_and(|last| {
+            last.fingerprint == fingerprint && !(last.refused && retry_refused)
+        });
+        if tried {
+            return LoadOutcome::Unchanged;
         }
         let outcome = self.loader.load(path, self.loaded.get(path).copied());
+        if let Err(error) = &outcome {
+            let now_seen = Fingerprint::of(path).ok();
+            let wait = if now_seen != Some(fingerprint) {
+                Some((Change::Other, now_seen, "it changed while being loaded"))
+            } else if matches!(look, Look::Settled { writer_open: true }) {
+                Some((Change::Held, now_seen, "its writer may still be writing it"))
+            } else {
+                None
+            };
+            if let Some((change, seen, why)) = wait {
+                tracing::debug!(file = %path.display(), %error, "refused, but {why}; looking again later");
+                self.debouncer
+                    .note(path.to_owned(), change, seen, Instant::now());
+                return LoadOutcome::Refused;
+            }
+        }
         self.tries.insert(
             path.to_owned(),
             LastTry {
@@ -450,7 +539,7 @@ impl Applier {
         for file in files {
             self.debouncer.forget(&file);
             let outcome = match Fingerprint::of(&file) {
-                Ok(fingerprint) => self.load_if_changed(&file, fingerprint, true),
+                Ok(fingerprint) => self.load_if_changed(&file, fingerprint, Look::Rescan),
                 Err(_) => LoadOutcome::Unchanged,
             };
             match outcome {
@@ -542,6 +631,14 @@ mod tests {
         Debouncer::new(25 * MS, 250 * MS)
     }
 
+    fn settled(path: &str, seen: Option<u32>, writer_open: bool) -> Settled<u32> {
+        Settled {
+            path: path.into(),
+            seen,
+            writer_open,
+        }
+    }
+
     #[test]
     fn a_finished_write_settles_after_the_short_wait_a_removal_after_the_long_one() {
         let t0 = Instant::now();
@@ -551,10 +648,10 @@ mod tests {
         assert_eq!(d.next_due(), Some(t0 + 25 * MS));
         assert!(d.take_due(t0 + 24 * MS, |_| Some(1)).is_empty());
         let due = d.take_due(t0 + 25 * MS, |_| Some(1));
-        assert_eq!(due, [(PathBuf::from("/p/a.so"), Some(1))]);
+        assert_eq!(due, [settled("/p/a.so", Some(1), false)]);
         assert_eq!(d.next_due(), Some(t0 + 250 * MS));
         let due = d.take_due(t0 + 250 * MS, |_| None);
-        assert_eq!(due, [(PathBuf::from("/p/b.so"), None)]);
+        assert_eq!(due, [settled("/p/b.so", None, false)]);
         assert_eq!(d.next_due(), None);
     }
 
@@ -580,10 +677,36 @@ mod tests {
         let due: Vec<PathBuf> = d
             .take_due(t0 + 25 * MS, |_| Some(1))
             .into_iter()
-            .map(|(p, _)| p)
+            .map(|s| s.path)
             .collect();
         assert_eq!(due, [PathBuf::from("/p/a.so"), PathBuf::from("/p/z.so")]);
         assert_eq!(d.next_due(), Some(t0 + 270 * MS));
+    }
+
+    #[test]
+    fn a_file_written_and_not_closed_has_its_writer_open_until_a_close_or_a_hold_runs_out() {
+        let t0 = Instant::now();
+        let mut d = debouncer();
+        d.note("/p/a.so".into(), Change::Write, Some(1), t0);
+        // A change of mode after the write (as `cp` does) keeps it open.
+        d.note("/p/a.so".into(), Change::Other, Some(2), t0);
+        let due = d.take_due(t0 + 250 * MS, |_| Some(2));
+        assert_eq!(due, [settled("/p/a.so", Some(2), true)]);
+
+        // Held: looked at again after eight quiet times, with its writer
+        // taken as gone, so that the refusal is reported.
+        d.note("/p/a.so".into(), Change::Held, Some(2), t0 + 250 * MS);
+        assert_eq!(d.next_due(), Some(t0 + 2250 * MS));
+        let due = d.take_due(t0 + 2250 * MS, |_| Some(2));
+        assert_eq!(due, [settled("/p/a.so", Some(2), false)]);
+
+        // A write during the hold opens it again; the close ends it.
+        d.note("/p/a.so".into(), Change::Held, Some(2), t0);
+        d.note("/p/a.so".into(), Change::Write, Some(3), t0);
+        assert!(d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
+        d.note("/p/a.so".into(), Change::Write, Some(3), t0);
+        d.note("/p/a.so".into(), Change::EndsWrite, Some(4), t0);
+        assert!(!d.take_due(t0 + 25 * MS, |_| Some(4))[0].writer_open);
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! `SIGBUS`. So the loader first reads the ELF and program headers and
 //! refuses any file whose loadable segments do not fit inside it, or that
 //! was built for another machine.
+//!
+//! The section header table is checked too, though `dlopen` never reads
+//! it: linkers write it last, after the debug information, so a file whose
+//! table runs past its end is a copy still being written (or cut short).
+//! Such a prefix can hold every loadable segment and load fine, and would
+//! then be replaced by the whole file a moment later.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
@@ -38,7 +44,7 @@ impl fmt::Display for ElfProblem {
             Self::Truncated { needed, size } => {
                 write!(
                     f,
-                    "truncated: its segments need {needed} bytes but the file has {size}"
+                    "truncated: its segments and section headers need {needed} bytes but the file has {size}"
                 )
             }
         }
@@ -73,8 +79,10 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 const PHENT_SIZE: u64 = 56;
 
 /// Checks that `file` is a complete 64-bit little-endian shared object for
-/// this machine. Reads only the ELF header and the program header table
-/// (at most 65535 entries of 56 bytes), whatever the file's size.
+/// this machine: its program header table, every loadable segment and its
+/// section header table lie inside it. Reads only the ELF header and the
+/// program header table (at most 65535 entries of 56 bytes), whatever the
+/// file's size.
 pub fn check_file(file: &mut (impl Read + Seek), size: u64) -> Result<(), ElfProblem> {
     let truncated = |needed: u64| ElfProblem::Truncated { needed, size };
     let mut header = [0u8; 64];
@@ -100,6 +108,9 @@ pub fn check_file(file: &mut (impl Read + Seek), size: u64) -> Result<(), ElfPro
         return Err(ElfProblem::WrongMachine(machine));
     }
     let phoff = u64_at(&header, 32).ok_or_else(|| truncated(64))?;
+    let shoff = u64_at(&header, 40).ok_or_else(|| truncated(64))?;
+    let shentsize = u64::from(u16_at(&header, 58).ok_or_else(|| truncated(64))?);
+    let shnum = u64::from(u16_at(&header, 60).ok_or_else(|| truncated(64))?);
     let phentsize = u64::from(u16_at(&header, 54).ok_or_else(|| truncated(64))?);
     let phnum = u64::from(u16_at(&header, 56).ok_or_else(|| truncated(64))?);
     if phentsize != PHENT_SIZE {
@@ -121,6 +132,14 @@ pub fn check_file(file: &mut (impl Read + Seek), size: u64) -> Result<(), ElfPro
         let offset = u64_at(entry, 8).unwrap_or(u64::MAX);
         let filesz = u64_at(entry, 32).unwrap_or(u64::MAX);
         let end = offset.saturating_add(filesz);
+        if end > size {
+            return Err(truncated(end));
+        }
+    }
+    if shoff != 0 {
+        // With more than 65279 sections, `e_shnum` is 0 and the count is
+        // in the first entry: that entry at least must be there.
+        let end = shoff.saturating_add(shentsize.saturating_mul(shnum.max(1)));
         if end > size {
             return Err(truncated(end));
         }
@@ -160,6 +179,12 @@ mod tests {
             check(&exe).unwrap();
             assert!(matches!(
                 check(&exe[..8192]),
+                Err(ElfProblem::Truncated { .. })
+            ));
+            // Every loadable segment is there, but not the section headers
+            // that linkers write last: a copy caught while being written.
+            assert!(matches!(
+                check(&exe[..exe.len() - 1]),
                 Err(ElfProblem::Truncated { .. })
             ));
         }
