@@ -77,7 +77,7 @@ pub(crate) enum Change {
     /// A removal, a change of metadata, anything else.
     Other,
     /// Not an event: a refusal held back while the file may still be
-    /// written ([`HOLD_QUIETS`] quiet times).
+    /// written ([`HOLD_QUIETS`] quiet times; see [`Debouncer::again`]).
     Held,
 }
 
@@ -122,6 +122,38 @@ impl<F: PartialEq + Copy> Debouncer<F> {
 
     /// Notes a change to `path` at `now`, when a look at it gave `seen`.
     pub(crate) fn note(&mut self, path: PathBuf, change: Change, seen: Option<F>, now: Instant) {
+        let was_writing = self.pending.get(&path).is_some_and(|p| p.writing);
+        let writing = match change {
+            Change::Write => true,
+            Change::EndsWrite => false,
+            Change::Other | Change::Held => was_writing,
+        };
+        self.insert(path, change, seen, writing, now);
+    }
+
+    /// Looks at `path` again, after a refusal that was not final: after a
+    /// hold if `hold`, else after the quiet time. `writing`: its writer may
+    /// still have it open (as it was when it settled).
+    pub(crate) fn again(
+        &mut self,
+        path: PathBuf,
+        seen: Option<F>,
+        hold: bool,
+        writing: bool,
+        now: Instant,
+    ) {
+        let change = if hold { Change::Held } else { Change::Other };
+        self.insert(path, change, seen, writing, now);
+    }
+
+    fn insert(
+        &mut self,
+        path: PathBuf,
+        change: Change,
+        seen: Option<F>,
+        writing: bool,
+        now: Instant,
+    ) {
         let delay = match change {
             Change::EndsWrite => self.settle,
             Change::Write | Change::Other => self.quiet,
@@ -130,12 +162,6 @@ impl<F: PartialEq + Copy> Debouncer<F> {
         let due = now
             .checked_add(delay)
             .unwrap_or(now + Duration::from_secs(86_400));
-        let was_writing = self.pending.get(&path).is_some_and(|p| p.writing);
-        let writing = match change {
-            Change::Write => true,
-            Change::EndsWrite => false,
-            Change::Other | Change::Held => was_writing,
-        };
         self.pending.insert(
             path,
             Pending {
@@ -413,17 +439,18 @@ impl Applier {
         let outcome = self.loader.load(path, self.loaded.get(path).copied());
         if let Err(error) = &outcome {
             let now_seen = Fingerprint::of(path).ok();
+            let writer_open = matches!(look, Look::Settled { writer_open: true });
             let wait = if now_seen != Some(fingerprint) {
-                Some((Change::Other, now_seen, "it changed while being loaded"))
-            } else if matches!(look, Look::Settled { writer_open: true }) {
-                Some((Change::Held, now_seen, "its writer may still be writing it"))
+                Some((false, "it changed while being loaded"))
+            } else if writer_open {
+                Some((true, "its writer may still be writing it"))
             } else {
                 None
             };
-            if let Some((change, seen, why)) = wait {
+            if let Some((hold, why)) = wait {
                 tracing::debug!(file = %path.display(), %error, "refused, but {why}; looking again later");
                 self.debouncer
-                    .note(path.to_owned(), change, seen, Instant::now());
+                    .again(path.to_owned(), now_seen, hold, writer_open, Instant::now());
                 return LoadOutcome::Refused;
             }
         }
@@ -695,13 +722,24 @@ mod tests {
 
         // Held: looked at again after eight quiet times, with its writer
         // taken as gone, so that the refusal is reported.
-        d.note("/p/a.so".into(), Change::Held, Some(2), t0 + 250 * MS);
+        d.again("/p/a.so".into(), Some(2), true, true, t0 + 250 * MS);
         assert_eq!(d.next_due(), Some(t0 + 2250 * MS));
         let due = d.take_due(t0 + 2250 * MS, |_| Some(2));
         assert_eq!(due, [settled("/p/a.so", Some(2), false)]);
 
+        // A change of mode during a hold: the writer is still open.
+        d.again("/p/a.so".into(), Some(2), true, true, t0);
+        d.note("/p/a.so".into(), Change::Other, Some(3), t0);
+        assert!(d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
+        // Looked at again after a change during a load: as it was.
+        d.again("/p/a.so".into(), Some(3), false, true, t0);
+        assert_eq!(d.next_due(), Some(t0 + 250 * MS));
+        assert!(d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
+        d.again("/p/a.so".into(), Some(3), false, false, t0);
+        assert!(!d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
+
         // A write during the hold opens it again; the close ends it.
-        d.note("/p/a.so".into(), Change::Held, Some(2), t0);
+        d.again("/p/a.so".into(), Some(2), true, false, t0);
         d.note("/p/a.so".into(), Change::Write, Some(3), t0);
         assert!(d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
         d.note("/p/a.so".into(), Change::Write, Some(3), t0);
