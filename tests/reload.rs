@@ -332,6 +332,41 @@ fn a_file_still_being_written_is_not_loaded_half_way() {
     assert_eq!(version_served(&host), "0.1.0");
 }
 
+/// A host that looks at a file soon after a write pauses (20 ms), and
+/// holds a refusal back for as long as a writer may still be writing.
+fn stall_tolerant_host(dir: &Path) -> PluginHost {
+    let mut config = HostConfig::new(dir);
+    config.quiet = Duration::from_millis(20);
+    config.hold = Duration::from_secs(3600);
+    PluginHost::start(config).unwrap()
+}
+
+/// The version and load generation of the next event about `file`, which
+/// must be a load.
+fn next_load(events: &Receiver<PluginEvent>, file: &Path) -> (String, u64) {
+    match next_event_for(events, file) {
+        PluginEvent::Loaded {
+            version,
+            generation,
+            ..
+        } => (version, generation),
+        other => panic!("expected a load of the whole file, got {other:?}"),
+    }
+}
+
+/// Stalls of 100 ms, 200 ms, ... (one per round, at most 8) until the host
+/// has looked at the file during one, seen as a load attempt between the
+/// load before the round (generation `before`) and the one after.
+fn stall_until_looked(mut round: impl FnMut(Duration) -> (u64, u64)) {
+    for i in 0..8 {
+        let (before, after) = round(Duration::from_millis(100 << i));
+        if after > before + 1 {
+            return;
+        }
+    }
+    panic!("the host never looked at the file during a stall");
+}
+
 /// A copy over the plugin whose writer stalls, with all but the last byte
 /// written, for longer than the host waits for a file to settle (a busy
 /// machine): the host looks at the half-written file, but neither serves it
@@ -341,28 +376,17 @@ fn a_file_still_being_written_is_not_loaded_half_way() {
 fn a_write_that_stalls_halfway_is_neither_served_nor_refused() {
     let dir = TempDir::new("stalled-writer");
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-    let mut config = HostConfig::new(dir.path());
-    config.quiet = Duration::from_millis(20);
-    let host = PluginHost::start(config).unwrap();
+    let host = stall_tolerant_host(dir.path());
     let events = host.subscribe();
     let file = dir.join("demo.so");
-    let loaded = |events: &Receiver<PluginEvent>| match next_event_for(events, &file) {
-        PluginEvent::Loaded {
-            version,
-            generation,
-            ..
-        } => (version, generation),
-        other => panic!("expected a load of the whole file, got {other:?}"),
-    };
     install_by_rename(&plugin("taskit_demo_next"), dir.path(), "demo.so");
-    let (_, mut generation) = loaded(&events);
+    let (_, mut generation) = next_load(&events, &file);
 
-    // The stall doubles each round until the host has looked at the file
-    // during one (seen as a load attempt between two loads).
     let versions = [("taskit_demo", "0.1.0"), ("taskit_demo_next", "0.2.0")];
-    let mut looked_halfway = false;
-    for round in 0..8 {
-        let (name, version) = versions[round % 2];
+    let mut next = 0;
+    stall_until_looked(|stall| {
+        let (name, version) = versions[next % 2];
+        next += 1;
         let bytes = std::fs::read(plugin(name)).unwrap();
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -370,27 +394,50 @@ fn a_write_that_stalls_halfway_is_neither_served_nor_refused() {
             .open(&file)
             .unwrap();
         out.write_all(&bytes[..bytes.len() - 1]).unwrap();
-        std::thread::sleep(Duration::from_millis(100 << round));
+        std::thread::sleep(stall);
         out.write_all(&bytes[bytes.len() - 1..]).unwrap();
         drop(out);
-        let (served, now) = loaded(&events);
+        let (served, now) = next_load(&events, &file);
         assert_eq!(served, version);
         assert_eq!(version_served(&host), version);
-        looked_halfway = now > generation + 1;
-        generation = now;
-        if looked_halfway {
-            break;
-        }
-    }
-    assert!(looked_halfway, "the host never looked during a stall");
+        (std::mem::replace(&mut generation, now), now)
+    });
     // Nothing more about the half-written file is still to come.
-    let (name, version) = if version_served(&host) == "0.1.0" {
-        ("taskit_demo_next", "0.2.0")
-    } else {
-        ("taskit_demo", "0.1.0")
-    };
+    let (name, version) = versions[next % 2];
     install_by_rename(&plugin(name), dir.path(), "demo.so");
     assert_eq!(expect_loaded(&events, &file), version);
+}
+
+/// `cp` to a new file creates it, then writes: a writer that stalls in
+/// between leaves an empty file, which is not reported refused either.
+#[test]
+fn a_new_file_whose_writer_stalls_before_writing_is_not_refused() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new("stalled-creator");
+    let host = stall_tolerant_host(dir.path());
+    let events = host.subscribe();
+    let file = dir.join("demo.so");
+    let bytes = std::fs::read(plugin("taskit_demo")).unwrap();
+    let mut generation = 0;
+    stall_until_looked(|stall| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&file)
+            .unwrap();
+        std::thread::sleep(stall);
+        out.write_all(&bytes).unwrap();
+        drop(out);
+        let (served, now) = next_load(&events, &file);
+        assert_eq!(served, "0.1.0");
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            next_event_for(&events, &file),
+            PluginEvent::Removed { .. }
+        ));
+        (std::mem::replace(&mut generation, now), now)
+    });
 }
 
 #[test]
@@ -435,7 +482,11 @@ fn a_reload_storm_loses_no_call() {
     const SWAPS: usize = 50;
     let dir = TempDir::new("storm");
     install_by_rename(&plugin("taskit_demo"), dir.path(), "demo.so");
-    let host = Arc::new(start_host(dir.path()));
+    // A copy that stalls is held back however long it stalls (as a busy
+    // machine may make it), not reported refused after two seconds.
+    let mut config = HostConfig::new(dir.path());
+    config.hold = Duration::from_secs(3600);
+    let host = Arc::new(PluginHost::start(config).unwrap());
     let events = host.subscribe();
     let file = dir.join("demo.so");
     let versions = [plugin("taskit_demo_next"), plugin("taskit_demo")];

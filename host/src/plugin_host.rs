@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher as _};
 
 use crate::loader::{strict, LoadError, Loader, ShadowDir, DEFAULT_MAX_PLUGIN_BYTES};
 use crate::registry::{Conflict, Registry};
-use crate::watcher::{Applier, Msg, Subscribers, EVENT_QUEUE, SUBSCRIBER_QUEUE};
+use crate::watcher::{Applier, Msg, Rescan, Subscribers, EVENT_QUEUE, SUBSCRIBER_QUEUE};
 use crate::worker::Isolation;
 
 /// How the plugin host is set up.
@@ -29,6 +29,10 @@ pub struct HostConfig {
     pub settle: Duration,
     /// Wait after any other change (a write in progress, a removal).
     pub quiet: Duration,
+    /// How long a refusal of a file whose writer may still have it open
+    /// (written or created, no close since) is held back before it is
+    /// reported: such a file may be half written by a writer that stalled.
+    pub hold: Duration,
     /// Watch the directory for changes. Without it, plugins are loaded at
     /// start and on forced reloads only (for file systems where inotify
     /// sees nothing, such as NFS).
@@ -53,6 +57,7 @@ impl HostConfig {
             shadow_dir: None,
             settle: Duration::from_millis(25),
             quiet: Duration::from_millis(250),
+            hold: Duration::from_secs(2),
             watch: true,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             isolation: Isolation::InProcess,
@@ -108,6 +113,10 @@ pub struct ReloadSummary {
     pub removed: Vec<PathBuf>,
     /// Files found as they were.
     pub unchanged: usize,
+    /// Files refused but maybe half written (they changed while being
+    /// loaded), looked at again once they settle. Not in the `<reload>`
+    /// reply.
+    pub pending: Vec<PathBuf>,
 }
 
 impl ReloadSummary {
@@ -119,6 +128,7 @@ impl ReloadSummary {
             refused = self.refused.len(),
             removed = self.removed.len(),
             unchanged = self.unchanged,
+            pending = self.pending.len(),
             "{why}: plugins directory rescanned"
         );
     }
@@ -213,7 +223,7 @@ impl PluginHost {
             overflowed,
             rx,
         );
-        applier.rescan();
+        applier.rescan(Rescan::Watcher);
         let thread = std::thread::Builder::new()
             .name("taskit-plugins".into())
             .spawn(move || applier.run())

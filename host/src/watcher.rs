@@ -14,9 +14,9 @@
 //! may still have it open (contents written, no close since), a refusal is
 //! held back rather than reported: the close that must come (the kernel
 //! closes a dead writer's files too) brings another look. A writer that
-//! keeps the file open without finishing is reported after [`HOLD_QUIETS`]
-//! quiet times. Nor is a refusal reported when the file changed while it
-//! was being loaded: the change brings events, hence another look.
+//! keeps the file open without finishing is reported after
+//! [`HostConfig::hold`]. Nor is a refusal reported when the file changed
+//! while it was being loaded: the change brings events, hence another look.
 //!
 //! [`PluginHost`]: crate::PluginHost
 
@@ -63,21 +63,18 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !name.starts_with('.') && name.ends_with(".so")
 }
 
-/// How many quiet times a refusal is held back while the file's writer
-/// may still be writing it.
-pub(crate) const HOLD_QUIETS: u32 = 8;
-
 /// What an event says about a file's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
     /// Closed after writing, or renamed into place: nothing more is coming.
     EndsWrite,
-    /// Contents written: the writer may still have the file open.
+    /// Created, or contents written: the writer may still have the file
+    /// open.
     Write,
     /// A removal, a change of metadata, anything else.
     Other,
     /// Not an event: a refusal held back while the file may still be
-    /// written ([`HOLD_QUIETS`] quiet times; see [`Debouncer::again`]).
+    /// written (see [`Debouncer::again`]).
     Held,
 }
 
@@ -107,15 +104,18 @@ pub(crate) struct Settled<F> {
 pub(crate) struct Debouncer<F> {
     settle: Duration,
     quiet: Duration,
+    hold: Duration,
     pending: HashMap<PathBuf, Pending<F>>,
 }
 
 impl<F: PartialEq + Copy> Debouncer<F> {
-    /// Waits `settle` after a write ends, `quiet` after any other change.
-    pub(crate) fn new(settle: Duration, quiet: Duration) -> Self {
+    /// Waits `settle` after a write ends, `quiet` after any other change,
+    /// `hold` after a refusal held back.
+    pub(crate) fn new(settle: Duration, quiet: Duration, hold: Duration) -> Self {
         Self {
             settle,
             quiet,
+            hold,
             pending: HashMap::new(),
         }
     }
@@ -157,7 +157,7 @@ impl<F: PartialEq + Copy> Debouncer<F> {
         let delay = match change {
             Change::EndsWrite => self.settle,
             Change::Write | Change::Other => self.quiet,
-            Change::Held => self.quiet.saturating_mul(HOLD_QUIETS),
+            Change::Held => self.hold,
         };
         let due = now
             .checked_add(delay)
@@ -173,9 +173,12 @@ impl<F: PartialEq + Copy> Debouncer<F> {
         );
     }
 
-    /// Stops waiting for `path` (a rescan looked at it already).
-    pub(crate) fn forget(&mut self, path: &Path) {
-        self.pending.remove(path);
+    /// Stops waiting for `path` (a rescan looks at it now); whether its
+    /// writer may still have it open.
+    pub(crate) fn forget(&mut self, path: &Path) -> bool {
+        self.pending
+            .remove(path)
+            .is_some_and(|p| p.writing && p.change != Change::Held)
     }
 
     /// When the next file is due, if any is waiting.
@@ -215,6 +218,11 @@ impl<F: PartialEq + Copy> Debouncer<F> {
             if now_seen != pending.seen {
                 pending.seen = now_seen;
                 pending.due = now.checked_add(self.settle).unwrap_or(now);
+                if pending.change == Change::Held {
+                    // Changed during a hold: written, without an event
+                    // (through a mapping, say); the hold starts again.
+                    pending.change = Change::Other;
+                }
                 continue;
             }
             let writer_open = pending.writing && pending.change != Change::Held;
@@ -237,13 +245,26 @@ struct LastTry {
     refused: bool,
 }
 
+/// Why the directory is rescanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rescan {
+    /// Asked for (`SIGHUP`, `<reload>`): what is there now is loaded or
+    /// refused, as it is, even if a writer may still have it open (whose
+    /// close may not have been seen yet).
+    Forced,
+    /// The host's own: at start, or after file events were lost (the
+    /// kernel's queue overflowed, the watcher failed). A file whose writer
+    /// may still have it open is not refused.
+    Watcher,
+}
+
 /// Why a file is looked at.
 #[derive(Debug, Clone, Copy)]
-enum Look {
-    /// It settled after events; `writer_open`: see [`Settled`].
-    Settled { writer_open: bool },
+struct Look {
     /// A rescan, which tries a file refused before again.
-    Rescan,
+    rescan: bool,
+    /// See [`Settled::writer_open`].
+    writer_open: bool,
 }
 
 /// What one look at a file did.
@@ -253,6 +274,8 @@ enum LoadOutcome {
     Loaded,
     /// Refused; the version loaded before, if any, keeps serving.
     Refused,
+    /// Refused, but it may be half written: looked at again later.
+    Pending,
     /// Not tried again (same metadata as the last try), or the same bytes
     /// as the version loaded.
     Unchanged,
@@ -288,7 +311,7 @@ impl Applier {
         rx: Receiver<Msg>,
     ) -> Self {
         Self {
-            debouncer: Debouncer::new(config.settle, config.quiet),
+            debouncer: Debouncer::new(config.settle, config.quiet, config.hold),
             config,
             loader,
             registry,
@@ -352,12 +375,12 @@ impl Applier {
             Some(Msg::Fs(Ok(event))) => self.on_event(event),
             Some(Msg::Fs(Err(err))) => {
                 tracing::warn!(%err, "file watcher error; rescanning the plugins directory");
-                self.rescan();
+                self.rescan(Rescan::Watcher);
             }
             Some(Msg::Reload(reply)) => {
                 let mut replies = self.more_reloads();
                 replies.push(reply);
-                let summary = self.rescan();
+                let summary = self.rescan(Rescan::Forced);
                 self.registry.revive_all();
                 for reply in replies {
                     let _ = reply.send(summary.clone());
@@ -367,7 +390,7 @@ impl Applier {
         }
         if self.overflowed.swap(false, Ordering::AcqRel) {
             tracing::warn!("too many file events at once; rescanning the plugins directory");
-            self.rescan();
+            self.rescan(Rescan::Watcher);
         }
         let settled = self
             .debouncer
@@ -380,7 +403,11 @@ impl Applier {
         {
             match seen {
                 Some(fingerprint) => {
-                    self.load_if_changed(&path, fingerprint, Look::Settled { writer_open });
+                    let look = Look {
+                        rescan: false,
+                        writer_open,
+                    };
+                    self.load_if_changed(&path, fingerprint, look);
                 }
                 None => {
                     self.unload(&path);
@@ -392,13 +419,15 @@ impl Applier {
     fn on_event(&mut self, event: notify::Event) {
         if event.need_rescan() {
             // The kernel's queue overflowed: events were lost.
-            self.rescan();
+            self.rescan(Rescan::Watcher);
             return;
         }
         let change = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(ModifyKind::Name(_)) => Change::EndsWrite,
-            EventKind::Modify(ModifyKind::Data(_)) => Change::Write,
+            // A file created is not written yet (`cp` creates, then
+            // writes): a stall in between must not get it refused.
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Change::Write,
             // Reads (ours included) change nothing.
             EventKind::Access(_) => return,
             // A removal waits as long as a write in progress: `rm` then `cp`
@@ -429,17 +458,17 @@ impl Applier {
         fingerprint: Fingerprint,
         look: Look,
     ) -> LoadOutcome {
-        let retry_refused = matches!(look, Look::Rescan);
-        let tried = self.tries.get(path).is_some_and(|last| {
-            last.fingerprint == fingerprint && !(last.refused && retry_refused)
-        });
+        let tried = self
+            .tries
+            .get(path)
+            .is_some_and(|last| last.fingerprint == fingerprint && !(last.refused && look.rescan));
         if tried {
             return LoadOutcome::Unchanged;
         }
         let outcome = self.loader.load(path, self.loaded.get(path).copied());
         if let Err(error) = &outcome {
             let now_seen = Fingerprint::of(path).ok();
-            let writer_open = matches!(look, Look::Settled { writer_open: true });
+            let writer_open = look.writer_open;
             let wait = if now_seen != Some(fingerprint) {
                 Some((false, "it changed while being loaded"))
             } else if writer_open {
@@ -451,7 +480,7 @@ impl Applier {
                 tracing::debug!(file = %path.display(), %error, "refused, but {why}; looking again later");
                 self.debouncer
                     .again(path.to_owned(), now_seen, hold, writer_open, Instant::now());
-                return LoadOutcome::Refused;
+                return LoadOutcome::Pending;
             }
         }
         self.tries.insert(
@@ -545,7 +574,7 @@ impl Applier {
 
     /// Brings the registry in line with the directory, in file-name order
     /// (which makes conflicts between plugins found together deterministic).
-    pub(crate) fn rescan(&mut self) -> ReloadSummary {
+    pub(crate) fn rescan(&mut self, why: Rescan) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.config.plugins_dir) {
             Ok(entries) => entries
@@ -564,14 +593,19 @@ impl Applier {
             }
         }
         for file in files {
-            self.debouncer.forget(&file);
+            let writer_open = self.debouncer.forget(&file);
+            let look = Look {
+                rescan: true,
+                writer_open: writer_open && why == Rescan::Watcher,
+            };
             let outcome = match Fingerprint::of(&file) {
-                Ok(fingerprint) => self.load_if_changed(&file, fingerprint, Look::Rescan),
+                Ok(fingerprint) => self.load_if_changed(&file, fingerprint, look),
                 Err(_) => LoadOutcome::Unchanged,
             };
             match outcome {
                 LoadOutcome::Loaded => summary.loaded.push(file),
                 LoadOutcome::Refused => summary.refused.push(file),
+                LoadOutcome::Pending => summary.pending.push(file),
                 LoadOutcome::Unchanged => summary.unchanged += 1,
             }
         }
@@ -655,7 +689,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn debouncer() -> Debouncer<u32> {
-        Debouncer::new(25 * MS, 250 * MS)
+        Debouncer::new(25 * MS, 250 * MS, 2000 * MS)
     }
 
     fn settled(path: &str, seen: Option<u32>, writer_open: bool) -> Settled<u32> {
@@ -720,8 +754,8 @@ mod tests {
         let due = d.take_due(t0 + 250 * MS, |_| Some(2));
         assert_eq!(due, [settled("/p/a.so", Some(2), true)]);
 
-        // Held: looked at again after eight quiet times, with its writer
-        // taken as gone, so that the refusal is reported.
+        // Held: looked at again after the hold, with its writer taken as
+        // gone, so that the refusal is reported.
         d.again("/p/a.so".into(), Some(2), true, true, t0 + 250 * MS);
         assert_eq!(d.next_due(), Some(t0 + 2250 * MS));
         let due = d.take_due(t0 + 2250 * MS, |_| Some(2));
@@ -737,6 +771,16 @@ mod tests {
         assert!(d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
         d.again("/p/a.so".into(), Some(3), false, false, t0);
         assert!(!d.take_due(t0 + 250 * MS, |_| Some(3))[0].writer_open);
+
+        // Changed without an event during a hold: held again.
+        d.again("/p/a.so".into(), Some(3), true, true, t0);
+        assert!(d.take_due(t0 + 2000 * MS, |_| Some(4)).is_empty());
+        assert!(d.take_due(t0 + 2025 * MS, |_| Some(4))[0].writer_open);
+        // A rescan takes the writer's state, but ends a hold.
+        d.note("/p/a.so".into(), Change::Write, Some(3), t0);
+        assert!(d.forget(Path::new("/p/a.so")));
+        d.again("/p/a.so".into(), Some(3), true, true, t0);
+        assert!(!d.forget(Path::new("/p/a.so")));
 
         // A write during the hold opens it again; the close ends it.
         d.again("/p/a.so".into(), Some(2), true, false, t0);
