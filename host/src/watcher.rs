@@ -11,7 +11,7 @@
 //!
 //! A writer can also stall for longer than the wait (a busy machine), so a
 //! file written in place may be looked at half written. While its writer
-//! may still have it open (contents written, no close since), a refusal is
+//! may still have it open (created or written, no close since), a refusal is
 //! held back rather than reported: the close that must come (the kernel
 //! closes a dead writer's files too) brings another look. A writer that
 //! keeps the file open without finishing is reported after
@@ -84,8 +84,15 @@ struct Pending<F> {
     change: Change,
     /// Its metadata at the last event; `None` if it did not exist then.
     seen: Option<F>,
-    /// Contents were written and no close has been seen since.
+    /// Created or written, and no close has been seen since.
     writing: bool,
+}
+
+impl<F> Pending<F> {
+    /// See [`Settled::writer_open`].
+    fn writer_open(&self) -> bool {
+        self.writing && self.change != Change::Held
+    }
 }
 
 /// A file that has settled.
@@ -176,9 +183,7 @@ impl<F: PartialEq + Copy> Debouncer<F> {
     /// Stops waiting for `path` (a rescan looks at it now); whether its
     /// writer may still have it open.
     pub(crate) fn forget(&mut self, path: &Path) -> bool {
-        self.pending
-            .remove(path)
-            .is_some_and(|p| p.writing && p.change != Change::Held)
+        self.pending.remove(path).is_some_and(|p| p.writer_open())
     }
 
     /// When the next file is due, if any is waiting.
@@ -225,7 +230,7 @@ impl<F: PartialEq + Copy> Debouncer<F> {
                 }
                 continue;
             }
-            let writer_open = pending.writing && pending.change != Change::Held;
+            let writer_open = pending.writer_open();
             self.pending.remove(&path);
             settled.push(Settled {
                 path,
